@@ -1,0 +1,350 @@
+"""Typed, nested run configuration: YAML file + dotted command-line overrides, validated before any model loads.
+
+Every leaf is addressable as ``section.key`` (``--loss.beta 0.1``); top-level keys have no section
+(``--output_dir runs/x``). Errors are :class:`ConfigError` with a one-line message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the dotted key."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field carrying its help text (shown by ``preftune train --help``)."""
+    if isinstance(default, list):
+        items: list[Any] = list(default)
+        return field(default_factory=items.copy, metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _f("", "policy model: a Hugging Face folder or Hub name")
+    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "parameter dtype (float32 on CPU)")
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
+    attn_implementation: str = _f("sdpa", "transformers attention backend (sdpa, eager, flash_attention_2)")
+    trust_remote_code: bool = _f(False, "allow model code from the model folder")
+
+
+@dataclass
+class RefConfig:
+    name_or_path: str | None = _f(None, "reference model; default: the policy's own weights loaded again")
+    offload: bool = _f(False, "keep the reference on CPU (distributed strategies)")
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = _f(
+        [], "training sources: .jsonl/.json/.parquet/.csv files, save_to_disk folders or Hub names"
+    )
+    train_probs: list[float] | None = _f(
+        None, "mixing probabilities for the train sources (default: proportional)"
+    )
+    train_split: str = _f("train", "split to read from folders / Hub datasets for training")
+    eval: list[str] = _f([], "evaluation sources (same forms as data.train)")
+    eval_split: str = _f("test", "split to read from folders / Hub datasets for evaluation")
+    max_samples: int | None = _f(None, "keep at most this many training rows after mixing")
+    eval_max_samples: int | None = _f(None, "keep at most this many evaluation rows")
+    prompt_key: str = _f("prompt", "row key holding the prompt (string or message list)")
+    chosen_key: str = _f("chosen", "row key holding the preferred response")
+    rejected_key: str = _f("rejected", "row key holding the dispreferred response")
+    input_template: str | None = _f(None, "format for plain-string prompts; '{}' marks where the prompt goes")
+    apply_chat_template: bool = _f(False, "render plain-string prompts as a user turn with the chat template")
+    chat_template: str | None = _f(None, "Jinja chat template overriding the tokenizer's own")
+    max_len: int = _f(1024, "maximum tokens of prompt + one response")
+    max_prompt_len: int | None = _f(None, "optional cap on prompt tokens (cut from the left)")
+    truncation: Literal["prompt_left", "response_right", "drop"] = _f(
+        "prompt_left",
+        "over max_len: prompt_left cuts the prompt from the left, then responses from the right; "
+        "response_right keeps the whole prompt; drop discards the row",
+    )
+    report_examples: int = _f(5, "rows quoted per drop reason in data_report.json")
+    shuffle: bool = _f(True, "shuffle training pairs each epoch (seeded, resumable)")
+
+
+LOSS_TYPES = (
+    "sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
+    "apo_zero", "apo_down", "discopop", "sigmoid_norm", "simpo", "orpo",
+)  # fmt: skip
+REFERENCE_FREE_LOSSES = ("simpo", "orpo")
+
+
+@dataclass
+class LossConfig:
+    type: str = _f("sigmoid", "loss variant: " + ", ".join(LOSS_TYPES))
+    beta: float = _f(0.1, "DPO temperature beta (> 0)")
+    label_smoothing: float = _f(0.0, "assumed label-flip probability (cDPO / robust / exo_pair), in [0, 0.5)")
+    ipo_average: bool = _f(False, "IPO on per-token average log-probs (TRL) instead of sums (OpenRLHF)")
+    nll_coef: float = _f(0.0, "weight of the NLL term on chosen responses (RPO / Llama 3.1)")
+    aux_loss_coef: float = _f(0.0, "weight of the MoE load-balancing auxiliary loss")
+    simpo_gamma: float = _f(0.5, "SimPO target reward margin gamma")
+    discopop_tau: float = _f(0.05, "DiscoPOP modulation temperature tau")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(5e-7, "peak learning rate")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    adam_betas: list[float] = _f([0.9, 0.95], "AdamW betas")
+    adam_eps: float = _f(1e-8, "AdamW epsilon")
+    max_norm: float = _f(1.0, "gradient clipping norm (0 disables)")
+    scheduler: Literal["cosine_with_min_lr", "linear", "constant"] = _f("cosine_with_min_lr", "LR schedule")
+    warmup_ratio: float = _f(0.03, "fraction of steps spent warming up")
+    min_lr_ratio: float = _f(0.1, "cosine floor as a fraction of the peak LR")
+
+
+@dataclass
+class TrainConfig:
+    micro_batch_size: int = _f(1, "pairs per forward pass per process")
+    batch_size: int = _f(8, "pairs per optimizer step, over all processes")
+    max_epochs: int = _f(1, "passes over the training data")
+    max_steps: int | None = _f(None, "stop after this many optimizer steps")
+    eval_steps: int | None = _f(None, "evaluate every N steps (and always at the end of each epoch)")
+    logging_steps: int = _f(1, "log metrics every N steps")
+    layout: str = _f("padded", "batch layout: padded")
+    lm_head_chunk: int = _f(1024, "response tokens per LM-head chunk when computing log-probs")
+    eval_micro_batch_size: int | None = _f(None, "pairs per evaluation forward (default: micro_batch_size)")
+
+
+@dataclass
+class CkptConfig:
+    save_steps: int | None = _f(None, "write a checkpoint every N steps")
+    keep: int = _f(3, "keep the newest K checkpoints")
+    resume: str = _f("auto", "auto (latest complete checkpoint in output_dir), none, or a checkpoint path")
+    save_hf: bool = _f(False, "also write a Hugging Face folder in every checkpoint")
+    disable: bool = _f(False, "skip resumable training-state checkpoints")
+
+
+@dataclass
+class LogConfig:
+    progress: bool = _f(True, "show a progress bar")
+    tensorboard: bool = _f(False, "write TensorBoard events to <output_dir>/tensorboard")
+    wandb: bool = _f(False, "log to Weights & Biases")
+    wandb_project: str = _f("preftune", "W&B project")
+    wandb_mode: Literal["offline", "online"] = _f("offline", "W&B mode (offline needs no network)")
+
+
+@dataclass
+class StrategyConfig:
+    name: str = _f("single", "execution strategy: single")
+
+
+@dataclass
+class Config:
+    output_dir: str = _f("runs/preftune", "folder for checkpoints, metrics, reports and the final model")
+    seed: int = _f(42, "random seed")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ref: RefConfig = field(default_factory=RefConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ckpt: CkptConfig = field(default_factory=CkptConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------- reading values
+
+
+def _leaf_fields(cls: type = Config, prefix: str = "") -> dict[str, tuple[type, Any, dataclasses.Field]]:
+    """Map of dotted key -> (owning dataclass, resolved type, field)."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, tuple[type, Any, dataclasses.Field]] = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.update(_leaf_fields(tp, f"{prefix}{f.name}."))  # type: ignore[arg-type]
+        else:
+            out[prefix + f.name] = (cls, tp, f)
+    return out
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Convert ``value`` (from YAML or a command-line string) to ``tp``, or raise naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))
+        if is_none and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, inner[0], value)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(key, args[0], v.strip() if isinstance(v, str) else v) for v in items if v != ""]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str | int | float):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - schema bug
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and not k.startswith("_"):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + str(k)] = v
+    return out
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    leaves = _leaf_fields()
+    if key not in leaves:
+        raise ConfigError(f"unknown config key {key!r} (see --help for the list)")
+    _, tp, _ = leaves[key]
+    target: Any = cfg
+    *path, name = key.split(".")
+    for part in path:
+        target = getattr(target, part)
+    setattr(target, name, _coerce(key, tp, value))
+
+
+def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Build a validated :class:`Config` from an optional YAML file, then dotted overrides."""
+    cfg = Config()
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        for key, value in _flatten(raw).items():
+            set_value(cfg, key, value)
+    for key, value in (overrides or {}).items():
+        set_value(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def validate(cfg: Config, world_size: int = 1) -> None:
+    """Refuse inconsistent values with a message naming the key; cheap, runs before models load."""
+    loss = cfg.loss
+    _check(
+        loss.type in LOSS_TYPES,
+        "loss.type",
+        f"unknown loss {loss.type!r}; choose one of {', '.join(LOSS_TYPES)}",
+    )
+    _check(loss.beta > 0, "loss.beta", f"must be > 0, got {loss.beta}")
+    _check(
+        0 <= loss.label_smoothing < 0.5,
+        "loss.label_smoothing",
+        f"must be in [0, 0.5), got {loss.label_smoothing}",
+    )
+    _check(loss.nll_coef >= 0, "loss.nll_coef", f"must be >= 0, got {loss.nll_coef}")
+    _check(loss.aux_loss_coef >= 0, "loss.aux_loss_coef", f"must be >= 0, got {loss.aux_loss_coef}")
+    _check(loss.discopop_tau > 0, "loss.discopop_tau", f"must be > 0, got {loss.discopop_tau}")
+    if loss.type in REFERENCE_FREE_LOSSES:
+        _check(cfg.ref.name_or_path is None, "ref.name_or_path",
+               f"loss {loss.type!r} is reference-free; remove the reference model")  # fmt: skip
+    t = cfg.train
+    _check(t.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1, got {t.micro_batch_size}")
+    _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
+    per_step = t.micro_batch_size * world_size
+    _check(t.batch_size % per_step == 0, "train.batch_size",
+           f"{t.batch_size} is not divisible by micro_batch_size x world_size = {t.micro_batch_size} x {world_size}")  # fmt: skip
+    _check(t.max_epochs >= 1, "train.max_epochs", f"must be >= 1, got {t.max_epochs}")
+    _check(t.max_steps is None or t.max_steps >= 1, "train.max_steps", f"must be >= 1, got {t.max_steps}")
+    _check(t.eval_steps is None or t.eval_steps >= 1, "train.eval_steps", f"must be >= 1, got {t.eval_steps}")
+    _check(t.logging_steps >= 1, "train.logging_steps", f"must be >= 1, got {t.logging_steps}")
+    _check(t.lm_head_chunk >= 1, "train.lm_head_chunk", f"must be >= 1, got {t.lm_head_chunk}")
+    o = cfg.optim
+    _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+    _check(o.max_norm >= 0, "optim.max_norm", f"must be >= 0, got {o.max_norm}")
+    _check(len(o.adam_betas) == 2 and all(0 <= b < 1 for b in o.adam_betas), "optim.adam_betas",
+           f"must be two numbers in [0, 1), got {o.adam_betas}")  # fmt: skip
+    _check(0 <= o.warmup_ratio < 1, "optim.warmup_ratio", f"must be in [0, 1), got {o.warmup_ratio}")
+    _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
+    d = cfg.data
+    _check(d.max_len >= 2, "data.max_len", f"must be >= 2, got {d.max_len}")
+    _check(
+        d.max_prompt_len is None or d.max_prompt_len >= 1,
+        "data.max_prompt_len",
+        f"must be >= 1, got {d.max_prompt_len}",
+    )
+    _check(
+        d.max_samples is None or d.max_samples >= 1, "data.max_samples", f"must be >= 1, got {d.max_samples}"
+    )
+    _check(d.input_template is None or "{}" in d.input_template, "data.input_template",
+           "must contain '{}' where the prompt goes")  # fmt: skip
+    if d.train_probs is not None:
+        _check(len(d.train_probs) == len(d.train), "data.train_probs",
+               f"has {len(d.train_probs)} values for {len(d.train)} sources")  # fmt: skip
+        _check(all(p >= 0 for p in d.train_probs) and sum(d.train_probs) > 0, "data.train_probs",
+               "must be non-negative with a positive sum")  # fmt: skip
+    _check(cfg.ckpt.keep >= 1, "ckpt.keep", f"must be >= 1, got {cfg.ckpt.keep}")
+    _check(
+        cfg.ckpt.save_steps is None or cfg.ckpt.save_steps >= 1,
+        "ckpt.save_steps",
+        f"must be >= 1, got {cfg.ckpt.save_steps}",
+    )
+
+
+def help_lines() -> list[str]:
+    """One line per key: ``--section.key TYPE (default: X)  help``."""
+    lines = []
+    defaults = _flatten(Config().to_dict())
+    for key, (_, tp, f) in _leaf_fields().items():
+        tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        lines.append(f"  --{key} {tname} (default: {defaults[key]!r})\n      {f.metadata.get('help', '')}")
+    return lines
+
+
+def config_keys() -> list[str]:
+    return list(_leaf_fields())
