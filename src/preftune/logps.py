@@ -1,0 +1,88 @@
+"""Token log-probs straight from final hidden states, chunk by chunk through the LM head.
+
+Neither the (2B x T x V) logits of a plain forward nor the (N x V) logits of the scored tokens are ever kept:
+forward holds one (chunk x V) block at a time, and backward recomputes each block instead of saving it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class _ChunkedTokenLogps(torch.autograd.Function):
+    """log softmax(h @ W.T + b)[target] for N rows of h, in chunks; grads recomputed per chunk."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk_size: int
+    ) -> Tensor:
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_size):
+            stop = start + chunk_size
+            # Upcast after the matmul, as the HF heads do: the matmul keeps the model's dtype, the softmax is fp32.
+            logits = torch.nn.functional.linear(hidden[start:stop], weight, bias).float()
+            picked = logits.gather(1, targets[start:stop, None]).squeeze(1)
+            out[start:stop] = picked - torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(hidden, weight, bias, targets)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_out: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        hidden, weight, bias, targets = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        # Weight/bias grads accumulate over chunks in fp32 so bf16 runs do not lose the small contributions.
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        for start in range(0, hidden.shape[0], ctx.chunk_size):
+            stop = start + ctx.chunk_size
+            h = hidden[start:stop]
+            g = grad_out[start:stop].float()
+            # d/dz [z_t - logsumexp(z)] = onehot(t) - softmax(z), scaled by the incoming grad.
+            dlogits = torch.nn.functional.linear(h, weight, bias).float().softmax(dim=-1)
+            dlogits.mul_(-g[:, None])
+            dlogits.scatter_add_(1, targets[start:stop, None], g[:, None])
+            if grad_h is not None:
+                grad_h[start:stop] = (dlogits.to(weight.dtype) @ weight).to(hidden.dtype)
+            if grad_w is not None:
+                grad_w.addmm_(dlogits.t(), h.float())
+            if grad_b is not None:
+                grad_b.add_(dlogits.sum(0))
+        return (
+            grad_h,
+            grad_w.to(weight.dtype) if grad_w is not None else None,
+            grad_b.to(bias.dtype) if grad_b is not None else None,
+            None,
+            None,
+        )
+
+
+def chunked_token_logps(
+    hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None, chunk_size: int = 1024
+) -> Tensor:
+    """Per-row log p(targets[i] | hidden[i]) through a linear LM head, as float32.
+
+    hidden: (N, H) final hidden states at the positions that predict each target;
+    weight: (V, H) LM-head weight; targets: (N,) token ids. Returns (N,).
+    Example: hidden of 3 rows, V = 5, targets [4, 0, 2] -> tensor([-1.61, -1.58, -1.63]) (three log-probs).
+    """
+    if hidden.shape[0] == 0:
+        return hidden.new_zeros(0, dtype=torch.float32) + 0 * weight.sum()
+    return _ChunkedTokenLogps.apply(hidden, weight, bias, targets, chunk_size)
+
+
+def naive_token_logps(logits: Tensor, targets: Tensor) -> Tensor:
+    """The plain path that :func:`chunked_token_logps` must equal: full log_softmax, then gather."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+
+
+def sum_per_sequence(token_values: Tensor, sequence_ids: Tensor, num_sequences: int) -> Tensor:
+    """Scatter-add per-token values into per-sequence sums: values (N,), ids (N,) in [0, S) -> (S,)."""
+    out = torch.zeros(num_sequences, dtype=token_values.dtype, device=token_values.device)
+    return out.index_add(0, sequence_ids, token_values)
