@@ -1,0 +1,61 @@
+"""A seeded, resumable, rank-aware sampler: the data position is just (epoch, samples consumed)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class ResumableSampler(Sampler[int]):
+    """Yields this rank's indices of one epoch, starting after ``skip`` globally consumed samples.
+
+    The epoch order is a seeded permutation (or 0..n-1), cut to a multiple of ``global_batch`` so every
+    optimizer step sees exactly ``global_batch`` samples. Rank r takes positions r, r+W, r+2W, ... so a
+    global step covers the same samples whatever the world size W: with n=8, W=2, rank 1 yields
+    perm[1], perm[3], perm[5], perm[7]. Resuming at ``skip`` = 4 makes rank 1 yield perm[5], perm[7].
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        global_batch: int,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.num_samples = num_samples
+        self.global_batch = global_batch
+        self.seed = seed
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.skip = 0
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return (self.num_samples // self.global_batch) * self.global_batch
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        if skip % self.world_size:
+            raise ValueError(
+                f"cannot resume at sample {skip}: not a multiple of the world size {self.world_size}"
+            )
+        self.epoch = epoch
+        self.skip = skip
+
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.num_samples))
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.num_samples, generator=gen).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        order = self._order()[: self.samples_per_epoch]
+        yield from order[self.skip + self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        return (self.samples_per_epoch - self.skip) // self.world_size

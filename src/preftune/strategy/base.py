@@ -1,0 +1,73 @@
+"""The one door between the training loop and how it is executed (one process, DDP, FSDP2, DeepSpeed).
+
+The trainer calls only these methods; nothing else in preftune's loop imports torch.distributed.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+    accumulation_steps: int  # micro-steps per optimizer step, on each process
+
+    def is_main(self) -> bool:
+        """True on the process that prints, writes metrics and exports."""
+        ...
+
+    def prepare_model(self, module: nn.Module, trainable: bool) -> nn.Module:
+        """Move and wrap a module (e.g. DDP / FSDP2) for training, or for forward-only use if not trainable."""
+        ...
+
+    def unwrap(self, module: nn.Module) -> nn.Module:
+        """The plain module under any wrapper."""
+        ...
+
+    def accumulate(self, module: nn.Module, is_last_micro_step: bool) -> AbstractContextManager[Any]:
+        """Context for one micro-step's forward+backward; skips gradient sync before the last micro-step."""
+        ...
+
+    def backward(self, loss: Tensor, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Backward of one micro-step's loss, scaled so an optimizer step averages over accumulation_steps."""
+        ...
+
+    def optimizer_step(
+        self, optimizer: torch.optim.Optimizer, module: nn.Module, scheduler: Any, max_norm: float
+    ) -> float:
+        """Clip (if max_norm > 0), step, zero grads, advance the scheduler; returns the pre-clip grad norm."""
+        ...
+
+    def all_reduce(self, values: dict[str, float], op: str = "sum") -> dict[str, float]:
+        """Reduce scalars over processes ('sum' or 'max'); identity on one process."""
+        ...
+
+    def barrier(self) -> None: ...
+
+    def save_state(
+        self, folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    ) -> None:
+        """Write model, optimizer and scheduler state into ``folder`` (every process calls it)."""
+        ...
+
+    def load_state(
+        self, folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any
+    ) -> None:
+        """Restore what :meth:`save_state` wrote (every process calls it)."""
+        ...
+
+    def full_state_dict(self, module: nn.Module) -> dict[str, Tensor] | None:
+        """The whole model's weights on the main process (None elsewhere), for a Hugging Face export."""
+        ...
+
+    def print(self, *args: Any) -> None:
+        """Print on the main process only."""
+        ...

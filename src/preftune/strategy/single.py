@@ -1,0 +1,91 @@
+"""One process, one device: the reference implementation of the Strategy protocol."""
+
+from __future__ import annotations
+
+import contextlib
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+class SingleProcessStrategy:
+    rank = 0
+    world_size = 1
+
+    def __init__(self, device: torch.device | str | None = None, accumulation_steps: int = 1) -> None:
+        self.device = torch.device(device) if device is not None else default_device()
+        self.accumulation_steps = accumulation_steps
+
+    def is_main(self) -> bool:
+        return True
+
+    def prepare_model(self, module: nn.Module, trainable: bool) -> nn.Module:
+        return module.to(self.device)
+
+    def unwrap(self, module: nn.Module) -> nn.Module:
+        return module
+
+    def accumulate(self, module: nn.Module, is_last_micro_step: bool) -> AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def backward(self, loss: Tensor, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        (loss / self.accumulation_steps).backward()
+
+    def optimizer_step(
+        self, optimizer: torch.optim.Optimizer, module: nn.Module, scheduler: Any, max_norm: float
+    ) -> float:
+        params = [p for p in module.parameters() if p.grad is not None]
+        # clip_grad_norm_ with an infinite bound measures without clipping, so the norm is always logged.
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
+        return float(norm)
+
+    def all_reduce(self, values: dict[str, float], op: str = "sum") -> dict[str, float]:
+        if op not in ("sum", "max"):
+            raise ValueError(f"unsupported reduce op {op!r}")
+        return dict(values)
+
+    def barrier(self) -> None:
+        pass
+
+    def save_state(
+        self, folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    ) -> None:
+        model = self.unwrap(module)
+        # clone() breaks storage sharing (tied embeddings), which safetensors refuses to write.
+        save_file(
+            {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            str(folder / "model.safetensors"),
+        )
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None},
+            folder / "optimizer.pt",
+        )
+
+    def load_state(
+        self, folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any
+    ) -> None:
+        model = self.unwrap(module)
+        model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(self.device)))
+        if optimizer is not None:
+            state = torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=False)
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state["scheduler"] is not None:
+                scheduler.load_state_dict(state["scheduler"])
+
+    def full_state_dict(self, module: nn.Module) -> dict[str, Tensor] | None:
+        return self.unwrap(module).state_dict()
+
+    def print(self, *args: Any) -> None:
+        print(*args, flush=True)
