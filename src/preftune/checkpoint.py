@@ -1,0 +1,156 @@
+"""Atomic, rotated, resumable checkpoints and the Hugging Face export.
+
+Layout: ``<output_dir>/checkpoints/step-00000012/`` holding the strategy's model/optimizer/scheduler files,
+``rng-rank<r>.pt`` and ``trainer_state.json``. A checkpoint is written under a ``.tmp-`` name and renamed
+only when complete, so a folder named ``step-*`` is always whole; older ones are removed only after that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .strategy import Strategy
+
+STATE_FILE = "trainer_state.json"
+
+
+def _step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first (the renamed folders that hold a trainer state)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if p.is_dir() and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    done = complete_checkpoints(root)
+    return done[-1] if done else None
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    strategy: Strategy,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    trainer_state: dict[str, Any],
+    keep: int,
+    export: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write checkpoint ``step`` atomically, then drop all but the newest ``keep``.
+
+    ``export`` (optional) is called with a folder to also write a Hugging Face copy inside the checkpoint;
+    ``extra`` holds tensors-bearing trainer state (e.g. a loss's running statistics), saved with torch.save.
+    """
+    final = _step_dir(root, step)
+    tmp = root / f".tmp-step-{step:08d}"
+    if strategy.is_main():
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    strategy.barrier()
+    strategy.save_state(tmp, module, optimizer, scheduler)
+    torch.save(_rng_state(), tmp / f"rng-rank{strategy.rank}.pt")
+    if export is not None:
+        export(tmp / "hf")
+    strategy.barrier()
+    if strategy.is_main():
+        torch.save(extra or {}, tmp / "trainer_extra.pt")
+        # The trainer state goes last: its presence marks the folder complete even before the rename.
+        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in complete_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    strategy.barrier()
+    return final
+
+
+def load_checkpoint(
+    folder: Path,
+    strategy: Strategy,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any,
+) -> dict[str, Any]:
+    """Restore a checkpoint written by :func:`save_checkpoint`; returns its trainer state."""
+    state_file = folder / STATE_FILE
+    if not state_file.is_file():
+        raise FileNotFoundError(f"{folder} is not a complete preftune checkpoint (no {STATE_FILE})")
+    strategy.load_state(folder, module, optimizer, scheduler)
+    rng_file = folder / f"rng-rank{strategy.rank}.pt"
+    if rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    state = json.loads(state_file.read_text())
+    extra_file = folder / "trainer_extra.pt"
+    state["extra"] = torch.load(extra_file, weights_only=False) if extra_file.is_file() else {}
+    return state
+
+
+def export_hf(
+    folder: Path,
+    strategy: Strategy,
+    module: nn.Module,
+    hf_model: nn.Module,
+    tokenizer: Any,
+    config_yaml: str | None,
+) -> None:
+    """Write a Hugging Face folder (config, safetensors weights, tokenizer) loadable with from_pretrained.
+
+    ``module`` is the prepared scorer (its state dict keys start with ``model.``); ``hf_model`` the bare LM.
+    """
+    state = strategy.full_state_dict(module)
+    if strategy.is_main():
+        assert state is not None
+        weights = {k.removeprefix("model."): v for k, v in state.items()}
+        tmp = folder.with_name(f".tmp-{folder.name}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        hf_model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)  # type: ignore[operator]
+        tokenizer.save_pretrained(tmp)
+        if config_yaml is not None:
+            (tmp / "preftune_config.yaml").write_text(config_yaml)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    strategy.barrier()

@@ -1,0 +1,156 @@
+"""Metric accumulation (exact sums, reduced across processes) and the sinks they go to."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+from torch import Tensor
+
+from .forward import PairForward
+from .losses import LossOutput
+
+# Sums kept per optimizer step (or per evaluation); each mean is a sum over pairs divided by the pair count,
+# so a mean over processes or micro-batches is exact rather than a mean of means.
+_PAIR_SUMS = (
+    "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+    "logps/chosen", "logps/rejected", "nll",
+)  # fmt: skip
+
+
+class PairStats:
+    """Running sums over pairs; ``means()`` divides by the number of pairs seen."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = dict.fromkeys(_PAIR_SUMS, 0.0)
+        self.sums.update(pairs=0.0, tokens=0.0)
+
+    def add(self, loss: Tensor, out: LossOutput, fwd: PairForward, nll: Tensor, num_tokens: int) -> None:
+        """``loss`` and ``nll`` are per-pair (B,) tensors of this micro-batch."""
+        chosen, rejected = out.chosen_rewards.detach().float(), out.rejected_rewards.detach().float()
+        margins = chosen - rejected
+        values = {
+            "loss": loss.detach().float().sum(),
+            "rewards/chosen": chosen.sum(),
+            "rewards/rejected": rejected.sum(),
+            "rewards/margins": margins.sum(),
+            "rewards/accuracies": (margins > 0).float().sum(),  # a tie is not a win
+            "logps/chosen": fwd.chosen_logps.detach().float().sum(),
+            "logps/rejected": fwd.rejected_logps.detach().float().sum(),
+            "nll": nll.detach().float().sum(),
+        }
+        for key, value in values.items():
+            self.sums[key] += float(value)
+        self.sums["pairs"] += chosen.numel()
+        self.sums["tokens"] += num_tokens
+
+    def means(self, reduced: dict[str, float] | None = None) -> dict[str, float]:
+        sums = reduced if reduced is not None else self.sums
+        pairs = max(sums["pairs"], 1.0)
+        out = {key: sums[key] / pairs for key in _PAIR_SUMS}
+        out["pairs"] = sums["pairs"]
+        out["tokens"] = sums["tokens"]
+        return out
+
+
+class Sink(Protocol):
+    def log(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """``metrics.jsonl``: one JSON object per logged step; on resume, lines past the resumed step are dropped
+    so the file reads exactly as an uninterrupted run's would."""
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= resume_step
+            ]
+            path.write_text("".join(line + "\n" for line in kept))
+        elif resume_step is None and path.exists():
+            path.unlink()
+        self.file = path.open("a")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class TensorBoardSink:
+    def __init__(self, log_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise RuntimeError(
+                "log.tensorboard needs the tensorboard package: pip install tensorboard"
+            ) from exc
+        self.writer = SummaryWriter(str(log_dir))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key if "/" in key else f"train/{key}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink:
+    def __init__(self, project: str, mode: str, run_dir: Path, config: dict[str, Any]) -> None:
+        try:
+            import wandb
+        except ImportError as exc:
+            raise RuntimeError("log.wandb needs the wandb package: pip install wandb") from exc
+        self.run = wandb.init(project=project, mode=mode, dir=str(run_dir), config=config)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class ProgressBar:
+    """A tqdm bar over optimizer steps with live loss, accuracy and margin."""
+
+    def __init__(self, total: int, initial: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if "loss" in metrics:
+            self.bar.set_postfix(
+                loss=f"{metrics['loss']:.4f}",
+                acc=f"{metrics['rewards/accuracies']:.2f}",
+                margin=f"{metrics['rewards/margins']:.3f}",
+            )
+        self.bar.n = step
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class Sinks:
+    """Fan-out to every configured sink (only the main process builds any)."""
+
+    def __init__(self, sinks: list[Sink] | None = None) -> None:
+        self.sinks = sinks or []
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for sink in self.sinks:
+            sink.log(step, metrics)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()

@@ -1,0 +1,44 @@
+"""Where reference log-probs come from: a frozen model today; an adapter-disabled policy or a precomputed
+cache slot in behind the same two-method seam."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from .forward import Batch, Layout, PairForward
+
+
+class ReferenceSource(Protocol):
+    def pair_logps(self, batch: Batch) -> PairForward:
+        """Reference log-probs for the batch's pairs (no gradient)."""
+        ...
+
+    def state_for_checkpoint(self) -> dict[str, str]:
+        """What a resumed run needs to rebuild the same reference (e.g. a cache key); may be empty."""
+        ...
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode, no gradients: the reference never trains and never gets optimizer state."""
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+class ModelReference:
+    """A separate frozen model scored with the same layout as the policy (one forward per step)."""
+
+    def __init__(self, scorer: nn.Module, layout: Layout) -> None:
+        self.scorer = scorer
+        self.layout = layout
+
+    def pair_logps(self, batch: Batch) -> PairForward:
+        with torch.no_grad():
+            return self.layout.pair_logps(self.scorer, batch)
+
+    def state_for_checkpoint(self) -> dict[str, str]:
+        return {}
