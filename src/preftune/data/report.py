@@ -1,0 +1,63 @@
+"""What happened to the rows: read, mixed, kept, and dropped (by reason, with the first few quoted)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_ROW_REPR_CHARS = 300
+
+
+@dataclass
+class DataReport:
+    """Counts for one split. ``kept + sum(dropped.values()) == rows_read``, where ``rows_read`` counts rows
+    after mixing (an oversampled row counts each time it is drawn).
+
+    Example ``to_dict()``::
+
+        {"split": "train",
+         "sources": {"a.jsonl": {"rows": 10, "used": 15, "repeated": 5}},
+         "rows_read": 15, "kept": 14, "truncated": 2,
+         "dropped": {"empty_field": 1},
+         "examples": {"empty_field": [{"source": "a.jsonl", "index": 7, "row": "{'prompt': '', ...}"}]}}
+    """
+
+    split: str
+    max_examples: int = 5
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
+    rows_read: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def drop(self, reason: str, source: str, index: int, row: Any) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        quoted = self.examples.setdefault(reason, [])
+        if len(quoted) < self.max_examples:
+            text = repr(row)
+            if len(text) > _ROW_REPR_CHARS:
+                text = text[:_ROW_REPR_CHARS] + "..."
+            quoted.append({"source": source, "index": index, "row": text})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "sources": {name: dict(counts) for name, counts in self.sources.items()},
+            "rows_read": self.rows_read,
+            "kept": self.kept,
+            "truncated": self.truncated,
+            "dropped": dict(self.dropped),
+            "examples": {reason: [dict(e) for e in rows] for reason, rows in self.examples.items()},
+        }
+
+
+def write_data_report(reports: dict[str, DataReport], output_dir: str | Path) -> Path:
+    """Write ``{"train": {...}, "eval": {...}}`` to ``<output_dir>/data_report.json`` and return its path."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "data_report.json"
+    path.write_text(json.dumps({name: r.to_dict() for name, r in reports.items()}, indent=2) + "\n")
+    return path

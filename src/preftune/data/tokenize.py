@@ -1,0 +1,87 @@
+"""Texts -> token ids, exact at the prompt/response boundary, then truncation to data.max_len.
+
+The prompt and each response are tokenised separately and concatenated, so the scored tokens are exactly the
+response's own. Tokenising ``prompt + response`` in one go can merge text across the boundary: with a BPE
+that learned "helloworld", prompt "say hello" + response "world" would give [..., "helloworld"], leaving the
+response no token of its own and shifting what gets scored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import DataConfig
+from .errors import DropRow
+from .rows import PairText
+
+Ids = list[int]
+_BATCH = 1000  # texts per tokenizer call: fast tokenizers parallelise within a call
+
+
+def encode_texts(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[Ids]:
+    out: list[Ids] = []
+    for start in range(0, len(texts), _BATCH):
+        batch = tokenizer(texts[start : start + _BATCH], add_special_tokens=add_special_tokens)
+        out.extend(list(ids) for ids in batch["input_ids"])
+    return out
+
+
+def encode_pairs(texts: list[PairText], tokenizer: Any) -> list[tuple[Ids, Ids, Ids]]:
+    """``(prompt_ids, chosen_ids, rejected_ids)`` per pair, untruncated.
+
+    Toy tokenizer, string row ``{"prompt": "hi", "chosen": " yo", ...}``: prompt_ids = [BOS, ids("hi")],
+    chosen_ids = ids(" yo") + [EOS]. Chat-rendered prompt ``"<s><|user|>hi</s><|assistant|>"``: prompt_ids =
+    ids of exactly that text, one BOS (the template wrote it; the tokenizer adds none).
+    """
+    bos = getattr(tokenizer, "bos_token_id", None)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    prompts: list[Ids] = [[] for _ in texts]
+    for special in (True, False):
+        which = [i for i, t in enumerate(texts) if t.prompt_special_tokens is special]
+        encoded = encode_texts(tokenizer, [texts[i].prompt for i in which], add_special_tokens=special)
+        for i, ids in zip(which, encoded, strict=True):
+            # A prompt text that itself starts with the BOS string would otherwise get a second one.
+            prompts[i] = ids[1:] if bos is not None and ids[:2] == [bos, bos] else ids
+    responses = encode_texts(
+        tokenizer, [t.chosen for t in texts] + [t.rejected for t in texts], add_special_tokens=False
+    )
+    if eos is not None:
+        for ids in responses:
+            if not ids or ids[-1] != eos:
+                ids.append(eos)
+    n = len(texts)
+    return [(prompts[i], responses[i], responses[n + i]) for i in range(n)]
+
+
+def truncate(
+    prompt: Ids, chosen: Ids, rejected: Ids, cfg: DataConfig, bos: int | None
+) -> tuple[Ids, Ids, Ids]:
+    """Fit prompt + each response into ``cfg.max_len`` per ``cfg.truncation``; raises :class:`DropRow`.
+
+    Example, max_len 8, prompt [BOS p1 p2 p3 p4 p5 p6], chosen [c1 c2 c3 c4], rejected [r1 r2 r3]:
+    prompt_left keeps max(1, 8 - 4) = 4 prompt tokens, BOS first: [BOS p4 p5 p6], and both responses fit;
+    response_right keeps all 7 prompt tokens and cuts the responses to [c1] and [r1]; drop discards the row.
+    """
+    keep_bos = bos is not None and prompt[:1] == [bos]
+
+    def keep_last(ids: Ids, budget: int) -> Ids:
+        if len(ids) <= budget:
+            return ids
+        if keep_bos:  # BOS counts towards the budget: the model never saw text without it
+            return [ids[0], *ids[len(ids) - (budget - 1) :]]
+        return ids[len(ids) - budget :]
+
+    if cfg.max_prompt_len is not None:
+        prompt = keep_last(prompt, cfg.max_prompt_len)
+    longest = max(len(chosen), len(rejected))
+    if len(prompt) + longest <= cfg.max_len:
+        return prompt, chosen, rejected
+    if cfg.truncation == "drop":
+        raise DropRow("too_long")
+    if cfg.truncation == "prompt_left":
+        # At least one prompt token stays: the first response token is scored from the position before it.
+        prompt = keep_last(prompt, max(1, cfg.max_len - longest))
+    room = cfg.max_len - len(prompt)
+    if room < 1:
+        raise DropRow("no_response_room")
+    return prompt, chosen[:room], rejected[:room]
