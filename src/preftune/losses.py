@@ -1,9 +1,19 @@
-"""DPO loss variants: one small pure function each, found by name in a registry.
+"""DPO loss variants: one small pure function each, registered by name, looked up by ``cfg.type``.
 
-Notation in every docstring: pc, pr = policy summed log-probs of chosen / rejected; rc, rr = reference;
-a = pc - rc, b = pr - rr (log-ratios); h = a - b; beta = cfg.beta; eps = cfg.label_smoothing;
-lc, lr = chosen / rejected response token counts; s = sigmoid, ls = log sigmoid.
-Unless a docstring says otherwise, rewards are beta*a (chosen) and beta*b (rejected).
+Notation used by every docstring below:
+
+    pc, pr   policy log-probs of the chosen / rejected response, summed over response tokens
+    rc, rr   the same under the frozen reference model
+    a = pc - rc,  b = pr - rr      (log-ratios)
+    h = a - b
+    beta = cfg.beta,  eps = cfg.label_smoothing
+    lc, lr   chosen / rejected response token counts (clamped to >= 1, as TRL does)
+    s(x) = sigmoid(x),  ls(x) = log(sigmoid(x)) = -log(1 + exp(-x))
+
+Unless a docstring says otherwise, the implicit rewards are beta*a (chosen) and beta*b (rejected).
+All arithmetic runs in at least float32; outputs come back in the dtype of ``policy_chosen``.
+A new variant is one decorated function: ``@register_loss("name")`` (plus ``reference_free=True``
+when it never reads ``ref_*``) and a name added to ``config.LOSS_TYPES``.
 """
 
 from __future__ import annotations
@@ -21,26 +31,27 @@ from .config import LossConfig
 
 @dataclass(frozen=True)
 class PairLogps:
-    policy_chosen: Tensor  # (B,) sum over response tokens of log p(token | prefix)
-    policy_rejected: Tensor
-    ref_chosen: Tensor | None  # None for reference-free losses
+    policy_chosen: Tensor  # (B,) sum over response tokens of log p(token | prefix), policy
+    policy_rejected: Tensor  # (B,)
+    ref_chosen: Tensor | None  # (B,) same for the frozen reference; None for reference-free losses
     ref_rejected: Tensor | None
-    chosen_tokens: Tensor  # (B,) response tokens scored
-    rejected_tokens: Tensor
+    chosen_tokens: Tensor  # (B,) number of response tokens scored (float or int)
+    rejected_tokens: Tensor  # (B,)
 
 
 @dataclass
 class LossOutput:
     losses: Tensor  # (B,) per-pair loss, differentiable; the trainer takes the mean
-    chosen_rewards: Tensor  # (B,) detached
-    rejected_rewards: Tensor
+    chosen_rewards: Tensor  # (B,) detached implicit rewards
+    rejected_rewards: Tensor  # (B,) detached
 
 
 @dataclass
 class LossState:
-    """Cross-step state of stateful losses (bco_pair's running reward mean); checkpointed by the trainer.
+    """Mutable cross-step state for stateful losses (only bco_pair's running reward mean today).
 
-    ``update`` is False during evaluation so held-out data never moves the statistics.
+    ``state_dict()`` / ``load_state_dict()`` let the trainer checkpoint it. ``update`` is False during
+    evaluation so held-out pairs never move the statistics. The state is per process.
     """
 
     values: dict[str, float] = field(default_factory=dict)
@@ -50,7 +61,7 @@ class LossState:
         return dict(self.values)
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        self.values = dict(state)
+        self.values = {key: float(value) for key, value in state.items()}
 
 
 LossFn = Callable[[PairLogps, LossConfig, LossState], LossOutput]
@@ -67,205 +78,271 @@ LOSSES: dict[str, LossSpec] = {}
 
 
 def register_loss(name: str, *, reference_free: bool = False) -> Callable[[LossFn], LossFn]:
-    def wrap(fn: LossFn) -> LossFn:
-        LOSSES[name] = LossSpec(name, fn, reference_free)
+    """Decorator adding ``fn`` to :data:`LOSSES` under ``name``; a name can be registered once."""
+
+    def register(fn: LossFn) -> LossFn:
+        if name in LOSSES:
+            raise ValueError(f"loss {name!r} is already registered (by {LOSSES[name].fn.__qualname__})")
+        LOSSES[name] = LossSpec(name=name, fn=fn, reference_free=reference_free)
         return fn
 
-    return wrap
+    return register
 
 
 def get_loss(name: str) -> LossSpec:
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(LOSSES)}")
-    return LOSSES[name]
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(LOSSES)}") from None
 
 
 def compute_loss(logps: PairLogps, cfg: LossConfig, state: LossState | None = None) -> LossOutput:
+    """Per-pair loss and detached rewards of the variant named by ``cfg.type``."""
     spec = get_loss(cfg.type)
     if not spec.reference_free and (logps.ref_chosen is None or logps.ref_rejected is None):
-        raise ValueError(f"loss {spec.name!r} needs reference log-probs (give a reference model)")
+        free = ", ".join(name for name, s in LOSSES.items() if s.reference_free)
+        raise ValueError(
+            f"loss {spec.name!r} needs reference log-probs but ref_chosen/ref_rejected is None; "
+            f"give a reference model, or pick a reference-free loss ({free})"
+        )
     return spec.fn(logps, cfg, state if state is not None else LossState())
 
 
 # ---------------------------------------------------------------- shared pieces
 
 
-def _ratios(x: PairLogps) -> tuple[Tensor, Tensor]:
-    assert x.ref_chosen is not None and x.ref_rejected is not None
-    return x.policy_chosen.float() - x.ref_chosen.float(), x.policy_rejected.float() - x.ref_rejected.float()
+def _wide(t: Tensor) -> Tensor:
+    # float64 stays float64 so callers who want more precision keep it; bf16/fp16/int go to float32.
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def _ratio_output(losses: Tensor, a: Tensor, b: Tensor, beta: float) -> LossOutput:
-    return LossOutput(losses, (beta * a).detach(), (beta * b).detach())
+def _log_ratios(x: PairLogps) -> tuple[Tensor, Tensor]:
+    """(a, b) = (pc - rc, pr - rr)."""
+    if x.ref_chosen is None or x.ref_rejected is None:
+        raise ValueError("this loss needs reference log-probs (ref_chosen / ref_rejected)")
+    return _wide(x.policy_chosen) - _wide(x.ref_chosen), _wide(x.policy_rejected) - _wide(x.ref_rejected)
 
 
-def _smoothed_sigmoid(z: Tensor, eps: float) -> Tensor:
-    """-(1-eps) ls(z) - eps ls(-z): the DPO logistic loss with label-flip probability eps (cDPO)."""
-    return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+def _lengths(x: PairLogps) -> tuple[Tensor, Tensor]:
+    # An empty response (possible after truncation) must not divide by zero; TRL clamps the same way.
+    return _wide(x.chosen_tokens).clamp(min=1), _wide(x.rejected_tokens).clamp(min=1)
 
 
-def _averages(x: PairLogps) -> tuple[Tensor, Tensor]:
-    return (
-        x.policy_chosen.float() / x.chosen_tokens.float(),
-        x.policy_rejected.float() / x.rejected_tokens.float(),
+def _policy_averages(x: PairLogps) -> tuple[Tensor, Tensor]:
+    """(pc/lc, pr/lr): per-token average policy log-probs."""
+    lc, lr = _lengths(x)
+    return _wide(x.policy_chosen) / lc, _wide(x.policy_rejected) / lr
+
+
+def _output(x: PairLogps, losses: Tensor, chosen_rewards: Tensor, rejected_rewards: Tensor) -> LossOutput:
+    dtype = x.policy_chosen.dtype
+    return LossOutput(
+        losses.to(dtype), chosen_rewards.detach().to(dtype), rejected_rewards.detach().to(dtype)
     )
 
 
-# ---------------------------------------------------------------- the variants
+def _smoothed_logistic(z: Tensor, eps: float) -> Tensor:
+    """-(1-eps) ls(z) - eps ls(-z): logistic loss when the label is flipped with probability eps."""
+    return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+
+
+# ---------------------------------------------------------------- reference-based variants
 
 
 @register_loss("sigmoid")
 def sigmoid_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
-    """DPO (Rafailov et al. 2023): -(1-eps) ls(beta h) - eps ls(-beta h); eps > 0 is conservative DPO.
+    """DPO (Rafailov et al. 2023):  loss = -(1-eps) ls(beta h) - eps ls(-beta h).
 
-    policy == reference gives h = 0 and loss ln 2 = 0.693147.
+    eps > 0 is conservative DPO (cDPO, Mitchell 2023), as in OpenRLHF and earlier TRL releases;
+    current TRL's "sigmoid" has no eps term, which is the eps = 0 case here.
     """
-    a, b = _ratios(x)
-    return _ratio_output(_smoothed_sigmoid(cfg.beta * (a - b), cfg.label_smoothing), a, b, cfg.beta)
+    a, b = _log_ratios(x)
+    return _output(x, _smoothed_logistic(cfg.beta * (a - b), cfg.label_smoothing), cfg.beta * a, cfg.beta * b)
 
 
 @register_loss("ipo")
 def ipo_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
-    """IPO (Azar et al. 2023): (h - 1/(2 beta))^2 on summed log-probs, as OpenRLHF does.
+    """IPO (Azar et al. 2023, eq. 17):  loss = (h - 1/(2 beta))^2  with h from summed log-probs (OpenRLHF).
 
-    With cfg.ipo_average the log-probs are per-token averages (pc/lc etc.), as TRL does. Rewards stay beta*a, beta*b.
+    cfg.ipo_average = True uses per-token averages instead, h = a/lc - b/lr (TRL's choice, which the IPO
+    authors confirmed to TRL). Rewards stay beta*a, beta*b on summed log-probs either way.
     """
-    a, b = _ratios(x)
-    h = a - b
+    a, b = _log_ratios(x)
     if cfg.ipo_average:
-        h = a / x.chosen_tokens.float() - b / x.rejected_tokens.float()
-    return _ratio_output((h - 1 / (2 * cfg.beta)) ** 2, a, b, cfg.beta)
+        lc, lr = _lengths(x)
+        h = a / lc - b / lr
+    else:
+        h = a - b
+    return _output(x, (h - 1 / (2 * cfg.beta)) ** 2, cfg.beta * a, cfg.beta * b)
 
 
 @register_loss("hinge")
 def hinge_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
-    """SLiC-style hinge: relu(1 - beta h)."""
-    a, b = _ratios(x)
-    return _ratio_output(torch.relu(1 - cfg.beta * (a - b)), a, b, cfg.beta)
+    """SLiC-style hinge (Zhao et al. 2023):  loss = relu(1 - beta h)."""
+    a, b = _log_ratios(x)
+    return _output(x, torch.relu(1 - cfg.beta * (a - b)), cfg.beta * a, cfg.beta * b)
 
 
 @register_loss("robust")
 def robust_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
-    """Robust DPO (Chowdhury et al. 2024): (-(1-eps) ls(beta h) + eps ls(-beta h)) / (1 - 2 eps).
+    """Robust DPO (Chowdhury et al. 2024):  loss = (-(1-eps) ls(beta h) + eps ls(-beta h)) / (1 - 2 eps).
 
-    An unbiased estimate of the clean-label loss under label-flip rate eps; equals sigmoid when eps = 0.
+    An unbiased estimate of the clean-label DPO loss when labels flip with probability eps; eps = 0 is
+    plain DPO.
     """
-    a, b = _ratios(x)
+    a, b = _log_ratios(x)
     z, eps = cfg.beta * (a - b), cfg.label_smoothing
     losses = (-(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1 - 2 * eps)
-    return _ratio_output(losses, a, b, cfg.beta)
+    return _output(x, losses, cfg.beta * a, cfg.beta * b)
 
 
 @register_loss("exo_pair")
 def exo_pair_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
-    """EXO (Ji et al. 2024), pairwise: s(z)(ls(z) - ln(1-e)) + s(-z)(ls(-z) - ln e), z = beta h.
+    """EXO, pairwise (Ji et al. 2024, eq. 16), with z = beta h and e = eps, or 1e-3 when eps = 0:
 
-    A reverse KL between the model's pair preference s(z) and the target (1-e, e); e = eps, or 1e-3 when eps = 0.
+        loss = s(z) (ls(z) - log(1-e)) + s(-z) (ls(-z) - log(e))
+
+    the KL divergence from the target preference (1-e, e) to the model's (s(z), s(-z)); it is >= 0 and
+    reaches 0 at z = log((1-e)/e). The 1e-3 default is earlier TRL's (current TRL takes eps as given).
     """
-    a, b = _ratios(x)
+    a, b = _log_ratios(x)
     z = cfg.beta * (a - b)
     e = cfg.label_smoothing if cfg.label_smoothing > 0 else 1e-3
-    losses = torch.sigmoid(z) * (F.logsigmoid(z) - math.log(1 - e)) + torch.sigmoid(-z) * (
+    losses = torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-e)) + torch.sigmoid(-z) * (
         F.logsigmoid(-z) - math.log(e)
     )
-    return _ratio_output(losses, a, b, cfg.beta)
+    return _output(x, losses, cfg.beta * a, cfg.beta * b)
 
 
 @register_loss("nca_pair")
 def nca_pair_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
-    """NCA (Chen et al. 2024), pairwise: -ls(beta a) - 0.5 ls(-beta a) - 0.5 ls(-beta b)."""
-    a, b = _ratios(x)
+    """NCA, pairwise (Chen et al. 2024):  loss = -ls(beta a) - 0.5 ls(-beta a) - 0.5 ls(-beta b)."""
+    a, b = _log_ratios(x)
     za, zb = cfg.beta * a, cfg.beta * b
     losses = -F.logsigmoid(za) - 0.5 * F.logsigmoid(-za) - 0.5 * F.logsigmoid(-zb)
-    return _ratio_output(losses, a, b, cfg.beta)
+    return _output(x, losses, za, zb)
 
 
 @register_loss("bco_pair")
 def bco_pair_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
-    """BCO (Jung et al. 2024), pairwise: -ls(beta a - d) - ls(-(beta b - d)).
+    """BCO, pairwise (Jung et al. 2024):  loss = -ls(beta a - d) - ls(-(beta b - d)).
 
-    d is the running mean of every reward (beta a and beta b) seen in training so far, this batch included.
+    d is the running mean of every reward (beta a and beta b) seen so far, this batch included: with
+    state.update the batch's rewards are folded in first, then d is read. Each reward counts once, so
+    d is the exact mean over all rewards; TRL releases that had d averaged the per-batch means, which
+    is the same whenever batches have equal size. (Current TRL dropped d altogether.)
     """
-    a, b = _ratios(x)
-    rewards = torch.cat([cfg.beta * a, cfg.beta * b]).detach()
+    a, b = _log_ratios(x)
+    za, zb = cfg.beta * a, cfg.beta * b
     count, mean = state.values.get("count", 0.0), state.values.get("mean", 0.0)
     if state.update:
-        new_count = count + rewards.numel()
-        mean = mean + (float(rewards.sum()) - rewards.numel() * mean) / new_count
-        state.values.update(count=new_count, mean=mean)
-    losses = -F.logsigmoid(cfg.beta * a - mean) - F.logsigmoid(-(cfg.beta * b - mean))
-    return _ratio_output(losses, a, b, cfg.beta)
+        rewards = torch.cat([za, zb]).detach()
+        count += rewards.numel()
+        mean += (float(rewards.sum()) - rewards.numel() * mean) / count
+        state.values.update(count=count, mean=mean)
+    losses = -F.logsigmoid(za - mean) - F.logsigmoid(-(zb - mean))
+    return _output(x, losses, za, zb)
 
 
 @register_loss("sppo_hard")
 def sppo_hard_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
-    """SPPO with hard labels (Wu et al. 2024): (a - 1/(2 beta))^2 + (b + 1/(2 beta))^2."""
-    a, b = _ratios(x)
+    """SPPO with hard win probabilities (Wu et al. 2024):  loss = (a - 1/(2 beta))^2 + (b + 1/(2 beta))^2."""
+    a, b = _log_ratios(x)
     half = 1 / (2 * cfg.beta)
-    return _ratio_output((a - half) ** 2 + (b + half) ** 2, a, b, cfg.beta)
+    return _output(x, (a - half) ** 2 + (b + half) ** 2, cfg.beta * a, cfg.beta * b)
 
 
 @register_loss("apo_zero")
 def apo_zero_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
-    """APO-zero (D'Oosterlinck et al. 2024), for chosen better than the model: (1 - s(beta a)) + s(beta b)."""
-    a, b = _ratios(x)
+    """APO-zero (D'Oosterlinck et al. 2024, eq. 7):  loss = (1 - s(beta a)) + s(beta b).
+
+    For chosen responses better than the model's own: raises chosen, lowers rejected likelihood.
+    """
+    a, b = _log_ratios(x)
     losses = (1 - torch.sigmoid(cfg.beta * a)) + torch.sigmoid(cfg.beta * b)
-    return _ratio_output(losses, a, b, cfg.beta)
+    return _output(x, losses, cfg.beta * a, cfg.beta * b)
 
 
 @register_loss("apo_down")
 def apo_down_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
-    """APO-down, for chosen worse than the model: s(beta a) + (1 - s(beta (a - b)))."""
-    a, b = _ratios(x)
+    """APO-down (D'Oosterlinck et al. 2024, eq. 8):  loss = s(beta a) + (1 - s(beta h)).
+
+    For chosen responses worse than the model's own: lowers both likelihoods, rejected more.
+    """
+    a, b = _log_ratios(x)
     losses = torch.sigmoid(cfg.beta * a) + (1 - torch.sigmoid(cfg.beta * (a - b)))
-    return _ratio_output(losses, a, b, cfg.beta)
+    return _output(x, losses, cfg.beta * a, cfg.beta * b)
 
 
 @register_loss("discopop")
 def discopop_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
-    """DiscoPOP (Chris Lu et al. 2024), log-ratio modulated: z = beta h, m = s(z / tau);
-    loss = (1 - m)(-ls(z)) + m exp(-z). At z = 0: 0.5 ln 2 + 0.5."""
-    a, b = _ratios(x)
+    """DiscoPOP / log-ratio modulated loss (Chris Lu et al. 2024, eq. 5), with z = beta h, tau = cfg.discopop_tau:
+
+        m = s(z / tau);  loss = (1 - m) (-ls(z)) + m exp(-z)
+
+    m exp(-z) is evaluated as exp(ls(z / tau) - z): the same number, but a very negative z gives
+    exp(-z) = inf times m = 0, which is NaN in the literal form.
+    """
+    a, b = _log_ratios(x)
     z = cfg.beta * (a - b)
-    m = torch.sigmoid(z / cfg.discopop_tau)
-    losses = (1 - m) * -F.logsigmoid(z) + m * torch.exp(-z)
-    return _ratio_output(losses, a, b, cfg.beta)
+    tau = cfg.discopop_tau
+    losses = torch.sigmoid(-z / tau) * -F.logsigmoid(z) + torch.exp(F.logsigmoid(z / tau) - z)
+    return _output(x, losses, cfg.beta * a, cfg.beta * b)
 
 
 @register_loss("sigmoid_norm")
 def sigmoid_norm_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
-    """DPO on length-normalised log-ratios: h_n = a/lc - b/lr; -(1-eps) ls(beta h_n) - eps ls(-beta h_n).
+    """Length-normalised DPO (Tulu 3, eq. 6; TRL "sigmoid_norm"), with h_n = a/lc - b/lr:
 
-    Rewards are length-normalised too: beta a / lc and beta b / lr.
+        loss = -(1-eps) ls(beta h_n) - eps ls(-beta h_n)
+
+    h_n = (pc/lc - rc/lc) - (pr/lr - rr/lr). TRL has no eps term (eps = 0 here is TRL exactly); eps is
+    kept so label_smoothing means the same as for "sigmoid". Rewards are length-normalised too:
+    beta a/lc and beta b/lr, so their margin is the quantity the loss acts on (TRL logs beta a, beta b).
     """
-    a, b = _ratios(x)
-    an, bn = a / x.chosen_tokens.float(), b / x.rejected_tokens.float()
-    return _ratio_output(_smoothed_sigmoid(cfg.beta * (an - bn), cfg.label_smoothing), an, bn, cfg.beta)
+    a, b = _log_ratios(x)
+    lc, lr = _lengths(x)
+    an, bn = a / lc, b / lr
+    losses = _smoothed_logistic(cfg.beta * (an - bn), cfg.label_smoothing)
+    return _output(x, losses, cfg.beta * an, cfg.beta * bn)
+
+
+# ---------------------------------------------------------------- reference-free variants
 
 
 @register_loss("simpo", reference_free=True)
 def simpo_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
-    """SimPO (Meng et al. 2024), no reference: z = beta (pc/lc - pr/lr) - gamma;
-    loss = -(1-eps) ls(z) - eps ls(-z). Rewards: beta pc/lc and beta pr/lr."""
-    ac, ar = _averages(x)
-    z = cfg.beta * (ac - ar) - cfg.simpo_gamma
-    return LossOutput(
-        _smoothed_sigmoid(z, cfg.label_smoothing), (cfg.beta * ac).detach(), (cfg.beta * ar).detach()
-    )
+    """SimPO (Meng et al. 2024), no reference; h = pc/lc - pr/lr, g = cfg.simpo_gamma / beta:
+
+        loss = -(1-eps) ls(beta (h - g)) - eps ls(-beta (h - g))
+
+    i.e. the margin beta h must beat gamma. Rewards: beta pc/lc and beta pr/lr.
+    """
+    ac, ar = _policy_averages(x)
+    z = cfg.beta * ((ac - ar) - cfg.simpo_gamma / cfg.beta)
+    return _output(x, _smoothed_logistic(z, cfg.label_smoothing), cfg.beta * ac, cfg.beta * ar)
 
 
-def _log1m_exp(x: Tensor) -> Tensor:
-    """log(1 - exp(x)) for x <= 0, accurate both near 0 and for very negative x."""
-    x = x.clamp(max=-1e-7)
-    return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+def _log1m_exp(v: Tensor) -> Tensor:
+    """log(1 - exp(v)) for v <= 0, accurate near 0 (expm1) and for very negative v (log1p)."""
+    # v is an average log-prob, so v <= 0; v == 0 (a certain response) would give log(0) = -inf,
+    # so v is held just below 0 and the odds ratio stays finite.
+    v = v.clamp(max=-1e-7)
+    return torch.where(v > -math.log(2), torch.log(-torch.expm1(v)), torch.log1p(-torch.exp(v)))
 
 
 @register_loss("orpo", reference_free=True)
 def orpo_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
-    """ORPO (Hong et al. 2024) = SFT NLL on chosen + odds-ratio term, no reference:
-    ac = pc/lc, ar = pr/lr; log_odds = (ac - ar) - (log(1 - e^ac) - log(1 - e^ar));
-    loss = -ac - beta ls(log_odds). Rewards: beta ac and beta ar."""
-    ac, ar = _averages(x)
+    """ORPO (Hong et al. 2024), no reference: SFT NLL on the chosen response plus an odds-ratio term.
+
+        ac = pc/lc, ar = pr/lr   (per-token average log-probs)
+        log_odds = (ac - ar) - (log(1 - exp(ac)) - log(1 - exp(ar)))   = log(odds(chosen) / odds(rejected))
+        loss = -ac - beta ls(log_odds)
+
+    beta is ORPO's lambda. -ac is a per-pair token-average NLL; TRL instead averages the NLL over all
+    chosen tokens of the batch, which weighs long responses more. Rewards: beta ac and beta ar.
+    """
+    ac, ar = _policy_averages(x)
     log_odds = (ac - ar) - (_log1m_exp(ac) - _log1m_exp(ar))
     losses = -ac - cfg.beta * F.logsigmoid(log_odds)
-    return LossOutput(losses, (cfg.beta * ac).detach(), (cfg.beta * ar).detach())
+    return _output(x, losses, cfg.beta * ac, cfg.beta * ar)
