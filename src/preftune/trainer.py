@@ -71,7 +71,7 @@ class DPOTrainer:
             if self.loss_spec.reference_free:
                 raise ValueError(f"loss {self.loss_spec.name!r} is reference-free; pass ref_model=None")
             ref_scorer = strategy.prepare_model(
-                SequenceScorer(freeze(ref_model), lm_head_chunk), trainable=False
+                freeze(SequenceScorer(ref_model, lm_head_chunk)), trainable=False
             )
             reference = ModelReference(ref_scorer, self.layout)
         if reference is None and not self.loss_spec.reference_free:

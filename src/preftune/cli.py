@@ -1,0 +1,104 @@
+"""``preftune train | eval | demo``: parse -> validate -> build -> run. Errors the user can fix are one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError, config_keys, help_lines, load_config
+
+USAGE = """usage: preftune COMMAND [--config run.yaml] [--section.key VALUE ...]
+
+commands:
+  train   DPO-train a model on a preference dataset, checkpoint, resume, export <output_dir>/final
+  eval    loss, reward accuracy and margins of a model against a reference on data.eval
+  demo    train a tiny model on a generated preference task (no download), print the metrics
+
+`preftune train --help` lists every configuration key with its default."""
+
+
+def parse_overrides(argv: list[str]) -> tuple[str | None, dict[str, Any]]:
+    """``["--config", "a.yaml", "--loss.beta", "0.2", "--ckpt.save_hf"]`` -> ("a.yaml", {...}).
+
+    A flag with no value (next token is another flag, or none) means true: ``--ckpt.save_hf``.
+    """
+    known = set(config_keys())
+    config_path: str | None = None
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--"):
+            raise ConfigError(f"unexpected argument {token!r}: options look like --section.key VALUE")
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
+            value = argv[i + 1] if has_value else "true"
+            i += 1 if has_value else 0
+        i += 1
+        if key == "config":
+            config_path = value
+        elif key not in known:
+            raise ConfigError(f"unknown option --{key} (see --help for the list of keys)")
+        else:
+            overrides[key] = value
+    return config_path, overrides
+
+
+def _config_from(argv: list[str], defaults: dict[str, Any] | None = None) -> Config:
+    config_path, overrides = parse_overrides(argv)
+    return load_config(config_path, {**(defaults or {}), **overrides})
+
+
+def _print_help(command: str) -> None:
+    print(f"usage: preftune {command} [--config run.yaml] [--section.key VALUE ...]\n\nconfiguration keys:")
+    print("\n".join(help_lines()))
+
+
+def run(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in ("train", "eval", "demo"):
+        raise ConfigError(f"unknown command {command!r}; choose train, eval or demo")
+    if "-h" in rest or "--help" in rest:
+        _print_help(command)
+        return 0
+    if command == "demo":
+        from .demo import run_demo
+
+        return run_demo(rest)
+    from . import runner
+
+    cfg = _config_from(rest)
+    if command == "train":
+        final = runner.train(cfg)
+        print(f"done: Hugging Face model written to {final}")
+    else:
+        metrics = runner.evaluate(cfg)
+        print(json.dumps(metrics, indent=2))
+        Path(cfg.output_dir, "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .allocator import keep_freed_memory
+    from .data import DataError
+
+    keep_freed_memory()
+
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except (ConfigError, DataError) as exc:
+        print(f"preftune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("preftune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

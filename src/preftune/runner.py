@@ -1,0 +1,195 @@
+"""Config in, trained model out: builds tokenizer, data, models, optimizer and trainer, the way the CLI does."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from .checkpoint import latest_checkpoint
+from .config import REFERENCE_FREE_LOSSES, Config, ConfigError, validate
+from .data import TokenizedPair, load_pairs, write_data_report
+from .forward import Layout, build_layout
+from .optim import build_optimizer, build_scheduler
+from .sampler import ResumableSampler
+from .strategy import Strategy, build_strategy
+from .trainer import DPOTrainer
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_output_dir(path: str) -> Path:
+    """Refuse an output folder that cannot be created or written, before anything expensive happens."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"output_dir: cannot create {out}: {exc.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"output_dir: {out} is not writable")
+    return out
+
+
+@contextlib.contextmanager
+def _loading(key: str, name_or_path: str) -> Iterator[None]:
+    """Turn a load failure (missing folder, no network for a Hub name) into a one-line error naming the key."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{key}: cannot load {name_or_path!r}: {first}") from None
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    with _loading("model.name_or_path", name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        # Padding is masked out everywhere, so any id serves; EOS is the common convention.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name_or_path: str, cfg: Config, key: str = "model.name_or_path") -> PreTrainedModel:
+    m = cfg.model
+    with _loading(key, name_or_path):
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path,
+            dtype=_DTYPES[m.dtype],
+            attn_implementation=m.attn_implementation,
+            trust_remote_code=m.trust_remote_code,
+        )
+    model.config.use_cache = False
+    return model
+
+
+def make_train_loader(
+    pairs: list[TokenizedPair], layout: Layout, cfg: Config, strategy: Strategy
+) -> DataLoader:
+    sampler = ResumableSampler(
+        len(pairs), cfg.train.batch_size, cfg.seed, cfg.data.shuffle, strategy.rank, strategy.world_size
+    )
+    dataset: Any = pairs  # a list is a valid map-style dataset; torch's stubs only admit Dataset
+    return DataLoader(
+        dataset, batch_size=cfg.train.micro_batch_size, sampler=sampler, collate_fn=layout.collate
+    )
+
+
+def make_eval_loader(pairs: list[TokenizedPair], layout: Layout, cfg: Config) -> DataLoader | None:
+    if not pairs:
+        return None
+    size = cfg.train.eval_micro_batch_size or cfg.train.micro_batch_size
+    dataset: Any = pairs
+    return DataLoader(dataset, batch_size=size, shuffle=False, collate_fn=layout.collate)
+
+
+def _load_data(
+    cfg: Config, tokenizer: Any, out: Path, need_train: bool
+) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
+    reports = {}
+    train_pairs: list[TokenizedPair] = []
+    if need_train:
+        if not cfg.data.train:
+            raise ConfigError("data.train: no training source given")
+        train_pairs, reports["train"] = load_pairs(cfg.data, tokenizer, "train", cfg.seed)
+    eval_pairs: list[TokenizedPair] = []
+    if cfg.data.eval:
+        eval_pairs, reports["eval"] = load_pairs(cfg.data, tokenizer, "eval", cfg.seed)
+    write_data_report(reports, out)
+    return train_pairs, eval_pairs
+
+
+def _reference(cfg: Config) -> PreTrainedModel | None:
+    if cfg.loss.type in REFERENCE_FREE_LOSSES:
+        return None
+    if cfg.ref.name_or_path:
+        return load_model(cfg.ref.name_or_path, cfg, key="ref.name_or_path")
+    return load_model(cfg.model.name_or_path, cfg)
+
+
+def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tuple[DPOTrainer, int]:
+    """Everything ``preftune train`` builds, in order; returns the trainer and its steps per epoch."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    validate(cfg, world_size)
+    if not cfg.model.name_or_path:
+        raise ConfigError("model.name_or_path: no policy model given")
+    out = check_output_dir(cfg.output_dir)
+    seed_everything(cfg.seed)
+    strategy = build_strategy(
+        cfg.strategy.name,
+        accumulation_steps=cfg.train.batch_size // (cfg.train.micro_batch_size * world_size),
+    )
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    train_pairs, eval_pairs = _load_data(cfg, tokenizer, out, need_train)
+    if need_train and len(train_pairs) < cfg.train.batch_size:
+        raise ConfigError(
+            f"train.batch_size: {len(train_pairs)} usable training pairs are fewer than one batch of "
+            f"{cfg.train.batch_size} (see {out / 'data_report.json'})"
+        )
+    log(
+        f"data: {len(train_pairs)} train pairs, {len(eval_pairs)} eval pairs (report: {out / 'data_report.json'})"
+    )
+
+    model = load_model(cfg.model.name_or_path, cfg)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    layout = build_layout(cfg.train.layout, tokenizer.pad_token_id)
+    train_loader = make_train_loader(train_pairs, layout, cfg, strategy) if need_train else None
+    steps_per_epoch = len(train_pairs) // cfg.train.batch_size
+    total = steps_per_epoch * cfg.train.max_epochs
+    if cfg.train.max_steps is not None:
+        total = min(total, cfg.train.max_steps)
+    optimizer = build_optimizer(model, cfg.optim) if need_train else None
+    scheduler = build_scheduler(optimizer, cfg.optim, max(total, 1)) if optimizer is not None else None
+    trainer = DPOTrainer(
+        model, _reference(cfg), strategy, tokenizer, optimizer, train_loader, make_eval_loader(eval_pairs, layout, cfg),
+        scheduler, max_norm=cfg.optim.max_norm, beta=cfg.loss.beta, max_epochs=cfg.train.max_epochs,
+        save_hf_ckpt=cfg.ckpt.save_hf, disable_ds_ckpt=cfg.ckpt.disable,
+        loss_config=cfg.loss, layout=layout, lm_head_chunk=cfg.train.lm_head_chunk,
+    )  # fmt: skip
+    return trainer, steps_per_epoch
+
+
+def resume_point(cfg: Config) -> Path | None:
+    """The checkpoint ``ckpt.resume`` names: the newest complete one (auto), none, or an explicit folder."""
+    if cfg.ckpt.resume == "none":
+        return None
+    if cfg.ckpt.resume == "auto":
+        return latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
+    path = Path(cfg.ckpt.resume)
+    if not path.is_dir():
+        raise ConfigError(f"ckpt.resume: {path} is not a checkpoint folder")
+    return path
+
+
+def train(cfg: Config, log: Any = print) -> Path:
+    """Run ``preftune train``; returns the folder of the exported Hugging Face model."""
+    trainer, steps_per_epoch = build_trainer(cfg, need_train=True, log=log)
+    consumed = 0
+    ckpt = resume_point(cfg)
+    if ckpt is not None:
+        consumed = trainer.load_checkpoint(ckpt)
+        log(f"resuming from {ckpt} at step {trainer.global_step} ({consumed} pairs consumed)")
+    trainer.fit(cfg, consumed_samples=consumed, num_update_steps_per_epoch=steps_per_epoch)
+    return Path(cfg.output_dir) / "final"
+
+
+def evaluate(cfg: Config, log: Any = print) -> dict[str, float]:
+    """Run ``preftune eval``: DPO loss, reward accuracy and margins of the model against the reference."""
+    if not cfg.data.eval:
+        raise ConfigError("data.eval: no evaluation source given")
+    trainer, _ = build_trainer(cfg, need_train=False, log=log)
+    return trainer.evaluate()

@@ -1,0 +1,41 @@
+"""Shared tiny-model builders for trainer and CLI tests (a tokenizer, a model folder, jsonl data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from preftune.config import Config, load_config
+from preftune.toy import synthetic_preference_rows, write_toy_model_dir
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def toy_workspace(root: Path, n_train: int = 48, n_eval: int = 16, hidden_size: int = 32) -> dict[str, str]:
+    """A toy model folder plus train/eval jsonl files under ``root``; returns their paths."""
+    root.mkdir(parents=True, exist_ok=True)
+    model = write_toy_model_dir(root / "model", hidden_size=hidden_size)
+    train = write_jsonl(root / "train.jsonl", synthetic_preference_rows(n_train, seed=1))
+    evals = write_jsonl(root / "eval.jsonl", synthetic_preference_rows(n_eval, seed=2))
+    return {"model": str(model), "train": str(train), "eval": str(evals)}
+
+
+def toy_config(ws: dict[str, str], output_dir: Path, **overrides: Any) -> Config:
+    base: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "model.name_or_path": ws["model"],
+        "data.train": ws["train"],
+        "data.eval": ws["eval"],
+        "data.max_len": 48,
+        "optim.lr": 1e-3,
+        "train.micro_batch_size": 4,
+        "train.batch_size": 8,
+        "train.max_epochs": 1,
+        "log.progress": False,
+    }
+    base.update(overrides)
+    return load_config(None, base)
