@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
 
     keep_freed_memory()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-file load/save bars drown the training progress bar
 
     try:
         return run(sys.argv[1:] if argv is None else argv)

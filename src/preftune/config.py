@@ -111,6 +111,7 @@ class TrainConfig:
     max_epochs: int = _f(1, "passes over the training data")
     max_steps: int | None = _f(None, "stop after this many optimizer steps")
     eval_steps: int | None = _f(None, "evaluate every N steps (and always at the end of each epoch)")
+    eval_at_start: bool = _f(False, "also evaluate before the first step (logged as step 0)")
     logging_steps: int = _f(1, "log metrics every N steps")
     layout: str = _f("padded", "batch layout: padded")
     lm_head_chunk: int = _f(1024, "response tokens per LM-head chunk when computing log-probs")

@@ -23,6 +23,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "train.batch_size": 16,
     "train.max_epochs": 2,
     "train.eval_steps": 10,
+    "train.eval_at_start": True,
     "data.max_len": 64,
 }
 

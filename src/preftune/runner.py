@@ -145,7 +145,12 @@ def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tup
 
     model = load_model(cfg.model.name_or_path, cfg)
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # The non-reentrant variant works with frozen inputs and DDP; transformers 5 renamed the method.
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     layout = build_layout(cfg.train.layout, tokenizer.pad_token_id)
     train_loader = make_train_loader(train_pairs, layout, cfg, strategy) if need_train else None
     steps_per_epoch = len(train_pairs) // cfg.train.batch_size

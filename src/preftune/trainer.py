@@ -145,6 +145,8 @@ class DPOTrainer:
             output_dir.mkdir(parents=True, exist_ok=True)
             (output_dir / "config.yaml").write_text(args.to_yaml())
 
+        if train.eval_at_start and self.global_step == 0 and (before := self.evaluate()):
+            sinks.log(0, before)
         start_epoch = self.global_step // steps_per_epoch
         window, window_start, grad_norms = PairStats(), time.perf_counter(), []
         done = self.global_step >= total_steps
@@ -186,8 +188,7 @@ class DPOTrainer:
                 epoch_end = self.global_step % steps_per_epoch == 0
                 done = self.global_step >= total_steps
                 if (train.eval_steps and self.global_step % train.eval_steps == 0) or epoch_end or done:
-                    eval_metrics = self.evaluate()
-                    if eval_metrics:
+                    if eval_metrics := self.evaluate():
                         sinks.log(self.global_step, eval_metrics)
                     self.scorer.train()
                 save_steps = args.ckpt.save_steps
