@@ -99,3 +99,18 @@ def test_eval_at_start_logs_step_zero(ws, tmp_path) -> None:
     first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert first["step"] == 0 and first["eval/loss"] == pytest.approx(math.log(2), rel=1e-6)
     assert first["eval/rewards/accuracies"] == 0.0
+
+
+def test_bfloat16_run_trains_with_finite_metrics(ws, tmp_path) -> None:
+    runner.train(toy_config(ws, tmp_path, **{"model.dtype": "bfloat16", "train.max_steps": 2}))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert len(train_rows) == 2 and all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in train_rows)
+    assert train_rows[1]["loss"] != train_rows[0]["loss"]  # the bf16 weights did move
+
+
+def test_checkpoint_carries_the_resolved_config(ws, tmp_path) -> None:
+    runner.train(toy_config(ws, tmp_path, **{"ckpt.save_steps": 3, "loss.beta": 0.25}))
+    state = json.loads((tmp_path / "checkpoints" / "step-00000006" / "trainer_state.json").read_text())
+    assert state["config"]["loss"]["beta"] == 0.25
+    assert state["global_step"] == 6 and state["consumed_samples"] == 48

@@ -97,7 +97,7 @@ def make_eval_loader(pairs: list[TokenizedPair], layout: Layout, cfg: Config) ->
 
 
 def _load_data(
-    cfg: Config, tokenizer: Any, out: Path, need_train: bool
+    cfg: Config, tokenizer: Any, out: Path, need_train: bool, log: Any
 ) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
     reports = {}
     train_pairs: list[TokenizedPair] = []
@@ -108,7 +108,10 @@ def _load_data(
     eval_pairs: list[TokenizedPair] = []
     if cfg.data.eval:
         eval_pairs, reports["eval"] = load_pairs(cfg.data, tokenizer, "eval", cfg.seed)
-    write_data_report(reports, out)
+    path = write_data_report(reports, out)
+    for split, report in reports.items():
+        drops = ", ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items())) or "none"
+        log(f"data {split}: {report.rows_read} rows, {report.kept} kept, dropped: {drops} (details: {path})")
     return train_pairs, eval_pairs
 
 
@@ -133,15 +136,18 @@ def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tup
         accumulation_steps=cfg.train.batch_size // (cfg.train.micro_batch_size * world_size),
     )
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    train_pairs, eval_pairs = _load_data(cfg, tokenizer, out, need_train)
+    train_pairs, eval_pairs = _load_data(cfg, tokenizer, out, need_train, log)
     if need_train and len(train_pairs) < cfg.train.batch_size:
         raise ConfigError(
             f"train.batch_size: {len(train_pairs)} usable training pairs are fewer than one batch of "
             f"{cfg.train.batch_size} (see {out / 'data_report.json'})"
         )
-    log(
-        f"data: {len(train_pairs)} train pairs, {len(eval_pairs)} eval pairs (report: {out / 'data_report.json'})"
-    )
+    left_out = len(train_pairs) % cfg.train.batch_size
+    if need_train and left_out:
+        log(
+            f"data train: {left_out} pairs per epoch do not fill a last batch of {cfg.train.batch_size} and are "
+            "left out of that epoch (a different few each epoch when data.shuffle is on)"
+        )
 
     model = load_model(cfg.model.name_or_path, cfg)
     if cfg.model.gradient_checkpointing:

@@ -224,6 +224,7 @@ class DPOTrainer:
             "global_step": self.global_step,
             "consumed_samples": consumed_samples,
             "reference": self.reference.state_for_checkpoint() if self.reference is not None else {},
+            "config": args.to_dict(),  # the resolved config this checkpoint was trained with
         }
         export = None
         if self.save_hf_ckpt:
