@@ -105,7 +105,9 @@ def test_bfloat16_run_trains_with_finite_metrics(ws, tmp_path) -> None:
     runner.train(toy_config(ws, tmp_path, **{"model.dtype": "bfloat16", "train.max_steps": 2}))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "loss" in r]
-    assert len(train_rows) == 2 and all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in train_rows)
+    assert len(train_rows) == 2 and all(
+        math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in train_rows
+    )
     assert train_rows[1]["loss"] != train_rows[0]["loss"]  # the bf16 weights did move
 
 
