@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import CheckpointError
 from .strategy import Strategy
 
 STATE_FILE = "trainer_state.json"
@@ -81,6 +82,34 @@ def save_checkpoint(
     """
     final = _step_dir(root, step)
     tmp = root / f".tmp-step-{step:08d}"
+    try:
+        _write(tmp, final, root, strategy, module, optimizer, scheduler, trainer_state, keep, export, extra)
+    except OSError as exc:
+        # Only the temporary folder was touched, so the previous checkpoint is still whole.
+        if strategy.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(root)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise CheckpointError(
+            f"writing checkpoint step {step} to {tmp} failed: {exc.strerror or exc}{where}; {kept}"
+        ) from None
+    return final
+
+
+def _write(
+    tmp: Path,
+    final: Path,
+    root: Path,
+    strategy: Strategy,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    trainer_state: dict[str, Any],
+    keep: int,
+    export: Any,
+    extra: dict[str, Any] | None,
+) -> None:
     if strategy.is_main():
         root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
@@ -103,7 +132,6 @@ def save_checkpoint(
         for old in complete_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     strategy.barrier()
-    return final
 
 
 def load_checkpoint(

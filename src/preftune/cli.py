@@ -87,6 +87,7 @@ def run(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     from .allocator import keep_freed_memory
     from .data import DataError
+    from .errors import EXIT_BAD_INPUT, RunStopped
 
     keep_freed_memory()
     from transformers.utils import logging as hf_logging
@@ -97,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         return run(sys.argv[1:] if argv is None else argv)
     except (ConfigError, DataError) as exc:
         print(f"preftune: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except RunStopped as exc:
+        print(f"preftune: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("preftune: interrupted", file=sys.stderr)
         return 130

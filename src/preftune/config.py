@@ -116,6 +116,7 @@ class TrainConfig:
     layout: str = _f("padded", "batch layout: padded")
     lm_head_chunk: int = _f(1024, "response tokens per LM-head chunk when computing log-probs")
     eval_micro_batch_size: int | None = _f(None, "pairs per evaluation forward (default: micro_batch_size)")
+    max_nonfinite_steps: int = _f(5, "stop after this many steps in a row with non-finite loss or gradients")
 
 
 @dataclass
@@ -303,6 +304,9 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _check(t.max_epochs >= 1, "train.max_epochs", f"must be >= 1, got {t.max_epochs}")
     _check(t.max_steps is None or t.max_steps >= 1, "train.max_steps", f"must be >= 1, got {t.max_steps}")
     _check(t.eval_steps is None or t.eval_steps >= 1, "train.eval_steps", f"must be >= 1, got {t.eval_steps}")
+    _check(
+        t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", f"must be >= 1, got {t.max_nonfinite_steps}"
+    )
     _check(t.logging_steps >= 1, "train.logging_steps", f"must be >= 1, got {t.logging_steps}")
     _check(t.lm_head_chunk >= 1, "train.lm_head_chunk", f"must be >= 1, got {t.lm_head_chunk}")
     o = cfg.optim

@@ -24,7 +24,11 @@ class PairStats:
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = dict.fromkeys(_PAIR_SUMS, 0.0)
-        self.sums.update(pairs=0.0, tokens=0.0)
+        self.sums.update(pairs=0.0, tokens=0.0, skipped_steps=0.0)
+
+    def merge(self, other: PairStats) -> None:
+        for key, value in other.sums.items():
+            self.sums[key] += value
 
     def add(self, loss: Tensor, out: LossOutput, fwd: PairForward, nll: Tensor, num_tokens: int) -> None:
         """``loss`` and ``nll`` are per-pair (B,) tensors of this micro-batch."""
@@ -51,6 +55,7 @@ class PairStats:
         out = {key: sums[key] / pairs for key in _PAIR_SUMS}
         out["pairs"] = sums["pairs"]
         out["tokens"] = sums["tokens"]
+        out["skipped_steps"] = sums["skipped_steps"]
         return out
 
 
@@ -60,6 +65,14 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+def _step_of(line: str) -> float:
+    """The step a metrics line was logged at; a line cut short by a killed process counts as never written."""
+    try:
+        return float(json.loads(line)["step"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
+
+
 class JsonlSink:
     """``metrics.jsonl``: one JSON object per logged step; on resume, lines past the resumed step are dropped
     so the file reads exactly as an uninterrupted run's would."""
@@ -67,11 +80,7 @@ class JsonlSink:
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= resume_step
-            ]
+            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
         elif resume_step is None and path.exists():
             path.unlink()

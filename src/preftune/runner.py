@@ -20,6 +20,7 @@ from .data import TokenizedPair, load_pairs, write_data_report
 from .forward import Layout, build_layout
 from .optim import build_optimizer, build_scheduler
 from .sampler import ResumableSampler
+from .signals import GracefulStop
 from .strategy import Strategy, build_strategy
 from .trainer import DPOTrainer
 
@@ -39,8 +40,13 @@ def check_output_dir(path: str) -> Path:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"output_dir: cannot create {out}: {exc.strerror}") from None
-    if not os.access(out, os.W_OK):
-        raise ConfigError(f"output_dir: {out} is not writable")
+    # A real write, not os.access: permission bits say nothing for root or on a read-only mount.
+    probe = out / f".preftune-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output_dir: {out} is not writable: {exc.strerror}") from None
     return out
 
 
@@ -194,7 +200,9 @@ def train(cfg: Config, log: Any = print) -> Path:
     if ckpt is not None:
         consumed = trainer.load_checkpoint(ckpt)
         log(f"resuming from {ckpt} at step {trainer.global_step} ({consumed} pairs consumed)")
-    trainer.fit(cfg, consumed_samples=consumed, num_update_steps_per_epoch=steps_per_epoch)
+    with GracefulStop() as stop:
+        trainer.should_stop = stop
+        trainer.fit(cfg, consumed_samples=consumed, num_update_steps_per_epoch=steps_per_epoch)
     return Path(cfg.output_dir) / "final"
 
 

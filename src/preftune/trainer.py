@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from torch import Tensor, nn
 
 from .checkpoint import export_hf, load_checkpoint, save_checkpoint
 from .config import Config, LossConfig
+from .errors import NonFiniteError, StopRequested
 from .forward import Batch, Layout, PaddedLayout, PairForward, SequenceScorer
 from .losses import LossOutput, LossState, PairLogps, compute_loss, get_loss
 from .metrics import JsonlSink, PairStats, ProgressBar, Sink, Sinks, TensorBoardSink, WandbSink
@@ -80,6 +83,8 @@ class DPOTrainer:
             )
         self.reference = reference
         self.global_step = 0
+        # Polled after every optimizer step (e.g. a SIGTERM handler); the runner installs one.
+        self.should_stop: Callable[[], bool] = lambda: False
 
     # ------------------------------------------------------------------ one forward, shared by train and eval
 
@@ -149,6 +154,7 @@ class DPOTrainer:
             sinks.log(0, before)
         start_epoch = self.global_step // steps_per_epoch
         window, window_start, grad_norms = PairStats(), time.perf_counter(), []
+        step_stats, step_rows, bad_in_row = PairStats(), [], 0
         done = self.global_step >= total_steps
         for epoch in range(start_epoch, self.max_epochs):
             if done:
@@ -164,21 +170,38 @@ class DPOTrainer:
                 with strategy.accumulate(self.scorer, boundary):
                     objective, per_pair, out, fwd, nll = self._pair_losses(batch, training=True)
                     strategy.backward(objective, self.scorer, self.optimizer)
-                self._add_stats(window, batch, per_pair, out, fwd, nll)
+                self._add_stats(step_stats, batch, per_pair, out, fwd, nll)
+                step_rows += batch.rows
                 if not boundary:
                     continue
                 lr = self.optimizer.param_groups[0]["lr"]
-                grad_norms.append(
-                    strategy.optimizer_step(self.optimizer, self.scorer, self.scheduler, self.max_norm)
+                # A non-finite norm means the strategy dropped the gradients: no update this step.
+                grad_norm = strategy.optimizer_step(
+                    self.optimizer, self.scorer, self.scheduler, self.max_norm
                 )
                 self.global_step += 1
                 consumed_samples += global_batch
+                if math.isfinite(grad_norm):
+                    window.merge(step_stats)
+                    grad_norms.append(grad_norm)
+                    bad_in_row = 0
+                else:
+                    window.sums["skipped_steps"] += 1
+                    bad_in_row += 1
+                    if bad_in_row >= train.max_nonfinite_steps:
+                        sinks.close()
+                        raise NonFiniteError(
+                            f"step {self.global_step}: non-finite loss or gradients in {bad_in_row} steps in a row "
+                            f"(train.max_nonfinite_steps); rows of the last batch: {_format_rows(step_rows)}; "
+                            f"the last good checkpoint is kept in {output_dir / 'checkpoints'}"
+                        )
+                step_stats, step_rows = PairStats(), []
                 if self.global_step % train.logging_steps == 0:
                     elapsed = time.perf_counter() - window_start
                     metrics = self._reduced_means(window)
                     metrics.update(
                         lr=lr,
-                        grad_norm=sum(grad_norms) / len(grad_norms),
+                        grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
                         tokens_per_s=metrics["tokens"] / max(elapsed, 1e-9),
                         epoch=self.global_step / steps_per_epoch,
                         consumed_samples=consumed_samples,
@@ -192,12 +215,24 @@ class DPOTrainer:
                         sinks.log(self.global_step, eval_metrics)
                     self.scorer.train()
                 save_steps = args.ckpt.save_steps
-                if save_steps and (self.global_step % save_steps == 0 or done):
+                stopping = self._stop_requested()
+                if (save_steps and (self.global_step % save_steps == 0 or done)) or stopping:
                     self.save_checkpoint(args, consumed_samples)
+                if stopping:
+                    sinks.close()
+                    raise StopRequested(
+                        f"stopped by a signal after step {self.global_step}; checkpoint written to "
+                        f"{output_dir / 'checkpoints'}; rerun the same command to resume"
+                    )
                 if done:
                     break
         sinks.close()
         export_hf(output_dir / "final", strategy, self.scorer, self.model, self.tokenizer, args.to_yaml())
+
+    def _stop_requested(self) -> bool:
+        """True on every process once any process got a stop signal, so all of them stop at the same step."""
+        flag = 1.0 if self.should_stop() else 0.0
+        return self.strategy.all_reduce({"stop": flag}, op="max")["stop"] > 0
 
     def evaluate(self) -> dict[str, float]:
         """Exact pair-weighted means over the whole eval set, keyed ``eval/...``; empty without eval data."""
@@ -211,6 +246,7 @@ class DPOTrainer:
                 _, per_pair, out, fwd, nll = self._pair_losses(batch, training=False)
                 self._add_stats(stats, batch, per_pair, out, fwd, nll)
         means = self._reduced_means(stats)
+        means.pop("skipped_steps")
         return {f"eval/{key}": value for key, value in means.items()}
 
     # ------------------------------------------------------------------ checkpoints
@@ -257,6 +293,11 @@ class DPOTrainer:
         if args.log.wandb:
             sinks.append(WandbSink(args.log.wandb_project, args.log.wandb_mode, output_dir, args.to_dict()))
         return Sinks(sinks)
+
+
+def _format_rows(rows: list[tuple[str, int]], limit: int = 8) -> str:
+    shown = ", ".join(f"{source} row {index}" for source, index in rows[:limit])
+    return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
 
 
 def _set_sampler_position(dataloader: Any, epoch: int, skip: int) -> None:

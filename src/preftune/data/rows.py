@@ -53,9 +53,13 @@ class RowConverter:
         chosen = self._require(row, "chosen_key")
         rejected = self._require(row, "rejected_key")
         if isinstance(chosen, list) or isinstance(rejected, list):
-            return self._conversation(row, chosen, rejected)
-        prompt = self._require(row, "prompt_key")
-        return self._strings(row, prompt, chosen, rejected)
+            text = self._conversation(row, chosen, rejected)
+        else:
+            text = self._strings(row, self._require(row, "prompt_key"), chosen, rejected)
+        # JSON's "\ud800" escape gives a lone surrogate, which no tokenizer can encode (it raises TypeError).
+        if not all(_is_utf8(t) for t in (text.prompt, text.chosen, text.rejected)):
+            raise DropRow("invalid_unicode")
+        return text
 
     def _require(self, row: RawRow, field: str) -> Any:
         key = getattr(self.cfg, field)
@@ -104,8 +108,13 @@ class RowConverter:
         else:
             raise DropRow("not_a_string")
         n = len(prompt_msgs)
-        if chosen[:n] == prompt_msgs and rejected[:n] == prompt_msgs:
+        repeats = (chosen[:n] == prompt_msgs, rejected[:n] == prompt_msgs)
+        if all(repeats):
             chosen, rejected = chosen[n:], rejected[n:]
+        elif any(repeats):
+            # One side starts with the prompt and the other with something else: the two conversations answer
+            # different prompts, so the pair compares nothing.
+            raise DropRow("prompt_mismatch")
         if not any(m["content"].strip() for m in prompt_msgs):
             raise DropRow("empty_field")
         for side in (chosen, rejected):
@@ -164,6 +173,16 @@ def _check_messages(value: Any) -> Messages:
         ):
             raise DropRow("bad_message")
     return value
+
+
+def _is_utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _shared_prefix(a: Messages, b: Messages) -> int:

@@ -79,19 +79,39 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+
+
+def _loads(text: str, where: str) -> Any:
+    """``json.loads``, with the two failures that are not a JSONDecodeError turned into a DataError too."""
+    try:
+        return json.loads(text)
+    except RecursionError:  # "[[[[..." thousands deep: the parser recurses once per level
+        raise DataError(f"{where}: not valid JSON (nested deeper than the JSON parser allows).") from None
+    except ValueError as exc:
+        if isinstance(exc, json.JSONDecodeError):
+            raise
+        # Python 3.11+ refuses to convert an integer literal of more than 4300 digits.
+        raise DataError(f"{where}: not usable JSON ({exc}).") from None
+
+
+# JSON lines end at \n, \r\n or \r only. str.splitlines() also splits at U+2028, U+2029 and U+0085, which JSON
+# allows raw inside strings (json.dumps(ensure_ascii=False) writes them), so it would cut valid rows in two.
+_JSON_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 def _read_jsonl(path: Path, text: str | None = None) -> Located:
     rows: Located = []
-    for line_no, line in enumerate((_read_text(path) if text is None else text).splitlines(), start=1):
+    lines = _JSON_LINE_END.split(_read_text(path) if text is None else text)
+    for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            rows.append((json.loads(line), line_no))
+            rows.append((_loads(line, f"{path}:{line_no}"), line_no))
         except json.JSONDecodeError as exc:
             raise DataError(
-                f"{path}:{line_no}: not valid JSON ({exc.msg} at column {exc.colno}); each line of a "
+                f"{path}:{line_no}: not valid JSON ({exc.msg}: column {exc.colno}); each line of a "
                 ".jsonl file must be one JSON object."
             ) from None
     return rows
@@ -100,11 +120,11 @@ def _read_jsonl(path: Path, text: str | None = None) -> Located:
 def _read_json(path: Path) -> Located:
     text = _read_text(path)
     try:
-        value = json.loads(text)
+        value = _loads(text, str(path))
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # several top-level values: the file is JSON lines with a .json name
             return _read_jsonl(path, text)
-        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}).") from None
+        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}: column {exc.colno}).") from None
     if isinstance(value, dict):
         for key in ("data", "train"):
             if isinstance(value.get(key), list):
@@ -128,7 +148,22 @@ def _read_parquet(path: Path) -> Located:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path}: cannot be read as Parquet ({exc}).") from None
-    return [(row, None) for row in table.to_pylist()]
+    unconvertible = (pa.ArrowException, ValueError, OverflowError)
+    try:
+        return [(row, None) for row in table.to_pylist()]
+    except unconvertible as exc:
+        # Every column is converted, used or not, and some Arrow values have no Python equivalent (a
+        # timestamp past year 9999 raises OverflowError); find the column so the message can name it.
+        bad = []
+        for name in table.column_names:
+            try:
+                table.column(name).to_pylist()
+            except unconvertible:
+                bad.append(name)
+        raise DataError(
+            f"{path}: column(s) {', '.join(map(repr, bad))} cannot be converted to Python values "
+            f"({type(exc).__name__}: {exc}); remove or fix them."
+        ) from None
 
 
 def _read_csv(path: Path) -> Located:
@@ -136,18 +171,33 @@ def _read_csv(path: Path) -> Located:
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     # newline="" lets the csv module see quoted newlines inside a field.
     with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
+        # strict: a quote left open (a file cut off mid-field) is an error, not one field swallowing the rest
+        # of the file, which would silently turn every later row into text of that one.
+        reader = csv.DictReader(f, strict=True)
         rows: Located = []
+        start = 1  # first line of the row being read: reader.line_num lags when a row ends in an error
         try:
             if reader.fieldnames is None:  # reads the header; None for an empty file
                 return rows
+            header = reader.fieldnames
             start = reader.line_num + 1
             for row in reader:
-                # Values past the header land under the key None; name it so error messages can list it.
-                rows.append(({("" if k is None else k): v for k, v in row.items()}, start))
+                # DictReader puts values past the header under the key None and fills missing ones with None.
+                # Either way a delimiter was lost or added (an unquoted comma, a cut-off line), so the values
+                # no longer line up with the columns and every field of the row is suspect.
+                extra, missing = row.get(None) or [], [k for k, v in row.items() if v is None]
+                if extra or missing:
+                    raise DataError(
+                        f"{path}:{start} (row {len(rows)}): has {len(header) - len(missing) + len(extra)} "
+                        f"values for the header's {len(header)} columns ({', '.join(map(repr, header))}); "
+                        "quote fields that contain the delimiter."
+                    )
+                rows.append((row, start))
                 start = reader.line_num + 1
         except csv.Error as exc:
-            raise DataError(f"{path}:{reader.line_num}: not valid CSV ({exc}).") from None
+            raise DataError(
+                f"{path}:{start}: not valid CSV ({exc}); check the quoting of the row starting on this line."
+            ) from None
         except UnicodeDecodeError as exc:
             raise DataError(f"{path}: not UTF-8 text ({exc.reason}).") from None
     return rows

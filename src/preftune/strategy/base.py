@@ -43,7 +43,11 @@ class Strategy(Protocol):
     def optimizer_step(
         self, optimizer: torch.optim.Optimizer, module: nn.Module, scheduler: Any, max_norm: float
     ) -> float:
-        """Clip (if max_norm > 0), step, zero grads, advance the scheduler; returns the pre-clip grad norm."""
+        """Clip (if max_norm > 0), step, zero grads, advance the scheduler; returns the pre-clip grad norm.
+
+        A non-finite norm skips the update (the gradients are dropped) while the scheduler still advances, so
+        the learning-rate schedule stays aligned with the data position.
+        """
         ...
 
     def all_reduce(self, values: dict[str, float], op: str = "sum") -> dict[str, float]:

@@ -45,7 +45,8 @@ class SingleProcessStrategy:
         params = [p for p in module.parameters() if p.grad is not None]
         # clip_grad_norm_ with an infinite bound measures without clipping, so the norm is always logged.
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-        optimizer.step()
+        if torch.isfinite(norm):
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if scheduler is not None:
             scheduler.step()
