@@ -157,8 +157,10 @@ class RowConverter:
             raise DataError(
                 f"the chat template (data.chat_template or the tokenizer's) does not parse (line {exc.lineno}: {exc.message})."
             ) from None
-        except jinja2.TemplateError:
-            raise DropRow("template_error") from None  # e.g. the template's own raise_exception on role order
+        except (jinja2.TemplateError, TypeError, ArithmeticError):
+            # e.g. the template's own raise_exception on role order, or a TypeError from a loop over one of
+            # the row's own fields ({% for t in m.tool_calls %} on "tool_calls": 5): a property of this row.
+            raise DropRow("template_error") from None
         return str(out)
 
 

@@ -75,6 +75,12 @@ def read_source(name: str, split: str) -> list[RawRow]:
     return rows
 
 
+def _one_line(exc: BaseException) -> str:
+    """A library's message on one line: Arrow's, for one, spans several ("...Invalid data\nDeserializing page
+    header failed.\n"), and the CLI promises a one-line error."""
+    return " ".join(str(exc).split())
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
@@ -147,22 +153,29 @@ def _read_parquet(path: Path) -> Located:
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{path}: cannot be read as Parquet ({exc}).") from None
+        raise DataError(f"{path}: cannot be read as Parquet ({_one_line(exc)}).") from None
     unconvertible = (pa.ArrowException, ValueError, OverflowError)
     try:
         return [(row, None) for row in table.to_pylist()]
     except unconvertible as exc:
         # Every column is converted, used or not, and some Arrow values have no Python equivalent (a
-        # timestamp past year 9999 raises OverflowError); find the column so the message can name it.
+        # timestamp past year 9999 raises OverflowError, a name or string that is not UTF-8 a
+        # UnicodeDecodeError); find the column so the message can name it.
         bad = []
-        for name in table.column_names:
+        for i in range(table.num_columns):
             try:
-                table.column(name).to_pylist()
+                table.column(i).to_pylist()
+                continue
             except unconvertible:
-                bad.append(name)
+                pass
+            try:
+                bad.append(repr(table.schema.field(i).name))
+            except unconvertible:
+                bad.append(f"number {i + 1}")
+        what = f"column(s) {', '.join(bad)}" if bad else "the column names"
         raise DataError(
-            f"{path}: column(s) {', '.join(map(repr, bad))} cannot be converted to Python values "
-            f"({type(exc).__name__}: {exc}); remove or fix them."
+            f"{path}: {what} cannot be converted to Python values "
+            f"({type(exc).__name__}: {_one_line(exc)}); remove or fix them."
         ) from None
 
 
@@ -218,7 +231,7 @@ def _read_folder(path: Path, split: str) -> list[Any]:
         loaded = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as exc:
         raise DataError(
-            f"{path}: a folder must be written by datasets' save_to_disk ({exc}); for plain files give "
+            f"{path}: a folder must be written by datasets' save_to_disk ({_one_line(exc)}); for plain files give "
             "the file itself."
         ) from None
     if isinstance(loaded, datasets.DatasetDict):
@@ -240,7 +253,7 @@ def _read_hub(name: str, split: str) -> list[Any]:
     except Exception as exc:  # the Hub client raises many unrelated types; all mean "cannot use this name"
         raise DataError(
             f"{name}: neither a local file or folder nor a dataset loadable from the Hugging Face Hub "
-            f"with split {split!r} ({type(exc).__name__}: {exc})."
+            f"with split {split!r} ({type(exc).__name__}: {_one_line(exc)})."
         ) from None
 
 
