@@ -197,13 +197,13 @@ def _nan_at_steps(monkeypatch, steps: set[int]) -> None:
 
 def test_nonfinite_step_is_skipped_and_counted(ws, tmp_path, monkeypatch) -> None:
     _nan_at_steps(monkeypatch, {2})
-    cfg = toy_config(ws, tmp_path, **{"train.max_steps": 3, "ckpt.save_steps": 1})
+    cfg = toy_config(ws, tmp_path, **{"train.max_steps": 3, "ckpt.save_steps": 1, "ckpt.save_hf": True})
     runner.train(cfg)
     rows = [r for r in _metrics(tmp_path) if "loss" in r]
     assert [r["skipped_steps"] for r in rows] == [0, 1, 0]
     assert math.isfinite(rows[2]["loss"])
-    w1 = load_file(str(tmp_path / "checkpoints" / "step-00000001" / "model.safetensors"))
-    w2 = load_file(str(tmp_path / "checkpoints" / "step-00000002" / "model.safetensors"))
+    w1 = load_file(str(tmp_path / "checkpoints" / "step-00000001" / "hf" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "checkpoints" / "step-00000002" / "hf" / "model.safetensors"))
     assert all(torch.equal(w1[k], w2[k]) for k in w1)  # the poisoned step made no update
 
 

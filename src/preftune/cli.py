@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,13 +75,16 @@ def run(argv: list[str]) -> int:
     from . import runner
 
     cfg = _config_from(rest)
+    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     if command == "train":
         final = runner.train(cfg)
-        print(f"done: Hugging Face model written to {final}")
+        if is_main:
+            print(f"done: Hugging Face model written to {final}")
     else:
         metrics = runner.evaluate(cfg)
-        print(json.dumps(metrics, indent=2))
-        Path(cfg.output_dir, "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
+        if is_main:
+            print(json.dumps(metrics, indent=2))
+            Path(cfg.output_dir, "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
     return 0
 
 

@@ -40,7 +40,7 @@ class ModelConfig:
 @dataclass
 class RefConfig:
     name_or_path: str | None = _f(None, "reference model; default: the policy's own weights loaded again")
-    offload: bool = _f(False, "keep the reference on CPU (distributed strategies)")
+    offload: bool = _f(False, "keep the reference whole on CPU (ddp / fsdp2)")
 
 
 @dataclass
@@ -139,7 +139,9 @@ class LogConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = _f("single", "execution strategy: single")
+    name: Literal["single", "ddp", "fsdp2"] = _f("single", "single process, or ddp / fsdp2 under torchrun")
+    mixed_precision: Literal["none", "bf16"] = _f("none", "fsdp2: compute in bf16, reduce gradients in fp32")
+    cpu_offload: bool = _f(False, "fsdp2: keep sharded parameters and optimizer state on CPU")
 
 
 @dataclass

@@ -37,8 +37,17 @@ class ModelReference:
         self.layout = layout
 
     def pair_logps(self, batch: Batch) -> PairForward:
+        device = next(self.scorer.parameters()).device
         with torch.no_grad():
-            return self.layout.pair_logps(self.scorer, batch)
+            if device == batch.input_ids.device:
+                return self.layout.pair_logps(self.scorer, batch)
+            # An offloaded reference runs where its weights are; only the (B,) results travel back.
+            out = self.layout.pair_logps(self.scorer, batch.to(device))
+            back = batch.input_ids.device
+            return PairForward(
+                out.chosen_logps.to(back), out.rejected_logps.to(back),
+                out.chosen_tokens.to(back), out.rejected_tokens.to(back),
+            )  # fmt: skip
 
     def state_for_checkpoint(self) -> dict[str, str]:
         return {}

@@ -94,16 +94,19 @@ def make_train_loader(
     )
 
 
-def make_eval_loader(pairs: list[TokenizedPair], layout: Layout, cfg: Config) -> DataLoader | None:
+def make_eval_loader(
+    pairs: list[TokenizedPair], layout: Layout, cfg: Config, strategy: Strategy
+) -> DataLoader | None:
     if not pairs:
         return None
     size = cfg.train.eval_micro_batch_size or cfg.train.micro_batch_size
-    dataset: Any = pairs
+    # Disjoint shards with no padding or repeats: metric sums over processes then cover each pair once.
+    dataset: Any = pairs[strategy.rank :: strategy.world_size]
     return DataLoader(dataset, batch_size=size, shuffle=False, collate_fn=layout.collate)
 
 
 def _load_data(
-    cfg: Config, tokenizer: Any, out: Path, need_train: bool, log: Any
+    cfg: Config, tokenizer: Any, out: Path, need_train: bool, log: Any, is_main: bool
 ) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
     reports = {}
     train_pairs: list[TokenizedPair] = []
@@ -114,6 +117,8 @@ def _load_data(
     eval_pairs: list[TokenizedPair] = []
     if cfg.data.eval:
         eval_pairs, reports["eval"] = load_pairs(cfg.data, tokenizer, "eval", cfg.seed)
+    if not is_main:
+        return train_pairs, eval_pairs
     path = write_data_report(reports, out)
     for split, report in reports.items():
         drops = ", ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items())) or "none"
@@ -129,6 +134,10 @@ def _reference(cfg: Config) -> PreTrainedModel | None:
     return load_model(cfg.model.name_or_path, cfg)
 
 
+def _quiet(*_: Any) -> None:
+    pass
+
+
 def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tuple[DPOTrainer, int]:
     """Everything ``preftune train`` builds, in order; returns the trainer and its steps per epoch."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -137,12 +146,30 @@ def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tup
         raise ConfigError("model.name_or_path: no policy model given")
     out = check_output_dir(cfg.output_dir)
     seed_everything(cfg.seed)
+    name = cfg.strategy.name
+    if name == "single" and world_size > 1:
+        raise ConfigError(
+            f"strategy.name: single, but torchrun started {world_size} processes; use ddp or fsdp2"
+        )
+    if name != "single" and "RANK" not in os.environ:
+        raise ConfigError(
+            f"strategy.name: {name} needs torchrun (torchrun --nproc_per_node N -m preftune train ...)"
+        )
+    if cfg.strategy.cpu_offload and not torch.cuda.is_available():
+        # PyTorch's CPUOffloadPolicy needs an accelerator even to initialise (see the README).
+        raise ConfigError(
+            "strategy.cpu_offload: FSDP2 CPU offload needs a GPU; on CPU the shards already live in RAM"
+        )
+    options: dict[str, Any] = {} if name == "single" else {"ref_offload": cfg.ref.offload}
+    if name == "fsdp2":
+        options.update(mixed_precision=cfg.strategy.mixed_precision, cpu_offload=cfg.strategy.cpu_offload)
     strategy = build_strategy(
-        cfg.strategy.name,
-        accumulation_steps=cfg.train.batch_size // (cfg.train.micro_batch_size * world_size),
+        name, accumulation_steps=cfg.train.batch_size // (cfg.train.micro_batch_size * world_size), **options
     )
+    if not strategy.is_main():
+        log = _quiet
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    train_pairs, eval_pairs = _load_data(cfg, tokenizer, out, need_train, log)
+    train_pairs, eval_pairs = _load_data(cfg, tokenizer, out, need_train, log, strategy.is_main())
     if need_train and len(train_pairs) < cfg.train.batch_size:
         raise ConfigError(
             f"train.batch_size: {len(train_pairs)} usable training pairs are fewer than one batch of "
@@ -172,7 +199,7 @@ def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tup
     optimizer = build_optimizer(model, cfg.optim) if need_train else None
     scheduler = build_scheduler(optimizer, cfg.optim, max(total, 1)) if optimizer is not None else None
     trainer = DPOTrainer(
-        model, _reference(cfg), strategy, tokenizer, optimizer, train_loader, make_eval_loader(eval_pairs, layout, cfg),
+        model, _reference(cfg), strategy, tokenizer, optimizer, train_loader, make_eval_loader(eval_pairs, layout, cfg, strategy),
         scheduler, max_norm=cfg.optim.max_norm, beta=cfg.loss.beta, max_epochs=cfg.train.max_epochs,
         save_hf_ckpt=cfg.ckpt.save_hf, disable_ds_ckpt=cfg.ckpt.disable,
         loss_config=cfg.loss, layout=layout, lm_head_chunk=cfg.train.lm_head_chunk,
@@ -199,10 +226,13 @@ def train(cfg: Config, log: Any = print) -> Path:
     ckpt = resume_point(cfg)
     if ckpt is not None:
         consumed = trainer.load_checkpoint(ckpt)
-        log(f"resuming from {ckpt} at step {trainer.global_step} ({consumed} pairs consumed)")
+        trainer.strategy.print(
+            f"resuming from {ckpt} at step {trainer.global_step} ({consumed} pairs consumed)"
+        )
     with GracefulStop() as stop:
         trainer.should_stop = stop
         trainer.fit(cfg, consumed_samples=consumed, num_update_steps_per_epoch=steps_per_epoch)
+    trainer.strategy.close()
     return Path(cfg.output_dir) / "final"
 
 
@@ -211,4 +241,6 @@ def evaluate(cfg: Config, log: Any = print) -> dict[str, float]:
     if not cfg.data.eval:
         raise ConfigError("data.eval: no evaluation source given")
     trainer, _ = build_trainer(cfg, need_train=False, log=log)
-    return trainer.evaluate()
+    metrics = trainer.evaluate()
+    trainer.strategy.close()
+    return metrics

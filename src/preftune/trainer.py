@@ -67,6 +67,8 @@ class DPOTrainer:
         self.layout = layout or PaddedLayout(tokenizer.pad_token_id)
 
         self.model = model
+        if optim is not None:
+            strategy.attach_optimizer(optim)
         self.scorer = strategy.prepare_model(SequenceScorer(model, lm_head_chunk), trainable=True)
         if ref_model is not None and reference is not None:
             raise ValueError("give either ref_model or reference, not both")

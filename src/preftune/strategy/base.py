@@ -24,6 +24,11 @@ class Strategy(Protocol):
         """True on the process that prints, writes metrics and exports."""
         ...
 
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called before prepare_model with the optimizer the user built on the model's parameters, so a
+        strategy that replaces parameters (FSDP2) can repoint it."""
+        ...
+
     def prepare_model(self, module: nn.Module, trainable: bool) -> nn.Module:
         """Move and wrap a module (e.g. DDP / FSDP2) for training, or for forward-only use if not trainable."""
         ...
@@ -74,4 +79,8 @@ class Strategy(Protocol):
 
     def print(self, *args: Any) -> None:
         """Print on the main process only."""
+        ...
+
+    def close(self) -> None:
+        """Release the process group (after a barrier); no-op on one process."""
         ...

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from .state import load_training_state, save_training_state
 
 
 def default_device() -> torch.device:
@@ -26,6 +27,9 @@ class SingleProcessStrategy:
 
     def is_main(self) -> bool:
         return True
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        pass
 
     def prepare_model(self, module: nn.Module, trainable: bool) -> nn.Module:
         return module.to(self.device)
@@ -45,6 +49,8 @@ class SingleProcessStrategy:
         params = [p for p in module.parameters() if p.grad is not None]
         # clip_grad_norm_ with an infinite bound measures without clipping, so the norm is always logged.
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        if hasattr(norm, "full_tensor"):  # sharded (FSDP2) gradients give a DTensor norm
+            norm = norm.full_tensor()
         if torch.isfinite(norm):
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -63,30 +69,18 @@ class SingleProcessStrategy:
     def save_state(
         self, folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
     ) -> None:
-        model = self.unwrap(module)
-        # clone() breaks storage sharing (tied embeddings), which safetensors refuses to write.
-        save_file(
-            {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            str(folder / "model.safetensors"),
-        )
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None},
-            folder / "optimizer.pt",
-        )
+        save_training_state(folder, module, optimizer, scheduler, is_main=True)
 
     def load_state(
         self, folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any
     ) -> None:
-        model = self.unwrap(module)
-        model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(self.device)))
-        if optimizer is not None:
-            state = torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=False)
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None and state["scheduler"] is not None:
-                scheduler.load_state_dict(state["scheduler"])
+        load_training_state(folder, module, optimizer, scheduler)
 
     def full_state_dict(self, module: nn.Module) -> dict[str, Tensor] | None:
         return self.unwrap(module).state_dict()
 
     def print(self, *args: Any) -> None:
         print(*args, flush=True)
+
+    def close(self) -> None:
+        pass

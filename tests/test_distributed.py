@@ -1,0 +1,154 @@
+"""DDP and FSDP2 under torchrun with 2 gloo processes on CPU: parity with one process, resume across sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from preftune import runner
+from preftune.config import ConfigError
+from toy_env import toy_config, toy_workspace
+
+# Adam's eps is raised so weight comparisons are not dominated by Adam turning gradients at float-rounding
+# level into full-size steps; per-step losses and rewards are compared at the default settings' precision.
+RUN = {
+    "train.max_steps": 4, "train.batch_size": 8, "train.micro_batch_size": 2, "ckpt.save_steps": 2,
+    "data.shuffle": True, "optim.adam_eps": 1e-3, "train.eval_steps": 2,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> dict[str, str]:
+    return toy_workspace(tmp_path_factory.mktemp("ws_dist"), n_train=64)
+
+
+@pytest.fixture(scope="module")
+def single_run(ws, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("single")
+    runner.train(toy_config(ws, out, **RUN))
+    return out
+
+
+def _torchrun(ws: dict[str, str], out: Path, strategy: str, extra: dict | None = None) -> None:
+    cfg = toy_config(ws, out, **RUN)
+    flat = {
+        "output_dir": str(out), "model.name_or_path": ws["model"], "data.train": ws["train"], "data.eval": ws["eval"],
+        "data.max_len": cfg.data.max_len, "optim.lr": cfg.optim.lr, "log.progress": "false",
+        "strategy.name": strategy, **RUN, **(extra or {}),
+    }  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "preftune",
+    ]
+    args.append("train")
+    for key, value in flat.items():
+        args += [f"--{key}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def _metrics(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("tokens_per_s", None)
+    return rows
+
+
+def _assert_same_metrics(a: Path, b: Path) -> None:
+    ma, mb = _metrics(a), _metrics(b)
+    assert len(ma) == len(mb)
+    for ra, rb in zip(ma, mb, strict=True):
+        assert ra.keys() == rb.keys()
+        for key in ra:
+            assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-7), (ra["step"], key)
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = (
+        load_file(str(a / "final" / "model.safetensors")),
+        load_file(str(b / "final" / "model.safetensors")),
+    )
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_processes_match_one(ws, single_run, tmp_path, strategy) -> None:
+    out = tmp_path / strategy
+    _torchrun(ws, out, strategy)
+    _assert_same_metrics(single_run, out)
+    _assert_same_weights(single_run, out)
+    assert (
+        json.loads((out / "data_report.json").read_text())["train"]["kept"] == 64
+    )  # written once, by rank 0
+
+
+def _resume_copy(source: Path, dest: Path, step: int) -> None:
+    """A run stopped after ``step``: its checkpoint and the metrics it had logged up to then."""
+    name = f"step-{step:08d}"
+    shutil.copytree(source / "checkpoints" / name, dest / "checkpoints" / name)
+    shutil.copy(source / "metrics.jsonl", dest / "metrics.jsonl")
+
+
+def test_fsdp2_checkpoint_resumes_on_one_process(ws, single_run, tmp_path) -> None:
+    two = tmp_path / "two"
+    _torchrun(ws, two, "fsdp2")
+    resumed = tmp_path / "resumed_on_one"
+    _resume_copy(two, resumed, step=2)
+    runner.train(toy_config(ws, resumed, **RUN))
+    _assert_same_weights(single_run, resumed)
+    _assert_same_metrics(single_run, resumed)
+
+
+def test_one_process_checkpoint_resumes_on_two(ws, single_run, tmp_path) -> None:
+    resumed = tmp_path / "resumed_on_two"
+    _resume_copy(single_run, resumed, step=2)
+    _torchrun(ws, resumed, "fsdp2")
+    _assert_same_weights(single_run, resumed)
+    _assert_same_metrics(single_run, resumed)
+
+
+def test_distributed_strategy_outside_torchrun_is_refused(ws, tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ConfigError, match=r"strategy\.name: ddp needs torchrun"):
+        runner.build_trainer(toy_config(ws, tmp_path, **{"strategy.name": "ddp"}))
+
+
+def test_cpu_offload_is_refused_without_gpu(ws, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match=r"strategy\.cpu_offload: FSDP2 CPU offload needs a GPU"):
+        runner.build_trainer(
+            toy_config(ws, tmp_path, **{"strategy.name": "fsdp2", "strategy.cpu_offload": True})
+        )
+
+
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="FSDP2 CPU offload needs 2 GPUs (PyTorch limitation)"
+)
+def test_fsdp2_cpu_offload_on_gpus(ws, single_run, tmp_path) -> None:
+    out = tmp_path / "offload"
+    _torchrun(ws, out, "fsdp2", {"strategy.cpu_offload": "true"})
+    _assert_same_metrics(single_run, out)
+
+
+def test_fsdp2_with_reference_offloaded(ws, single_run, tmp_path) -> None:
+    out = tmp_path / "ref_offload"
+    _torchrun(ws, out, "fsdp2", {"ref.offload": "true"})
+    _assert_same_metrics(single_run, out)
