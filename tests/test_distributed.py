@@ -152,3 +152,51 @@ def test_fsdp2_with_reference_offloaded(ws, single_run, tmp_path) -> None:
     out = tmp_path / "ref_offload"
     _torchrun(ws, out, "fsdp2", {"ref.offload": "true"})
     _assert_same_metrics(single_run, out)
+
+
+def test_sigterm_to_torchrun_checkpoints_all_ranks_then_resumes(ws, single_run, tmp_path) -> None:
+    import signal
+    import time
+
+    out = tmp_path / "sigterm"
+    opts = {**RUN, "train.max_steps": 40, "train.max_epochs": 8, "ckpt.save_steps": 1000}
+    cfg = toy_config(ws, out, **opts)
+    flat = {
+        "output_dir": str(out), "model.name_or_path": ws["model"], "data.train": ws["train"], "data.eval": ws["eval"],
+        "data.max_len": cfg.data.max_len, "optim.lr": cfg.optim.lr, "log.progress": "false",
+        "strategy.name": "ddp", **opts,
+    }  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "preftune",
+    ]
+    args.append("train")
+    for key, value in flat.items():
+        args += [f"--{key}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "metrics.jsonl").exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both workers
+    _, stderr = proc.communicate(timeout=120)
+    assert "rerun the same command to resume" in stderr, stderr[-3000:]
+    from preftune.checkpoint import complete_checkpoints
+
+    saved = complete_checkpoints(out / "checkpoints")
+    assert len(saved) == 1 and not (out / "final").exists()
+    step = json.loads((saved[0] / "trainer_state.json").read_text())["global_step"]
+    assert 1 <= step < 40
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 40
+    uninterrupted = tmp_path / "uninterrupted"
+    runner.train(toy_config(ws, uninterrupted, **opts))
+    _assert_same_weights(uninterrupted, out)
+    _assert_same_metrics(uninterrupted, out)
