@@ -2,7 +2,8 @@
 
 Layout: ``<output_dir>/checkpoints/step-00000012/`` holding the strategy's model/optimizer/scheduler files,
 ``rng-rank<r>.pt`` and ``trainer_state.json``. A checkpoint is written under a ``.tmp-`` name and renamed
-only when complete, so a folder named ``step-*`` is always whole; older ones are removed only after that.
+only when complete, and removed by renaming it to ``.trash-`` before deleting, so a folder named ``step-*`` is
+always whole; older ones are removed only after the new one is in place.
 """
 
 from __future__ import annotations
@@ -63,6 +64,13 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(fh.fileno())
 
 
+def _discard(folder: Path) -> None:
+    """Delete a checkpoint so that no step-* folder is ever half-deleted: rename (atomic) first, then remove."""
+    trash = folder.with_name(f".trash-{folder.name}")
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def save_checkpoint(
     root: Path,
     step: int,
@@ -112,8 +120,8 @@ def _write(
 ) -> None:
     if strategy.is_main():
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        for leftover in [*root.glob(".trash-*"), tmp]:  # from a run killed while deleting or writing
+            shutil.rmtree(leftover, ignore_errors=True)
         tmp.mkdir()
     strategy.barrier()
     strategy.save_state(tmp, module, optimizer, scheduler)
@@ -127,10 +135,10 @@ def _write(
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
         _fsync_tree(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            _discard(final)
         os.replace(tmp, final)
         for old in complete_checkpoints(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
     strategy.barrier()
 
 
