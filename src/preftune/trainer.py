@@ -116,11 +116,6 @@ class DPOTrainer:
             objective = objective + cfg.aux_loss_coef * fwd.aux_loss
         return objective, per_pair, out, fwd, nll
 
-    def _add_stats(
-        self, stats: PairStats, batch: Batch, per_pair: Tensor, out: LossOutput, fwd: PairForward, nll: Tensor
-    ) -> None:
-        stats.add(per_pair, out, fwd, nll, batch.num_tokens)
-
     def _reduced_means(self, stats: PairStats) -> dict[str, float]:
         means = stats.means(self.strategy.all_reduce(stats.sums))
         if self.loss_config.nll_coef == 0 and self.loss_spec.name != "orpo":
@@ -172,7 +167,7 @@ class DPOTrainer:
                 with strategy.accumulate(self.scorer, boundary):
                     objective, per_pair, out, fwd, nll = self._pair_losses(batch, training=True)
                     strategy.backward(objective, self.scorer, self.optimizer)
-                self._add_stats(step_stats, batch, per_pair, out, fwd, nll)
+                step_stats.add(per_pair, out, fwd, nll, batch.num_tokens)
                 step_rows += batch.rows
                 if not boundary:
                     continue
@@ -218,14 +213,17 @@ class DPOTrainer:
                     self.scorer.train()
                 save_steps = args.ckpt.save_steps
                 stopping = self._stop_requested()
+                saved = None
                 if (save_steps and (self.global_step % save_steps == 0 or done)) or stopping:
-                    self.save_checkpoint(args, consumed_samples)
+                    saved = self.save_checkpoint(args, consumed_samples)
                 if stopping:
                     sinks.close()
-                    raise StopRequested(
-                        f"stopped by a signal after step {self.global_step}; checkpoint written to "
-                        f"{output_dir / 'checkpoints'}; rerun the same command to resume"
+                    where = (
+                        f"checkpoint written to {saved}; rerun the same command to resume"
+                        if saved is not None
+                        else "no checkpoint written (ckpt.disable is set)"
                     )
+                    raise StopRequested(f"stopped by a signal after step {self.global_step}; {where}")
                 if done:
                     break
         sinks.close()
@@ -246,7 +244,7 @@ class DPOTrainer:
             for batch in self.eval_dataloader:
                 batch = batch.to(self.strategy.device)
                 _, per_pair, out, fwd, nll = self._pair_losses(batch, training=False)
-                self._add_stats(stats, batch, per_pair, out, fwd, nll)
+                stats.add(per_pair, out, fwd, nll, batch.num_tokens)
         means = self._reduced_means(stats)
         means.pop("skipped_steps")
         return {f"eval/{key}": value for key, value in means.items()}
