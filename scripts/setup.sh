@@ -15,4 +15,6 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/pip install -q torch==2.13.0
   fi
 fi
-.venv/bin/pip install -q -e ".[dev]"
+# The deepspeed extra is installed too so its strategy's tests run here (pure Python; its CPU comm op is
+# compiled with ninja on first use, about 40 s once).
+.venv/bin/pip install -q -e ".[dev,deepspeed]"

@@ -222,10 +222,10 @@ def test_too_many_nonfinite_steps_stop_the_run(ws, tmp_path, monkeypatch) -> Non
 def test_disk_full_while_saving_keeps_previous_checkpoint(ws, tmp_path, monkeypatch) -> None:
     real_save = SingleProcessStrategy.save_state
 
-    def fill_disk(self, folder, module, optimizer, scheduler):
+    def fill_disk(self, folder, module, optimizer, scheduler, client_state):
         if folder.name == ".tmp-step-00000004":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / "model.safetensors"))
-        real_save(self, folder, module, optimizer, scheduler)
+        real_save(self, folder, module, optimizer, scheduler, client_state)
 
     monkeypatch.setattr(SingleProcessStrategy, "save_state", fill_disk)
     with pytest.raises(CheckpointError) as info:

@@ -180,3 +180,27 @@ def test_trainer_refuses_missing_reference(ws, tmp_path) -> None:
     tok = runner.load_tokenizer(ws["model"])
     with pytest.raises(ValueError, match="needs a reference model"):
         DPOTrainer(model, None, SingleProcessStrategy("cpu"), tok, None, None, None, None)
+
+
+def test_resume_mid_epoch_when_epoch_is_not_a_multiple_of_the_batch(tmp_path, monkeypatch) -> None:
+    ws = toy_workspace(tmp_path / "ws", n_train=50)  # 50 pairs, batch 8: 6 steps per epoch, 2 pairs left over
+    opts = {"ckpt.save_steps": 1, "train.max_epochs": 3}
+    runner.train(toy_config(ws, tmp_path / "full", **opts))
+    real_save = DPOTrainer.save_checkpoint
+
+    def crash_after_step_8(self, args, consumed):
+        path = real_save(self, args, consumed)
+        if self.global_step == 8:  # two steps into the second epoch
+            raise KeyboardInterrupt("simulated stop")
+        return path
+
+    monkeypatch.setattr(DPOTrainer, "save_checkpoint", crash_after_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        runner.train(toy_config(ws, tmp_path / "split", **opts))
+    monkeypatch.setattr(DPOTrainer, "save_checkpoint", real_save)
+    runner.train(toy_config(ws, tmp_path / "split", **opts))
+    _assert_same_weights(
+        _weights(tmp_path / "full" / "final"), _weights(tmp_path / "split" / "final"), rtol=1e-6, atol=1e-6
+    )
+    assert _metrics(tmp_path / "full") == _metrics(tmp_path / "split")
+    assert [r["consumed_samples"] for r in _metrics(tmp_path / "split") if "loss" in r][-1] == 18 * 8

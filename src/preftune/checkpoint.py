@@ -124,7 +124,7 @@ def _write(
             shutil.rmtree(leftover, ignore_errors=True)
         tmp.mkdir()
     strategy.barrier()
-    strategy.save_state(tmp, module, optimizer, scheduler)
+    strategy.save_state(tmp, module, optimizer, scheduler, trainer_state)
     torch.save(_rng_state(), tmp / f"rng-rank{strategy.rank}.pt")
     if export is not None:
         export(tmp / "hf")

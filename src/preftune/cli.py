@@ -59,6 +59,8 @@ def _print_help(command: str) -> None:
 
 
 def run(argv: list[str]) -> int:
+    # The deepspeed launcher prepends --local_rank=N; LOCAL_RANK in the environment says the same.
+    argv = [a for a in argv if not a.startswith(("--local_rank=", "--local-rank="))]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0

@@ -139,9 +139,17 @@ class LogConfig:
 
 @dataclass
 class StrategyConfig:
-    name: Literal["single", "ddp", "fsdp2"] = _f("single", "single process, or ddp / fsdp2 under torchrun")
+    name: Literal["single", "ddp", "fsdp2", "deepspeed"] = _f(
+        "single", "single process, or ddp / fsdp2 / deepspeed under torchrun (or the deepspeed launcher)"
+    )
     mixed_precision: Literal["none", "bf16"] = _f("none", "fsdp2: compute in bf16, reduce gradients in fp32")
     cpu_offload: bool = _f(False, "fsdp2: keep sharded parameters and optimizer state on CPU")
+    zero_stage: int | None = _f(None, "deepspeed: ZeRO stage 0-3 (default 2, or what strategy.config says)")
+    offload_optimizer: bool = _f(False, "deepspeed: optimizer state on CPU")
+    offload_params: bool = _f(False, "deepspeed: parameters on CPU (ZeRO-3)")
+    config: str | None = _f(
+        None, "deepspeed: a DeepSpeed JSON file; preftune's flags fill only what it leaves out"
+    )
 
 
 @dataclass
@@ -335,6 +343,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
                f"has {len(d.train_probs)} values for {len(d.train)} sources")  # fmt: skip
         _check(all(p >= 0 for p in d.train_probs) and sum(d.train_probs) > 0, "data.train_probs",
                "must be non-negative with a positive sum")  # fmt: skip
+    z = cfg.strategy.zero_stage
+    _check(z is None or 0 <= z <= 3, "strategy.zero_stage", f"must be 0, 1, 2 or 3, got {z}")
     _check(cfg.ckpt.keep >= 1, "ckpt.keep", f"must be >= 1, got {cfg.ckpt.keep}")
     _check(
         cfg.ckpt.save_steps is None or cfg.ckpt.save_steps >= 1,

@@ -163,6 +163,10 @@ def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tup
     options: dict[str, Any] = {} if name == "single" else {"ref_offload": cfg.ref.offload}
     if name == "fsdp2":
         options.update(mixed_precision=cfg.strategy.mixed_precision, cpu_offload=cfg.strategy.cpu_offload)
+    if name == "deepspeed":
+        from .strategy.deepspeed_strategy import build_ds_config
+
+        options["ds_config"] = build_ds_config(cfg, world_size)
     strategy = build_strategy(
         name, accumulation_steps=cfg.train.batch_size // (cfg.train.micro_batch_size * world_size), **options
     )

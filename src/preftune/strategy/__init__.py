@@ -7,11 +7,12 @@ from typing import Any
 from .base import Strategy
 from .single import SingleProcessStrategy
 
-STRATEGY_NAMES = ("single", "ddp", "fsdp2")
+STRATEGY_NAMES = ("single", "ddp", "fsdp2", "deepspeed")
 
 
 def build_strategy(name: str, accumulation_steps: int = 1, **options: Any) -> Strategy:
-    """``options``: ref_offload (ddp, fsdp2), mixed_precision and cpu_offload (fsdp2)."""
+    """``options``: ref_offload (ddp, fsdp2, deepspeed), mixed_precision and cpu_offload (fsdp2),
+    ds_config (deepspeed)."""
     if name == "single":
         return SingleProcessStrategy(accumulation_steps=accumulation_steps)
     if name in ("ddp", "fsdp2"):
@@ -20,6 +21,10 @@ def build_strategy(name: str, accumulation_steps: int = 1, **options: Any) -> St
 
         cls = DDPStrategy if name == "ddp" else FSDP2Strategy
         return cls(accumulation_steps=accumulation_steps, **options)
+    if name == "deepspeed":
+        from .deepspeed_strategy import DeepSpeedStrategy
+
+        return DeepSpeedStrategy(accumulation_steps=accumulation_steps, **options)
     raise ValueError(f"strategy.name: unknown strategy {name!r}; choose one of {', '.join(STRATEGY_NAMES)}")
 
 

@@ -62,9 +62,18 @@ class Strategy(Protocol):
     def barrier(self) -> None: ...
 
     def save_state(
-        self, folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+        self,
+        folder: Path,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        client_state: dict[str, Any],
     ) -> None:
-        """Write model, optimizer and scheduler state into ``folder`` (every process calls it)."""
+        """Write model, optimizer and scheduler state into ``folder`` (every process calls it).
+
+        ``client_state`` (step, consumed samples) goes into engines that keep their own (DeepSpeed); the
+        trainer also writes it next to the state, so other strategies may ignore it.
+        """
         ...
 
     def load_state(

@@ -78,7 +78,12 @@ class DDPStrategy(SingleProcessStrategy):
         dist.barrier()
 
     def save_state(
-        self, folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+        self,
+        folder: Path,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        client_state: dict[str, Any],
     ) -> None:
         save_training_state(folder, module, optimizer, scheduler, is_main=self.is_main())
 
