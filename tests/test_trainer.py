@@ -82,22 +82,27 @@ def test_accumulation_equals_one_big_batch(ws, tmp_path) -> None:
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
 
 
+def _crash_after_checkpoint(monkeypatch, step: int) -> None:
+    """Make training stop (as a kill would) right after the checkpoint of ``step`` is written."""
+    real_save = DPOTrainer.save_checkpoint
+
+    def crash(self, args, consumed):
+        path = real_save(self, args, consumed)
+        if self.global_step == step:
+            raise KeyboardInterrupt("simulated stop")
+        return path
+
+    monkeypatch.setattr(DPOTrainer, "save_checkpoint", crash)
+
+
 def test_stop_and_resume_equals_uninterrupted(ws, tmp_path, monkeypatch) -> None:
     opts = {"ckpt.save_steps": 2, "train.max_epochs": 2, "train.eval_steps": 2}
     runner.train(toy_config(ws, tmp_path / "full", **opts))
 
-    real_save = DPOTrainer.save_checkpoint
-
-    def crash_after_step_4(self, args, consumed):
-        path = real_save(self, args, consumed)
-        if self.global_step == 4:
-            raise KeyboardInterrupt("simulated stop")
-        return path
-
-    monkeypatch.setattr(DPOTrainer, "save_checkpoint", crash_after_step_4)
-    with pytest.raises(KeyboardInterrupt):
-        runner.train(toy_config(ws, tmp_path / "split", **opts))
-    monkeypatch.setattr(DPOTrainer, "save_checkpoint", real_save)
+    with monkeypatch.context() as patch:
+        _crash_after_checkpoint(patch, step=4)
+        with pytest.raises(KeyboardInterrupt):
+            runner.train(toy_config(ws, tmp_path / "split", **opts))
     assert not (tmp_path / "split" / "final").exists()
     runner.train(toy_config(ws, tmp_path / "split", **opts))
 
@@ -186,18 +191,10 @@ def test_resume_mid_epoch_when_epoch_is_not_a_multiple_of_the_batch(tmp_path, mo
     ws = toy_workspace(tmp_path / "ws", n_train=50)  # 50 pairs, batch 8: 6 steps per epoch, 2 pairs left over
     opts = {"ckpt.save_steps": 1, "train.max_epochs": 3}
     runner.train(toy_config(ws, tmp_path / "full", **opts))
-    real_save = DPOTrainer.save_checkpoint
-
-    def crash_after_step_8(self, args, consumed):
-        path = real_save(self, args, consumed)
-        if self.global_step == 8:  # two steps into the second epoch
-            raise KeyboardInterrupt("simulated stop")
-        return path
-
-    monkeypatch.setattr(DPOTrainer, "save_checkpoint", crash_after_step_8)
-    with pytest.raises(KeyboardInterrupt):
-        runner.train(toy_config(ws, tmp_path / "split", **opts))
-    monkeypatch.setattr(DPOTrainer, "save_checkpoint", real_save)
+    with monkeypatch.context() as patch:
+        _crash_after_checkpoint(patch, step=8)  # two steps into the second epoch
+        with pytest.raises(KeyboardInterrupt):
+            runner.train(toy_config(ws, tmp_path / "split", **opts))
     runner.train(toy_config(ws, tmp_path / "split", **opts))
     _assert_same_weights(
         _weights(tmp_path / "full" / "final"), _weights(tmp_path / "split" / "final"), rtol=1e-6, atol=1e-6

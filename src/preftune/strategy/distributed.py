@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .single import SingleProcessStrategy
-from .state import full_model_state, load_training_state, save_training_state
+from .state import full_model_state
 
 
 def init_process_group() -> tuple[int, int, torch.device]:
@@ -76,21 +75,6 @@ class DDPStrategy(SingleProcessStrategy):
 
     def barrier(self) -> None:
         dist.barrier()
-
-    def save_state(
-        self,
-        folder: Path,
-        module: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        client_state: dict[str, Any],
-    ) -> None:
-        save_training_state(folder, module, optimizer, scheduler, is_main=self.is_main())
-
-    def load_state(
-        self, folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any
-    ) -> None:
-        load_training_state(folder, module, optimizer, scheduler)
 
     def full_state_dict(self, module: nn.Module) -> dict[str, Tensor] | None:
         state = full_model_state(module)

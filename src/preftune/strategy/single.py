@@ -74,7 +74,7 @@ class SingleProcessStrategy:
         scheduler: Any,
         client_state: dict[str, Any],
     ) -> None:
-        save_training_state(folder, module, optimizer, scheduler, is_main=True)
+        save_training_state(folder, module, optimizer, scheduler, is_main=self.is_main())
 
     def load_state(
         self, folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any
