@@ -225,15 +225,17 @@ def resume_point(cfg: Config) -> Path | None:
 
 def train(cfg: Config, log: Any = print) -> Path:
     """Run ``preftune train``; returns the folder of the exported Hugging Face model."""
-    trainer, steps_per_epoch = build_trainer(cfg, need_train=True, log=log)
-    consumed = 0
-    ckpt = resume_point(cfg)
-    if ckpt is not None:
-        consumed = trainer.load_checkpoint(ckpt)
-        trainer.strategy.print(
-            f"resuming from {ckpt} at step {trainer.global_step} ({consumed} pairs consumed)"
-        )
+    # Handlers go in first: under torchrun a signal may arrive while a process is still building, and the
+    # default action would kill it and strand its peers; now it means "stop after the first step" instead.
     with GracefulStop() as stop:
+        trainer, steps_per_epoch = build_trainer(cfg, need_train=True, log=log)
+        consumed = 0
+        ckpt = resume_point(cfg)
+        if ckpt is not None:
+            consumed = trainer.load_checkpoint(ckpt)
+            trainer.strategy.print(
+                f"resuming from {ckpt} at step {trainer.global_step} ({consumed} pairs consumed)"
+            )
         trainer.should_stop = stop
         trainer.fit(cfg, consumed_samples=consumed, num_update_steps_per_epoch=steps_per_epoch)
     trainer.strategy.close()
