@@ -113,7 +113,7 @@ class TrainConfig:
     eval_steps: int | None = _f(None, "evaluate every N steps (and always at the end of each epoch)")
     eval_at_start: bool = _f(False, "also evaluate before the first step (logged as step 0)")
     logging_steps: int = _f(1, "log metrics every N steps")
-    layout: str = _f("padded", "batch layout: padded")
+    layout: str = _f("padded", "batch layout: padded, or packed (sequences end to end, exact, less padding)")
     lm_head_chunk: int = _f(1024, "response tokens per LM-head chunk when computing log-probs")
     eval_micro_batch_size: int | None = _f(None, "pairs per evaluation forward (default: micro_batch_size)")
     max_nonfinite_steps: int = _f(5, "stop after this many steps in a row with non-finite loss or gradients")

@@ -197,7 +197,74 @@ class PaddedLayout:
         return _split_pairs(seq_logps, seq_tokens, batch.num_pairs, aux)
 
 
-LAYOUTS = {"padded": PaddedLayout}
+def _first_fit_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Sequence indices grouped into rows of at most ``capacity`` tokens, longest first (first-fit decreasing)."""
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda k: -lengths[k]):
+        for r, filled in enumerate(used):
+            if filled + lengths[i] <= capacity:
+                rows[r].append(i)
+                used[r] += lengths[i]
+                break
+        else:
+            rows.append([i])
+            used.append(lengths[i])
+    return rows
+
+
+class PackedLayout(PaddedLayout):
+    """Sequences laid end to end, padding-free up to the row ends: rows are no longer than the longest sequence
+    (so attention costs no more than padded), position ids restart per sequence, and a 4-D block-diagonal
+    causal mask confines attention to each sequence. Scores are per original sequence, as in the padded layout.
+
+    Example, sequences of lengths 4, 3, 1 (chosen1, chosen2, rejected2) and 4 (rejected1): rows of capacity 4:
+    [s0], [s3], [s1 s2]; position_ids of the last row [0, 1, 2, 0]; its mask lets token 3 see only itself.
+    """
+
+    name = "packed"
+
+    def collate(self, pairs: list[TokenizedPair]) -> Batch:
+        prompts = [p.prompt_ids for p in pairs]
+        responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+        sequences = [prompt + resp for prompt, resp in zip(prompts + prompts, responses, strict=True)]
+        width = max(len(s) for s in sequences)
+        rows = _first_fit_rows([len(s) for s in sequences], width)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        # Every position sees at least itself, so row-end padding never makes an all-masked (NaN) softmax row.
+        mask = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1, 1)
+        score_from: list[int] = []
+        score_targets: list[int] = []
+        score_sequence: list[int] = []
+        for r, members in enumerate(rows):
+            offset = 0
+            for i in members:
+                seq, resp, n = sequences[i], responses[i], len(sequences[i])
+                input_ids[r, offset : offset + n] = torch.tensor(seq)
+                position_ids[r, offset : offset + n] = torch.arange(n)
+                mask[r, 0, offset : offset + n, offset : offset + n] = torch.tril(
+                    torch.ones(n, n, dtype=torch.bool)
+                )
+                start = r * width + offset + n - len(resp)
+                score_from.extend(range(start - 1, start - 1 + len(resp)))
+                score_targets.extend(resp)
+                score_sequence.extend([i] * len(resp))
+                offset += n
+        return Batch(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            score_from=torch.tensor(score_from, dtype=torch.long),
+            score_targets=torch.tensor(score_targets, dtype=torch.long),
+            score_sequence=torch.tensor(score_sequence, dtype=torch.long),
+            num_pairs=len(pairs),
+            num_tokens=sum(len(s) for s in sequences),
+            rows=[(p.source, p.index) for p in pairs],
+        )
+
+
+LAYOUTS: dict[str, type[PaddedLayout]] = {"padded": PaddedLayout, "packed": PackedLayout}
 
 
 def build_layout(name: str, pad_token_id: int) -> Layout:
