@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from preftune import runner
 from preftune.config import ConfigError, load_config
 from preftune.strategy.deepspeed_strategy import build_ds_config
-from test_distributed import RUN, _assert_same_metrics, _assert_same_weights, _torchrun
+from test_distributed import RUN, _assert_same_metrics, _assert_same_weights, _torchrun, train_args
 from toy_env import toy_workspace
 
 needs_deepspeed = pytest.mark.skipif(
@@ -116,25 +116,9 @@ def test_deepspeed_launcher(ws, single_run, tmp_path) -> None:
     import subprocess
     from pathlib import Path
 
-    from toy_env import toy_config
-
     out = tmp_path / "launcher"
-    cfg = toy_config(ws, out, **RUN)
-    args = [
-        str(Path(sys.executable).parent / "deepspeed"),
-        "--num_gpus",
-        "2",
-        "--module",
-        "preftune",
-        "train",
-    ]
-    flat = {
-        "output_dir": str(out), "model.name_or_path": ws["model"], "data.train": ws["train"], "data.eval": ws["eval"],
-        "data.max_len": cfg.data.max_len, "optim.lr": cfg.optim.lr, "log.progress": "false",
-        "strategy.name": "deepspeed", **RUN,
-    }  # fmt: skip
-    for key, value in flat.items():
-        args += [f"--{key}", str(value)]
+    launcher = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--module", "preftune"]
+    args = train_args(launcher, ws, out, "deepspeed", RUN)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -37,26 +37,34 @@ def single_run(ws, tmp_path_factory) -> Path:
     return out
 
 
-def _torchrun(ws: dict[str, str], out: Path, strategy: str, extra: dict | None = None) -> None:
-    cfg = toy_config(ws, out, **RUN)
+TORCHRUN = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc_per_node",
+    "2",
+    "-m",
+    "preftune",
+]
+
+
+def train_args(launcher: list[str], ws: dict[str, str], out: Path, strategy: str, opts: dict) -> list[str]:
+    """``launcher ... train --key value ...`` for the toy workspace (opts on top of the toy defaults)."""
+    cfg = toy_config(ws, out, **opts)
     flat = {
         "output_dir": str(out), "model.name_or_path": ws["model"], "data.train": ws["train"], "data.eval": ws["eval"],
         "data.max_len": cfg.data.max_len, "optim.lr": cfg.optim.lr, "log.progress": "false",
-        "strategy.name": strategy, **RUN, **(extra or {}),
+        "strategy.name": strategy, **opts,
     }  # fmt: skip
-    args = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "preftune",
-    ]
-    args.append("train")
+    args = [*launcher, "train"]
     for key, value in flat.items():
         args += [f"--{key}", str(value)]
+    return args
+
+
+def _torchrun(ws: dict[str, str], out: Path, strategy: str, extra: dict | None = None) -> None:
+    args = train_args(TORCHRUN, ws, out, strategy, {**RUN, **(extra or {})})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -160,25 +168,7 @@ def test_sigterm_to_torchrun_checkpoints_all_ranks_then_resumes(ws, single_run, 
 
     out = tmp_path / "sigterm"
     opts = {**RUN, "train.max_steps": 40, "train.max_epochs": 8, "ckpt.save_steps": 1000}
-    cfg = toy_config(ws, out, **opts)
-    flat = {
-        "output_dir": str(out), "model.name_or_path": ws["model"], "data.train": ws["train"], "data.eval": ws["eval"],
-        "data.max_len": cfg.data.max_len, "optim.lr": cfg.optim.lr, "log.progress": "false",
-        "strategy.name": "ddp", **opts,
-    }  # fmt: skip
-    args = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "preftune",
-    ]
-    args.append("train")
-    for key, value in flat.items():
-        args += [f"--{key}", str(value)]
+    args = train_args(TORCHRUN, ws, out, "ddp", opts)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120

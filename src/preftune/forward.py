@@ -133,6 +133,35 @@ def _split_pairs(seq_logps: Tensor, seq_tokens: Tensor, num_pairs: int, aux: Ten
     )
 
 
+def _sequences(pairs: list[TokenizedPair]) -> tuple[list[list[int]], list[list[int]]]:
+    """(responses, full sequences) of the 2B sequences: chosen ones first, then rejected, each after its prompt."""
+    prompts = [p.prompt_ids for p in pairs]
+    responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+    return responses, [prompt + resp for prompt, resp in zip(prompts + prompts, responses, strict=True)]
+
+
+def _batch(
+    pairs: list[TokenizedPair],
+    sequences: list[list[int]],
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    position_ids: Tensor | None,
+    scoring: tuple[list[int], list[int], list[int]],
+) -> Batch:
+    score_from, score_targets, score_sequence = scoring
+    return Batch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        score_from=torch.tensor(score_from, dtype=torch.long),
+        score_targets=torch.tensor(score_targets, dtype=torch.long),
+        score_sequence=torch.tensor(score_sequence, dtype=torch.long),
+        num_pairs=len(pairs),
+        num_tokens=sum(len(s) for s in sequences),
+        rows=[(p.source, p.index) for p in pairs],
+    )
+
+
 class PaddedLayout:
     """Chosen and rejected concatenated into one right-padded batch: the plain reference layout.
 
@@ -153,9 +182,7 @@ class PaddedLayout:
         self.pad_token_id = pad_token_id
 
     def collate(self, pairs: list[TokenizedPair]) -> Batch:
-        prompts = [p.prompt_ids for p in pairs]
-        responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
-        sequences = [prompt + resp for prompt, resp in zip(prompts + prompts, responses, strict=True)]
+        responses, sequences = _sequences(pairs)
         width = max(len(s) for s in sequences)
         input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -169,17 +196,8 @@ class PaddedLayout:
             score_from.extend(range(row * width + first - 1, row * width + len(seq) - 1))
             score_targets.extend(resp)
             score_sequence.extend([row] * len(resp))
-        return Batch(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=None,
-            score_from=torch.tensor(score_from, dtype=torch.long),
-            score_targets=torch.tensor(score_targets, dtype=torch.long),
-            score_sequence=torch.tensor(score_sequence, dtype=torch.long),
-            num_pairs=len(pairs),
-            num_tokens=sum(len(s) for s in sequences),
-            rows=[(p.source, p.index) for p in pairs],
-        )
+        scoring = (score_from, score_targets, score_sequence)
+        return _batch(pairs, sequences, input_ids, attention_mask, None, scoring)
 
     def pair_logps(self, scorer: nn.Module, batch: Batch, want_aux: bool = False) -> PairForward:
         token_logps, aux = scorer(
@@ -225,9 +243,7 @@ class PackedLayout(PaddedLayout):
     name = "packed"
 
     def collate(self, pairs: list[TokenizedPair]) -> Batch:
-        prompts = [p.prompt_ids for p in pairs]
-        responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
-        sequences = [prompt + resp for prompt, resp in zip(prompts + prompts, responses, strict=True)]
+        responses, sequences = _sequences(pairs)
         width = max(len(s) for s in sequences)
         rows = _first_fit_rows([len(s) for s in sequences], width)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
@@ -251,16 +267,8 @@ class PackedLayout(PaddedLayout):
                 score_targets.extend(resp)
                 score_sequence.extend([i] * len(resp))
                 offset += n
-        return Batch(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=position_ids,
-            score_from=torch.tensor(score_from, dtype=torch.long),
-            score_targets=torch.tensor(score_targets, dtype=torch.long),
-            score_sequence=torch.tensor(score_sequence, dtype=torch.long),
-            num_pairs=len(pairs),
-            num_tokens=sum(len(s) for s in sequences),
-            rows=[(p.source, p.index) for p in pairs],
+        return _batch(
+            pairs, sequences, input_ids, mask, position_ids, (score_from, score_targets, score_sequence)
         )
 
 
