@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from preftune import runner
 from preftune.config import ConfigError
-from toy_env import toy_config, toy_workspace
+from toy_env import assert_close_weights, load_weights, logged_metrics, toy_config, toy_workspace
 
 # Adam's eps is raised so weight comparisons are not dominated by Adam turning gradients at float-rounding
 # level into full-size steps; per-step losses and rewards are compared at the default settings' precision.
@@ -70,15 +69,8 @@ def _torchrun(ws: dict[str, str], out: Path, strategy: str, extra: dict | None =
     assert result.returncode == 0, result.stderr[-4000:]
 
 
-def _metrics(out: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    for row in rows:
-        row.pop("tokens_per_s", None)
-    return rows
-
-
 def _assert_same_metrics(a: Path, b: Path) -> None:
-    ma, mb = _metrics(a), _metrics(b)
+    ma, mb = logged_metrics(a), logged_metrics(b)
     assert len(ma) == len(mb)
     for ra, rb in zip(ma, mb, strict=True):
         assert ra.keys() == rb.keys()
@@ -87,13 +79,7 @@ def _assert_same_metrics(a: Path, b: Path) -> None:
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = (
-        load_file(str(a / "final" / "model.safetensors")),
-        load_file(str(b / "final" / "model.safetensors")),
-    )
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert_close_weights(load_weights(a / "final"), load_weights(b / "final"), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])

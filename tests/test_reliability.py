@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import math
 import os
 import random
@@ -15,14 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from preftune import DPOTrainer, runner
 from preftune.checkpoint import complete_checkpoints
 from preftune.config import ConfigError
 from preftune.errors import EXIT_STOPPED, CheckpointError, NonFiniteError
 from preftune.strategy import SingleProcessStrategy
-from toy_env import toy_config, toy_workspace
+from toy_env import assert_close_weights, load_weights, logged_metrics, toy_config, toy_workspace
 
 # 96 steps with a checkpoint after each: about 2.5 s of training after 2-3 s of start-up.
 RUN = {"ckpt.save_steps": 1, "train.max_epochs": 12, "train.eval_steps": 5}
@@ -55,22 +53,9 @@ def _cli_args(ws: dict[str, str], out: Path, opts: dict) -> list[str]:
     return args
 
 
-def _metrics(out: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    for row in rows:
-        row.pop("tokens_per_s", None)
-    return rows
-
-
 def _assert_same_run(a: Path, b: Path) -> None:
-    wa, wb = (
-        load_file(str(a / "final" / "model.safetensors")),
-        load_file(str(b / "final" / "model.safetensors")),
-    )
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], rtol=1e-6, atol=1e-6, msg=key)
-    assert _metrics(a) == _metrics(b)
+    assert_close_weights(load_weights(a / "final"), load_weights(b / "final"), rtol=1e-6, atol=1e-6)
+    assert logged_metrics(a) == logged_metrics(b)
 
 
 def _all_checkpoints_complete(out: Path) -> None:
@@ -162,10 +147,9 @@ def test_signal_finishes_step_checkpoints_and_resumes(ws, reference_run, tmp_pat
     assert len(saved) == 1
     done = subprocess.run(_cli_args(ws, out, final_opts), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    wa = load_file(str(reference_run / "final" / "model.safetensors"))
-    wb = load_file(str(out / "final" / "model.safetensors"))
-    for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], rtol=1e-6, atol=1e-6, msg=key)
+    assert_close_weights(
+        load_weights(reference_run / "final"), load_weights(out / "final"), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_second_signal_exits_at_once_without_corruption(ws, tmp_path) -> None:
@@ -199,11 +183,11 @@ def test_nonfinite_step_is_skipped_and_counted(ws, tmp_path, monkeypatch) -> Non
     _nan_at_steps(monkeypatch, {2})
     cfg = toy_config(ws, tmp_path, **{"train.max_steps": 3, "ckpt.save_steps": 1, "ckpt.save_hf": True})
     runner.train(cfg)
-    rows = [r for r in _metrics(tmp_path) if "loss" in r]
+    rows = [r for r in logged_metrics(tmp_path) if "loss" in r]
     assert [r["skipped_steps"] for r in rows] == [0, 1, 0]
     assert math.isfinite(rows[2]["loss"])
-    w1 = load_file(str(tmp_path / "checkpoints" / "step-00000001" / "hf" / "model.safetensors"))
-    w2 = load_file(str(tmp_path / "checkpoints" / "step-00000002" / "hf" / "model.safetensors"))
+    w1 = load_weights(tmp_path / "checkpoints" / "step-00000001" / "hf")
+    w2 = load_weights(tmp_path / "checkpoints" / "step-00000002" / "hf")
     assert all(torch.equal(w1[k], w2[k]) for k in w1)  # the poisoned step made no update
 
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from preftune import DPOTrainer, SingleProcessStrategy, runner
-from toy_env import toy_config, toy_workspace
+from toy_env import assert_close_weights, load_weights, logged_metrics, toy_config, toy_workspace
 
 
 @pytest.fixture(scope="module")
@@ -20,28 +17,9 @@ def ws(tmp_path_factory) -> dict[str, str]:
     return toy_workspace(tmp_path_factory.mktemp("ws"))
 
 
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(folder / "model.safetensors"))
-
-
-def _metrics(out: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    for row in rows:
-        row.pop("tokens_per_s", None)  # wall-clock, the only value allowed to differ
-    return rows
-
-
-def _assert_same_weights(
-    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: float, atol: float
-) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=rtol, atol=atol, msg=key)
-
-
 def test_first_step_with_policy_equal_reference_is_ln2(ws, tmp_path) -> None:
     runner.train(toy_config(ws, tmp_path, **{"train.max_steps": 1}))
-    first = _metrics(tmp_path)[0]
+    first = logged_metrics(tmp_path)[0]
     assert first["loss"] == pytest.approx(math.log(2), rel=1e-6)
     assert first["rewards/chosen"] == 0 and first["rewards/rejected"] == 0
     assert first["rewards/accuracies"] == 0  # every margin is a tie, and ties count as wrong
@@ -71,11 +49,14 @@ def test_accumulation_equals_one_big_batch(ws, tmp_path) -> None:
     big, small = _fit_recording_grads(big_cfg), _fit_recording_grads(small_cfg)
     assert len(big) == len(small) == 2
     for g_big, g_small in zip(big, small, strict=True):
-        _assert_same_weights(g_big, g_small, rtol=1e-5, atol=1e-7)
-    _assert_same_weights(
-        _weights(tmp_path / "big" / "final"), _weights(tmp_path / "small" / "final"), rtol=1e-5, atol=1e-6
+        assert_close_weights(g_big, g_small, rtol=1e-5, atol=1e-7)
+    assert_close_weights(
+        load_weights(tmp_path / "big" / "final"),
+        load_weights(tmp_path / "small" / "final"),
+        rtol=1e-5,
+        atol=1e-6,
     )
-    m_big, m_small = _metrics(tmp_path / "big"), _metrics(tmp_path / "small")
+    m_big, m_small = logged_metrics(tmp_path / "big"), logged_metrics(tmp_path / "small")
     for a, b in zip(m_big, m_small, strict=True):
         assert a.keys() == b.keys()
         for key in a:
@@ -106,10 +87,13 @@ def test_stop_and_resume_equals_uninterrupted(ws, tmp_path, monkeypatch) -> None
     assert not (tmp_path / "split" / "final").exists()
     runner.train(toy_config(ws, tmp_path / "split", **opts))
 
-    _assert_same_weights(
-        _weights(tmp_path / "full" / "final"), _weights(tmp_path / "split" / "final"), rtol=1e-6, atol=1e-6
+    assert_close_weights(
+        load_weights(tmp_path / "full" / "final"),
+        load_weights(tmp_path / "split" / "final"),
+        rtol=1e-6,
+        atol=1e-6,
     )
-    assert _metrics(tmp_path / "full") == _metrics(tmp_path / "split")
+    assert logged_metrics(tmp_path / "full") == logged_metrics(tmp_path / "split")
 
 
 def test_checkpoint_rotation_and_incomplete_ignored(ws, tmp_path) -> None:
@@ -143,7 +127,7 @@ def test_reference_stays_frozen_and_outside_optimizer(ws, tmp_path) -> None:
 
 def test_metrics_keys_and_final_export_loads(ws, tmp_path) -> None:
     final = runner.train(toy_config(ws, tmp_path, **{"loss.nll_coef": 0.5}))
-    rows = _metrics(tmp_path)
+    rows = logged_metrics(tmp_path)
     train_row = next(r for r in rows if "loss" in r)
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                 "logps/chosen", "logps/rejected", "nll", "lr", "grad_norm", "tokens", "epoch", "step",
@@ -153,7 +137,7 @@ def test_metrics_keys_and_final_export_loads(ws, tmp_path) -> None:
     assert any("eval/loss" in r for r in rows)
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "data_report.json").is_file()
     model = AutoModelForCausalLM.from_pretrained(final)
-    exported = _weights(final)
+    exported = load_weights(final)
     for name, param in model.state_dict().items():
         assert torch.equal(param, exported[name])
     assert (final / "tokenizer.json").is_file()
@@ -176,7 +160,7 @@ def test_reference_free_loss_trains_without_reference(ws, tmp_path) -> None:
     trainer, steps = runner.build_trainer(cfg)
     assert trainer.reference is None
     trainer.fit(cfg, 0, steps)
-    assert math.isfinite(_metrics(tmp_path)[0]["loss"])
+    assert math.isfinite(logged_metrics(tmp_path)[0]["loss"])
 
 
 def test_trainer_refuses_missing_reference(ws, tmp_path) -> None:
@@ -196,19 +180,22 @@ def test_resume_mid_epoch_when_epoch_is_not_a_multiple_of_the_batch(tmp_path, mo
         with pytest.raises(KeyboardInterrupt):
             runner.train(toy_config(ws, tmp_path / "split", **opts))
     runner.train(toy_config(ws, tmp_path / "split", **opts))
-    _assert_same_weights(
-        _weights(tmp_path / "full" / "final"), _weights(tmp_path / "split" / "final"), rtol=1e-6, atol=1e-6
+    assert_close_weights(
+        load_weights(tmp_path / "full" / "final"),
+        load_weights(tmp_path / "split" / "final"),
+        rtol=1e-6,
+        atol=1e-6,
     )
-    assert _metrics(tmp_path / "full") == _metrics(tmp_path / "split")
-    assert [r["consumed_samples"] for r in _metrics(tmp_path / "split") if "loss" in r][-1] == 18 * 8
+    assert logged_metrics(tmp_path / "full") == logged_metrics(tmp_path / "split")
+    assert [r["consumed_samples"] for r in logged_metrics(tmp_path / "split") if "loss" in r][-1] == 18 * 8
 
 
 def test_packed_layout_trains_like_padded(ws, tmp_path) -> None:
     opts = {"train.max_steps": 3, "data.shuffle": False, "optim.adam_eps": 1e-3}
     padded = runner.train(toy_config(ws, tmp_path / "padded", **opts))
     packed = runner.train(toy_config(ws, tmp_path / "packed", **{**opts, "train.layout": "packed"}))
-    _assert_same_weights(_weights(padded), _weights(packed), rtol=1e-5, atol=1e-6)
-    for a, b in zip(_metrics(tmp_path / "padded"), _metrics(tmp_path / "packed"), strict=True):
+    assert_close_weights(load_weights(padded), load_weights(packed), rtol=1e-5, atol=1e-6)
+    for a, b in zip(logged_metrics(tmp_path / "padded"), logged_metrics(tmp_path / "packed"), strict=True):
         for key in a:
             # Rewards are beta x (difference of two log-probs near -70): float32 rounding of those (~4e-6)
             # bounds them absolutely, not relative to their small difference.

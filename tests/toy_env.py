@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import load_file
+
 from preftune.config import Config, load_config
 from preftune.toy import synthetic_preference_rows, write_toy_model_dir
 
@@ -39,3 +42,23 @@ def toy_config(ws: dict[str, str], output_dir: Path, **overrides: Any) -> Config
     }
     base.update(overrides)
     return load_config(None, base)
+
+
+def logged_metrics(out: Path) -> list[dict[str, Any]]:
+    """The rows of ``<out>/metrics.jsonl`` without ``tokens_per_s``, the one wall-clock value runs may differ in."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("tokens_per_s", None)
+    return rows
+
+
+def load_weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_close_weights(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: float, atol: float
+) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=rtol, atol=atol, msg=key)
