@@ -48,7 +48,7 @@ def parse_overrides(argv: list[str]) -> tuple[str | None, dict[str, Any]]:
     return config_path, overrides
 
 
-def _config_from(argv: list[str], defaults: dict[str, Any] | None = None) -> Config:
+def config_from_args(argv: list[str], defaults: dict[str, Any] | None = None) -> Config:
     config_path, overrides = parse_overrides(argv)
     return load_config(config_path, {**(defaults or {}), **overrides})
 
@@ -76,7 +76,7 @@ def run(argv: list[str]) -> int:
         return run_demo(rest)
     from . import runner
 
-    cfg = _config_from(rest)
+    cfg = config_from_args(rest)
     is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     if command == "train":
         final = runner.train(cfg)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import runner
-from .cli import _config_from
+from .cli import config_from_args
 from .toy import synthetic_preference_rows, write_toy_model_dir
 
 DEMO_DEFAULTS: dict[str, Any] = {
@@ -33,7 +33,7 @@ def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
 
 
 def run_demo(argv: list[str]) -> int:
-    cfg = _config_from(argv, DEMO_DEFAULTS)
+    cfg = config_from_args(argv, DEMO_DEFAULTS)
     out = Path(cfg.output_dir)
     inputs = out / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
