@@ -116,38 +116,3 @@ def test_moe_aux_loss_is_returned_for_mixtral() -> None:
         SequenceScorer(model), layout.collate([_pair([4, 5], [6, 7], [8])]), want_aux=True
     )
     assert out.aux_loss is not None and out.aux_loss.requires_grad and float(out.aux_loss.detach()) > 0
-
-
-def test_first_fit_rows_example() -> None:
-    from preftune.forward import _first_fit_rows
-
-    assert _first_fit_rows([4, 3, 1, 4], capacity=4) == [[0], [3], [1, 2]]
-
-
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_packed_layout_equals_padded_values_and_gradients(arch: str) -> None:
-    from preftune.forward import PackedLayout
-
-    gen = torch.Generator().manual_seed(7)
-
-    def rand(n):
-        return torch.randint(3, 97, (n,), generator=gen).tolist()
-
-    lengths = [(5, 4, 7), (2, 9, 1), (11, 3, 3), (1, 1, 2), (6, 2, 8)]
-    pairs = [_pair(rand(p), rand(c), rand(r), index=i) for i, (p, c, r) in enumerate(lengths)]
-    results = {}
-    for layout in (PaddedLayout(pad_token_id=0), PackedLayout(pad_token_id=0)):
-        model = build_toy_model(97, arch=arch, seed=4)
-        batch = layout.collate(pairs)
-        out = layout.pair_logps(SequenceScorer(model, chunk_size=5), batch)
-        (out.chosen_logps.sum() - 3 * out.rejected_logps.sum()).backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-        results[layout.name] = (out, grads, batch)
-    (pad_out, pad_grads, pad_batch), (pk_out, pk_grads, pk_batch) = results["padded"], results["packed"]
-    assert pk_batch.input_ids.numel() < pad_batch.input_ids.numel()  # fewer positions computed
-    assert pk_batch.num_tokens == pad_batch.num_tokens
-    torch.testing.assert_close(pk_out.chosen_logps, pad_out.chosen_logps, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(pk_out.rejected_logps, pad_out.rejected_logps, rtol=1e-5, atol=1e-5)
-    assert torch.equal(pk_out.chosen_tokens, pad_out.chosen_tokens)
-    for name in pad_grads:
-        torch.testing.assert_close(pk_grads[name], pad_grads[name], rtol=1e-5, atol=1e-6, msg=name)

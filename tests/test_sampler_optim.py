@@ -64,3 +64,33 @@ def test_no_weight_decay_on_vectors() -> None:
     opt = build_optimizer(torch.nn.Linear(3, 2), OptimConfig(weight_decay=0.1))
     decays = {tuple(p.shape): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     assert decays == {(2, 3): 0.1, (2,): 0.0}
+
+
+def test_length_grouping_sorts_within_windows_and_resumes() -> None:
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 100, (40,), generator=gen).tolist()
+    grouped = ResumableSampler(40, global_batch=4, seed=1, lengths=lengths, group_batches=5)
+    order = list(grouped)
+    plain = list(ResumableSampler(40, global_batch=4, seed=1))
+    assert sorted(order) == sorted(plain)  # the same samples, each once
+    for window in range(0, 40, 20):  # windows of 5 batches hold the same samples as the plain order's
+        assert sorted(order[window : window + 20]) == sorted(plain[window : window + 20])
+        batches = [order[b : b + 4] for b in range(window, window + 20, 4)]
+        by_length = sorted(plain[window : window + 20], key=lambda i: -lengths[i])
+        # each batch is a run of 4 consecutive samples of the window sorted by length
+        assert sorted(sorted(lengths[i] for i in b) for b in batches) == sorted(
+            sorted(lengths[i] for i in by_length[k : k + 4]) for k in range(0, 20, 4)
+        )
+    assert order == list(ResumableSampler(40, 4, 1, lengths=lengths, group_batches=5))  # deterministic
+    resumed = ResumableSampler(40, 4, 1, lengths=lengths, group_batches=5)
+    resumed.set_epoch(0, skip=12)
+    assert list(resumed) == order[12:]
+    r0 = ResumableSampler(40, 4, 1, rank=0, world_size=2, lengths=lengths, group_batches=5)
+    r1 = ResumableSampler(40, 4, 1, rank=1, world_size=2, lengths=lengths, group_batches=5)
+    assert list(r0) == order[0::2] and list(r1) == order[1::2]
+
+    # padding saved: sum over batches of (batch size x longest) drops
+    def padded_cost(o):
+        return sum(4 * max(lengths[i] for i in o[b : b + 4]) for b in range(0, 40, 4))
+
+    assert padded_cost(order) < padded_cost(plain)

@@ -190,12 +190,13 @@ def test_resume_mid_epoch_when_epoch_is_not_a_multiple_of_the_batch(tmp_path, mo
     assert [r["consumed_samples"] for r in logged_metrics(tmp_path / "split") if "loss" in r][-1] == 18 * 8
 
 
-def test_packed_layout_trains_like_padded(ws, tmp_path) -> None:
-    opts = {"train.max_steps": 3, "data.shuffle": False, "optim.adam_eps": 1e-3}
-    padded = runner.train(toy_config(ws, tmp_path / "padded", **opts))
-    packed = runner.train(toy_config(ws, tmp_path / "packed", **{**opts, "train.layout": "packed"}))
-    assert_close_weights(load_weights(padded), load_weights(packed), rtol=1e-5, atol=1e-6)
-    for a, b in zip(logged_metrics(tmp_path / "padded"), logged_metrics(tmp_path / "packed"), strict=True):
+@pytest.mark.parametrize("layout", ["packed", "prefix_shared"])
+def test_segment_layouts_train_like_padded(ws, tmp_path, layout: str) -> None:
+    opts = {"train.max_steps": 3, "data.shuffle": False, "optim.adam_eps": 1e-3, "train.eval_at_start": True}
+    padded = runner.train(toy_config(ws, tmp_path / "padded", **{**opts, "train.layout": "padded"}))
+    fast = runner.train(toy_config(ws, tmp_path / layout, **{**opts, "train.layout": layout}))
+    assert_close_weights(load_weights(padded), load_weights(fast), rtol=1e-5, atol=1e-6)
+    for a, b in zip(logged_metrics(tmp_path / "padded"), logged_metrics(tmp_path / layout), strict=True):
         for key in a:
             # Rewards are beta x (difference of two log-probs near -70): float32 rounding of those (~4e-6)
             # bounds them absolutely, not relative to their small difference.

@@ -71,6 +71,11 @@ class DataConfig:
     )
     report_examples: int = _f(5, "rows quoted per drop reason in data_report.json")
     shuffle: bool = _f(True, "shuffle training pairs each epoch (seeded, resumable)")
+    group_by_length: bool = _f(
+        False,
+        "batch pairs of similar length (sorted within windows of 16 batches, windows' batches in seeded order): "
+        "less padding for the padded layout; deterministic and resumable",
+    )
 
 
 LOSS_TYPES = (
@@ -113,7 +118,12 @@ class TrainConfig:
     eval_steps: int | None = _f(None, "evaluate every N steps (and always at the end of each epoch)")
     eval_at_start: bool = _f(False, "also evaluate before the first step (logged as step 0)")
     logging_steps: int = _f(1, "log metrics every N steps")
-    layout: str = _f("padded", "batch layout: padded, or packed (sequences end to end, exact, less padding)")
+    layout: Literal["auto", "padded", "packed", "prefix_shared"] = _f(
+        "auto",
+        "batch layout, all exact: padded; packed (no padding); prefix_shared (no padding, each prompt encoded "
+        "once); auto = prefix_shared, or packed with an MoE aux loss, or padded if the model's attention "
+        "cannot take a segment plan",
+    )
     lm_head_chunk: int = _f(1024, "response tokens per LM-head chunk when computing log-probs")
     eval_micro_batch_size: int | None = _f(None, "pairs per evaluation forward (default: micro_batch_size)")
     max_nonfinite_steps: int = _f(5, "stop after this many steps in a row with non-finite loss or gradients")
@@ -306,6 +316,9 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         _check(cfg.ref.name_or_path is None, "ref.name_or_path",
                f"loss {loss.type!r} is reference-free; remove the reference model")  # fmt: skip
     t = cfg.train
+    _check(t.layout != "prefix_shared" or loss.aux_loss_coef == 0, "train.layout",
+           "prefix_shared routes each prompt once, so the MoE balancing loss (loss.aux_loss_coef) would differ "
+           "from padded; use packed")  # fmt: skip
     _check(t.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1, got {t.micro_batch_size}")
     _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
     per_step = t.micro_batch_size * world_size

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .logps import chunked_token_logps, sum_per_sequence
+from .segments import PLAN_KWARG, SegmentPlan, enable_segment_attention
 
 if TYPE_CHECKING:
     from .data import TokenizedPair
@@ -38,6 +39,8 @@ class Batch:
     rows: list[tuple[str, int]] = field(
         default_factory=list
     )  # (source, index) of each pair, for error messages
+    # Segment layouts lay every sequence in one row and say here which tokens attend to which.
+    attention_plan: SegmentPlan | None = None
 
     def to(self, device: torch.device) -> Batch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -83,10 +86,16 @@ class SequenceScorer(nn.Module):
         score_from: Tensor,
         score_targets: Tensor,
         want_aux: bool = False,
+        attention_plan: SegmentPlan | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         lm: Any = self.model
         decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else getattr(lm, lm.base_model_prefix)
-        extra = {"output_router_logits": True} if want_aux else {}
+        extra: dict[str, Any] = {"output_router_logits": True} if want_aux else {}
+        calls_before = 0
+        if attention_plan is not None:
+            enable_segment_attention(lm)  # idempotent; a reference model meets its first plan here
+            extra[PLAN_KWARG] = attention_plan
+            calls_before = attention_plan.calls
         out = decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -94,6 +103,10 @@ class SequenceScorer(nn.Module):
             use_cache=False,
             **extra,
         )
+        if attention_plan is not None and attention_plan.calls == calls_before:
+            raise RuntimeError(
+                f"{type(lm).__name__}'s attention ignored the segment plan; use --train.layout padded"
+            )
         hidden = out.last_hidden_state
         head = lm.get_output_embeddings()
         picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, score_from)
@@ -144,9 +157,10 @@ def _batch(
     pairs: list[TokenizedPair],
     sequences: list[list[int]],
     input_ids: Tensor,
-    attention_mask: Tensor,
+    attention_mask: Tensor | None,
     position_ids: Tensor | None,
     scoring: tuple[list[int], list[int], list[int]],
+    attention_plan: SegmentPlan | None = None,
 ) -> Batch:
     score_from, score_targets, score_sequence = scoring
     return Batch(
@@ -159,6 +173,7 @@ def _batch(
         num_pairs=len(pairs),
         num_tokens=sum(len(s) for s in sequences),
         rows=[(p.source, p.index) for p in pairs],
+        attention_plan=attention_plan,
     )
 
 
@@ -207,75 +222,10 @@ class PaddedLayout:
             batch.score_from,
             batch.score_targets,
             want_aux,
+            batch.attention_plan,
         )
         num_seqs = 2 * batch.num_pairs
         seq_logps = sum_per_sequence(token_logps, batch.score_sequence, num_seqs)
         ones = torch.ones_like(token_logps)
         seq_tokens = sum_per_sequence(ones, batch.score_sequence, num_seqs)
         return _split_pairs(seq_logps, seq_tokens, batch.num_pairs, aux)
-
-
-def _first_fit_rows(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Sequence indices grouped into rows of at most ``capacity`` tokens, longest first (first-fit decreasing)."""
-    rows: list[list[int]] = []
-    used: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda k: -lengths[k]):
-        for r, filled in enumerate(used):
-            if filled + lengths[i] <= capacity:
-                rows[r].append(i)
-                used[r] += lengths[i]
-                break
-        else:
-            rows.append([i])
-            used.append(lengths[i])
-    return rows
-
-
-class PackedLayout(PaddedLayout):
-    """Sequences laid end to end, padding-free up to the row ends: rows are no longer than the longest sequence
-    (so attention costs no more than padded), position ids restart per sequence, and a 4-D block-diagonal
-    causal mask confines attention to each sequence. Scores are per original sequence, as in the padded layout.
-
-    Example, sequences of lengths 4, 3, 1 (chosen1, chosen2, rejected2) and 4 (rejected1): rows of capacity 4:
-    [s0], [s3], [s1 s2]; position_ids of the last row [0, 1, 2, 0]; its mask lets token 3 see only itself.
-    """
-
-    name = "packed"
-
-    def collate(self, pairs: list[TokenizedPair]) -> Batch:
-        responses, sequences = _sequences(pairs)
-        width = max(len(s) for s in sequences)
-        rows = _first_fit_rows([len(s) for s in sequences], width)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        # Every position sees at least itself, so row-end padding never makes an all-masked (NaN) softmax row.
-        mask = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1, 1)
-        score_from: list[int] = []
-        score_targets: list[int] = []
-        score_sequence: list[int] = []
-        for r, members in enumerate(rows):
-            offset = 0
-            for i in members:
-                seq, resp, n = sequences[i], responses[i], len(sequences[i])
-                input_ids[r, offset : offset + n] = torch.tensor(seq)
-                position_ids[r, offset : offset + n] = torch.arange(n)
-                mask[r, 0, offset : offset + n, offset : offset + n] = torch.tril(
-                    torch.ones(n, n, dtype=torch.bool)
-                )
-                start = r * width + offset + n - len(resp)
-                score_from.extend(range(start - 1, start - 1 + len(resp)))
-                score_targets.extend(resp)
-                score_sequence.extend([i] * len(resp))
-                offset += n
-        return _batch(
-            pairs, sequences, input_ids, mask, position_ids, (score_from, score_targets, score_sequence)
-        )
-
-
-LAYOUTS: dict[str, type[PaddedLayout]] = {"padded": PaddedLayout, "packed": PackedLayout}
-
-
-def build_layout(name: str, pad_token_id: int) -> Layout:
-    if name not in LAYOUTS:
-        raise ValueError(f"train.layout: unknown layout {name!r}; choose one of {', '.join(LAYOUTS)}")
-    return LAYOUTS[name](pad_token_id)

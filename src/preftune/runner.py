@@ -17,8 +17,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from .checkpoint import latest_checkpoint
 from .config import REFERENCE_FREE_LOSSES, Config, ConfigError, validate
 from .data import TokenizedPair, load_pairs, write_data_report
-from .forward import Layout, build_layout
+from .forward import Layout
 from .optim import build_optimizer, build_scheduler
+from .packing import build_layout
 from .sampler import ResumableSampler
 from .signals import GracefulStop
 from .strategy import Strategy, build_strategy
@@ -85,8 +86,20 @@ def load_model(name_or_path: str, cfg: Config, key: str = "model.name_or_path") 
 def make_train_loader(
     pairs: list[TokenizedPair], layout: Layout, cfg: Config, strategy: Strategy
 ) -> DataLoader:
+    # A padded row is as wide as its prompt plus its longer response.
+    lengths = (
+        [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]
+        if cfg.data.group_by_length
+        else None
+    )
     sampler = ResumableSampler(
-        len(pairs), cfg.train.batch_size, cfg.seed, cfg.data.shuffle, strategy.rank, strategy.world_size
+        len(pairs),
+        cfg.train.batch_size,
+        cfg.seed,
+        cfg.data.shuffle,
+        strategy.rank,
+        strategy.world_size,
+        lengths,
     )
     dataset: Any = pairs  # a list is a valid map-style dataset; torch's stubs only admit Dataset
     return DataLoader(
@@ -194,7 +207,11 @@ def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tup
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    layout = build_layout(cfg.train.layout, tokenizer.pad_token_id)
+    layout = build_layout(
+        cfg.train.layout, tokenizer.pad_token_id, model, aux_loss=cfg.loss.aux_loss_coef > 0
+    )
+    if cfg.train.layout == "auto":
+        log(f"layout: {layout.name} (train.layout auto)")
     train_loader = make_train_loader(train_pairs, layout, cfg, strategy) if need_train else None
     steps_per_epoch = len(train_pairs) // cfg.train.batch_size
     total = steps_per_epoch * cfg.train.max_epochs

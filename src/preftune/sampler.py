@@ -25,7 +25,13 @@ class ResumableSampler(Sampler[int]):
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        lengths: list[int] | None = None,
+        group_batches: int = 16,
     ) -> None:
+        if lengths is not None and len(lengths) != num_samples:
+            raise ValueError(f"{len(lengths)} lengths for {num_samples} samples")
+        self.lengths = lengths
+        self.group_batches = group_batches
         self.num_samples = num_samples
         self.global_batch = global_batch
         self.seed = seed
@@ -53,8 +59,26 @@ class ResumableSampler(Sampler[int]):
         gen = torch.Generator().manual_seed(self.seed + self.epoch)
         return torch.randperm(self.num_samples, generator=gen).tolist()
 
+    def _grouped(self, order: list[int]) -> list[int]:
+        """Length grouping: within each window of ``group_batches`` global batches, samples sorted longest first,
+        so a micro-batch holds similar lengths and pads little; then the window's batches in a seeded order, so
+        the longest batch does not always come first. A pure function of (seed, epoch): resuming replays it."""
+        assert self.lengths is not None
+        lengths, batch = self.lengths, self.global_batch
+        gen = torch.Generator().manual_seed(self.seed + self.epoch + 1_000_003)
+        grouped: list[int] = []
+        window = batch * self.group_batches
+        for start in range(0, len(order), window):
+            ranked = sorted(order[start : start + window], key=lambda i: -lengths[i])
+            batches = [ranked[b : b + batch] for b in range(0, len(ranked), batch)]
+            for b in torch.randperm(len(batches), generator=gen).tolist():
+                grouped.extend(batches[b])
+        return grouped
+
     def __iter__(self) -> Iterator[int]:
         order = self._order()[: self.samples_per_epoch]
+        if self.lengths is not None:
+            order = self._grouped(order)
         yield from order[self.skip + self.rank :: self.world_size]
 
     def __len__(self) -> int:

@@ -1,0 +1,203 @@
+"""Attention over segments of one long row: what lets the packed and prefix-shared layouts skip padding.
+
+A :class:`SegmentPlan` tiles a row of tokens into segments. Each segment attends causally to itself and,
+optionally, to every token of an earlier span (its *prefix*): a rejected response sees its prompt but not the
+chosen response laid out between them. The plan reaches the attention function as a keyword argument that
+transformers passes from the decoder's ``forward`` down to ``ALL_ATTENTION_FUNCTIONS``; the function runs
+PyTorch's SDPA once per segment, so no (T x T) mask is built and no masked block is computed.
+
+It is registered with transformers' ``AttentionInterface`` (:func:`enable_segment_attention`); calls without a
+plan fall through to the model's previous attention, so generation and padded batches are unchanged.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SEGMENT_ATTENTION = "preftune_segments"
+PLAN_KWARG = "preftune_segment_plan"
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: int  # first query position in the row
+    end: int  # one past the last
+    prefix_start: int = 0  # keys [prefix_start, prefix_end) are visible to every query of the segment
+    prefix_end: int = 0
+
+    @property
+    def has_prefix(self) -> bool:
+        return self.prefix_end > self.prefix_start
+
+
+@dataclass
+class SegmentPlan:
+    """Segments tiling one row left to right, with no gap (so their outputs concatenate back into the row)."""
+
+    segments: list[Segment]
+    calls: int = 0  # attention calls served; the support probe reads it
+    _masks: dict[tuple[Segment, str], Tensor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        position = 0
+        for seg in self.segments:
+            if seg.start != position or seg.end <= seg.start:
+                raise ValueError(f"segments must tile the row in order; {seg} follows position {position}")
+            if seg.has_prefix and seg.prefix_end > seg.start:
+                raise ValueError(f"a segment's prefix must lie before it: {seg}")
+            position = seg.end
+
+    @property
+    def length(self) -> int:
+        return self.segments[-1].end if self.segments else 0
+
+    def prefixed_key_index(self, device: torch.device) -> tuple[Tensor, list[int]]:
+        """Key positions of every prefixed segment, each its prefix then itself, concatenated; and their widths."""
+        cache_key = (Segment(-1, -1), str(device))
+        segs = [seg for seg in self.segments if seg.has_prefix]
+        if cache_key not in self._masks:
+            spans = [range(s.prefix_start, s.prefix_end) for s in segs] + [
+                range(s.start, s.end) for s in segs
+            ]
+            order = [x for k in range(len(segs)) for x in (*spans[k], *spans[len(segs) + k])]
+            self._masks[cache_key] = torch.tensor(order, dtype=torch.long, device=device)
+        widths = [s.prefix_end - s.prefix_start + s.end - s.start for s in segs]
+        return self._masks[cache_key], widths
+
+    def prefix_mask(self, seg: Segment, device: torch.device) -> Tensor:
+        """(queries, prefix + queries) bool mask: the whole prefix, then causal over the segment itself.
+
+        Cached per segment and device: every layer of a forward (and its backward) reuses it.
+        """
+        key = (seg, str(device))
+        if key not in self._masks:
+            n, p = seg.end - seg.start, seg.prefix_end - seg.prefix_start
+            mask = torch.ones(n, p + n, dtype=torch.bool)
+            mask[:, p:] = torch.tril(mask[:, p:])
+            self._masks[key] = mask.to(device)
+        return self._masks[key]
+
+
+def _fallback(module: nn.Module) -> Any:
+    """The attention function the model used before segments were enabled (for calls without a plan)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    config: Any = getattr(module, "config", None)
+    name = str(getattr(config, "_attn_implementation", "")).partition("|")[2] or "sdpa"
+    if name == "eager":  # eager is each model file's own function, not an interface entry
+        return sys.modules[type(module).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[name]
+
+
+def _segment_attention_forward(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor | None]:
+    """transformers' attention-function signature: (B, H, T, D) inputs, returns (B, T, H, D)."""
+    plan: SegmentPlan | None = kwargs.pop(PLAN_KWARG, None)
+    if plan is None:  # a padded batch, generation, eval by other code: the model's own attention
+        return _fallback(module)(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    if query.shape[0] != 1 or query.shape[2] != plan.length:
+        raise RuntimeError(f"segment plan covers {plan.length} tokens of one row, got {tuple(query.shape)}")
+    window = kwargs.get("sliding_window")
+    longest = max(s.end - s.start + s.prefix_end - s.prefix_start for s in plan.segments)
+    if window is not None and longest > window:
+        raise RuntimeError(f"a segment spans {longest} keys, beyond the model's sliding window of {window}")
+    plan.calls += 1
+    gqa = key.shape[1] != query.shape[1]  # grouped-query attention: fewer key/value heads
+    dropout_p = dropout if module.training else 0.0
+    # split (not slicing per segment) so backward concatenates gradients once instead of adding one
+    # row-sized zero tensor per segment; the prefixed segments' keys come from one index_select for the same reason.
+    sizes = [seg.end - seg.start for seg in plan.segments]
+    queries, keys, values = query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2)
+    prefixed = [i for i, seg in enumerate(plan.segments) if seg.has_prefix]
+    if prefixed:
+        index, widths = plan.prefixed_key_index(query.device)
+        prefixed_keys = dict(zip(prefixed, key.index_select(2, index).split(widths, dim=2), strict=True))
+        prefixed_values = dict(zip(prefixed, value.index_select(2, index).split(widths, dim=2), strict=True))
+    outputs = []
+    for i, seg in enumerate(plan.segments):
+        if seg.has_prefix:
+            out = F.scaled_dot_product_attention(
+                queries[i], prefixed_keys[i], prefixed_values[i], attn_mask=plan.prefix_mask(seg, query.device),
+                dropout_p=dropout_p, scale=scaling, enable_gqa=gqa,
+            )  # fmt: skip
+        else:
+            out = F.scaled_dot_product_attention(
+                queries[i],
+                keys[i],
+                values[i],
+                is_causal=True,
+                dropout_p=dropout_p,
+                scale=scaling,
+                enable_gqa=gqa,
+            )
+        outputs.append(out)
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def enable_segment_attention(model: nn.Module) -> None:
+    """Route ``model``'s attention through the segment function, for good (idempotent).
+
+    The new implementation is named ``preftune_segments|<previous>``: calls without a plan go to the previous
+    one, and masks are built by the previous one's mask builder, so padded batches and generation are unchanged.
+    It is set for good rather than around each call because activation checkpointing re-runs the forward in
+    backward, after any such context has ended. The name is not saved with the model (transformers keeps it out
+    of config.json), so an exported model loads with its usual attention.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    config: Any = model.config
+    current = str(config._attn_implementation or "sdpa")
+    if current.startswith(SEGMENT_ATTENTION):
+        return
+    name = f"{SEGMENT_ATTENTION}|{current}"
+    AttentionInterface.register(name, _segment_attention_forward)
+    if current in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[current])
+    config._attn_implementation = name
+
+
+def disable_segment_attention(model: nn.Module) -> None:
+    config: Any = model.config
+    config._attn_implementation = str(config._attn_implementation).removeprefix(f"{SEGMENT_ATTENTION}|")
+
+
+def supports_segments(model: nn.Module) -> bool:
+    """True when ``model``'s attention layers receive the plan (they use transformers' attention interface and
+    pass keyword arguments through); remote or older model code may not. Leaves segments enabled if so."""
+    lm: Any = model
+    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else getattr(lm, lm.base_model_prefix)
+    plan = SegmentPlan([Segment(0, 2), Segment(2, 3, 0, 1)])
+    device = next(model.parameters()).device
+    try:
+        enable_segment_attention(model)
+        with torch.no_grad():
+            decoder(
+                input_ids=torch.zeros((1, 3), dtype=torch.long, device=device),
+                position_ids=torch.tensor([[0, 1, 1]], device=device),
+                use_cache=False,
+                **{PLAN_KWARG: plan},
+            )
+    except (RuntimeError, TypeError, ValueError, KeyError, AttributeError):
+        plan.calls = 0
+    layers = getattr(model.config, "num_hidden_layers", None)
+    supported = plan.calls > 0 and (layers is None or plan.calls == layers)
+    if not supported:
+        disable_segment_attention(model)
+    return supported

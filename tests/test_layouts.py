@@ -1,0 +1,182 @@
+"""The padding-free layouts (packed, prefix_shared) equal the padded layout: per-sequence log-probs, token
+counts and every parameter gradient, on random pairs, for Llama- and Qwen2-style models (grouped-query attention:
+4 query heads, 2 key/value heads)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from preftune.forward import PaddedLayout, SequenceScorer
+from preftune.packing import PackedLayout, PrefixSharedLayout, build_layout
+from preftune.segments import Segment, SegmentPlan, supports_segments
+from preftune.toy import build_toy_model
+
+
+def _pair(prompt, chosen, rejected, index=0):
+    return SimpleNamespace(
+        prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected, source="t", index=index
+    )
+
+
+def test_packed_collate_matches_docstring_example() -> None:
+    batch = PackedLayout(pad_token_id=0).collate([_pair([5, 6], [8], [9, 2]), _pair([7], [3, 2], [4])])
+    assert batch.input_ids.tolist() == [[5, 6, 8, 7, 3, 2, 5, 6, 9, 2, 7, 4]]
+    assert batch.position_ids is not None
+    assert batch.position_ids.tolist() == [[0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 0, 1]]
+    assert batch.attention_plan is not None
+    assert [(s.start, s.end, s.has_prefix) for s in batch.attention_plan.segments] == [
+        (0, 3, False), (3, 6, False), (6, 10, False), (10, 12, False),
+    ]  # fmt: skip
+    assert batch.score_targets.tolist() == [8, 3, 2, 9, 2, 4]
+    assert batch.score_from.tolist() == [1, 3, 4, 7, 8, 10]
+    assert batch.num_tokens == 12
+
+
+def test_prefix_shared_collate_matches_docstring_example() -> None:
+    batch = PrefixSharedLayout(pad_token_id=0).collate([_pair([5, 6], [8], [9, 2])])
+    assert batch.input_ids.tolist() == [[5, 6, 8, 9, 2]]
+    assert batch.position_ids is not None and batch.position_ids.tolist() == [[0, 1, 2, 2, 3]]
+    assert batch.attention_plan is not None
+    assert batch.attention_plan.segments == [Segment(0, 3), Segment(3, 5, 0, 2)]
+    assert batch.score_targets.tolist() == [8, 9, 2]
+    assert batch.score_from.tolist() == [1, 1, 3]
+    assert batch.score_sequence.tolist() == [0, 1, 1]
+    assert batch.num_tokens == 3 + 4  # counted per sequence, as in the padded layout
+
+
+def test_prefix_mask_sees_whole_prefix_then_causal() -> None:
+    plan = SegmentPlan([Segment(0, 3), Segment(3, 5, 0, 2)])
+    mask = plan.prefix_mask(plan.segments[1], torch.device("cpu"))
+    assert mask.int().tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    with pytest.raises(ValueError, match="tile"):
+        SegmentPlan([Segment(0, 3), Segment(4, 5)])
+
+
+def _random_pairs(seed: int, count: int) -> list[SimpleNamespace]:
+    gen = torch.Generator().manual_seed(seed)
+
+    def tokens(low: int, high: int) -> list[int]:
+        n = int(torch.randint(low, high, (1,), generator=gen))
+        return torch.randint(3, 97, (n,), generator=gen).tolist()
+
+    return [_pair(tokens(1, 12), tokens(1, 10), tokens(1, 10), index=i) for i in range(count)]
+
+
+def _logps_and_grads(layout, arch: str, pairs, **model_kwargs):
+    model = build_toy_model(97, arch=arch, seed=4, **model_kwargs)
+    batch = layout.collate(pairs)
+    out = layout.pair_logps(SequenceScorer(model, chunk_size=5), batch, want_aux=arch == "mixtral")
+    weights = torch.linspace(-1, 1, len(pairs))  # distinct upstream weights per sequence
+    objective = (weights * out.chosen_logps).sum() - (weights.flip(0) * out.rejected_logps).sum()
+    if out.aux_loss is not None:
+        objective = objective + out.aux_loss
+    objective.backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters()}, batch
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("layout_cls", [PackedLayout, PrefixSharedLayout])
+def test_segment_layouts_equal_padded(layout_cls, arch: str, seed: int) -> None:
+    pairs = _random_pairs(seed, count=5)
+    ref_out, ref_grads, ref_batch = _logps_and_grads(PaddedLayout(0), arch, pairs)
+    out, grads, batch = _logps_and_grads(layout_cls(0), arch, pairs)
+    assert batch.input_ids.numel() < ref_batch.input_ids.numel()  # fewer positions computed
+    assert batch.num_tokens == ref_batch.num_tokens
+    torch.testing.assert_close(out.chosen_logps, ref_out.chosen_logps, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.rejected_logps, ref_out.rejected_logps, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out.chosen_tokens, ref_out.chosen_tokens)
+    assert torch.equal(out.rejected_tokens, ref_out.rejected_tokens)
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_packed_moe_balancing_loss_equals_padded() -> None:
+    """Packed sees each sequence's tokens once, as padded does with its 2-D mask, so the Mixtral router's
+    balancing loss (and its gradients) agree too."""
+    pairs = _random_pairs(5, count=4)
+    ref_out, ref_grads, _ = _logps_and_grads(PaddedLayout(0), "mixtral", pairs)
+    out, grads, _ = _logps_and_grads(PackedLayout(0), "mixtral", pairs)
+    assert ref_out.aux_loss is not None and out.aux_loss is not None
+    torch.testing.assert_close(out.aux_loss, ref_out.aux_loss, rtol=1e-5, atol=1e-6)
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_prefix_shared_under_gradient_checkpointing() -> None:
+    pairs = _random_pairs(3, count=3)
+    _, ref_grads, _ = _logps_and_grads(PaddedLayout(0), "llama", pairs)
+    model = build_toy_model(97, seed=4)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    layout = PrefixSharedLayout(0)
+    out = layout.pair_logps(SequenceScorer(model, chunk_size=5), layout.collate(pairs))
+    weights = torch.linspace(-1, 1, len(pairs))
+    ((weights * out.chosen_logps).sum() - (weights.flip(0) * out.rejected_logps).sum()).backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, ref_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_auto_picks_the_fastest_layout_the_model_supports() -> None:
+    model = build_toy_model(97)
+    assert supports_segments(model)
+    assert model.config._attn_implementation == "preftune_segments|sdpa"  # plain calls still go to sdpa
+    assert build_layout("auto", 0, model).name == "prefix_shared"
+    assert build_layout("auto", 0, model, aux_loss=True).name == "packed"
+    model = build_toy_model(97, attn_implementation="eager")
+    assert supports_segments(model)
+
+
+def test_auto_falls_back_to_padded_when_attention_ignores_the_plan() -> None:
+    class OwnAttention(torch.nn.Module):  # model code that never consults transformers' attention interface
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = SimpleNamespace(_attn_implementation="sdpa", num_hidden_layers=1)
+            self.embed = torch.nn.Embedding(10, 4)
+
+        def get_decoder(self):
+            return lambda **kw: self.embed(kw["input_ids"])
+
+    assert not supports_segments(OwnAttention())
+    assert build_layout("auto", 0, OwnAttention()).name == "padded"
+    with pytest.raises(ValueError, match="unknown layout"):
+        build_layout("ragged", 0)
+
+
+def test_empty_prompt_is_refused_by_prefix_shared() -> None:
+    with pytest.raises(ValueError, match="t row 0: empty prompt"):
+        PrefixSharedLayout(0).collate([_pair([], [4], [5])])
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_calls_without_a_plan_keep_the_models_own_attention(attn: str) -> None:
+    """Once segments are enabled, padded batches (with their padding mask) and generation are unchanged."""
+    from preftune.generation import SamplingOptions, sample_responses
+    from preftune.toy import build_toy_tokenizer, toy_corpus
+
+    pairs = _random_pairs(9, count=4)
+    plain = build_toy_model(97, seed=4, attn_implementation=attn)
+    enabled = build_toy_model(97, seed=4, attn_implementation=attn)
+    assert supports_segments(enabled)
+    assert enabled.config._attn_implementation == f"preftune_segments|{attn}"
+    layout = PaddedLayout(0)
+    batch = layout.collate(pairs)
+    want = layout.pair_logps(SequenceScorer(plain), batch)
+    got = layout.pair_logps(SequenceScorer(enabled), batch)
+    torch.testing.assert_close(got.chosen_logps, want.chosen_logps, rtol=0, atol=0)
+    torch.testing.assert_close(got.rejected_logps, want.rejected_logps, rtol=0, atol=0)
+    tokenizer = build_toy_tokenizer(toy_corpus())
+    opts = SamplingOptions(max_new_tokens=6, temperature=0)
+    prompts = ["hello there", "a longer prompt to pad"]
+    plain_big = build_toy_model(len(tokenizer), seed=1, attn_implementation=attn)
+    enabled_big = build_toy_model(len(tokenizer), seed=1, attn_implementation=attn)
+    assert supports_segments(enabled_big)
+    for a, b in zip(
+        sample_responses(plain_big, tokenizer, prompts, options=opts),
+        sample_responses(enabled_big, tokenizer, prompts, options=opts),
+        strict=True,
+    ):
+        assert a[0].response_ids == b[0].response_ids
