@@ -41,6 +41,13 @@ class ModelConfig:
 class RefConfig:
     name_or_path: str | None = _f(None, "reference model; default: the policy's own weights loaded again")
     offload: bool = _f(False, "keep the reference whole on CPU (ddp / fsdp2)")
+    precompute: bool = _f(
+        False, "score train and eval pairs with the reference once before training, cache them on disk, "
+        "and free the reference model during training",
+    )
+    cache_dir: str | None = _f(
+        None, "folder of the reference log-prob cache (default <output_dir>/ref_cache; may be shared by runs)"
+    )
 
 
 @dataclass
@@ -305,6 +312,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     if loss.type in REFERENCE_FREE_LOSSES:
         _check(cfg.ref.name_or_path is None, "ref.name_or_path",
                f"loss {loss.type!r} is reference-free; remove the reference model")  # fmt: skip
+        _check(not cfg.ref.precompute, "ref.precompute",
+               f"loss {loss.type!r} is reference-free; there are no reference log-probs to precompute")  # fmt: skip
     t = cfg.train
     _check(t.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1, got {t.micro_batch_size}")
     _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")

@@ -38,6 +38,7 @@ class Batch:
     rows: list[tuple[str, int]] = field(
         default_factory=list
     )  # (source, index) of each pair, for error messages
+    pair_ids: Tensor | None = None  # (B,) each pair's TokenizedPair.pair_id, for a precomputed reference
 
     def to(self, device: torch.device) -> Batch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -159,6 +160,7 @@ def _batch(
         num_pairs=len(pairs),
         num_tokens=sum(len(s) for s in sequences),
         rows=[(p.source, p.index) for p in pairs],
+        pair_ids=torch.tensor([p.pair_id for p in pairs], dtype=torch.long),
     )
 
 
