@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import random
 from pathlib import Path
 
@@ -146,7 +147,11 @@ def test_damaged_cache_file_is_detected(tmp_path, how, reason) -> None:
 def test_cache_for_another_key_split_or_size_is_refused(tmp_path) -> None:
     path = tmp_path / "c.refcache"
     write_cache(path, _table(10), {"key": "abc", "split": "eval"})
-    for key, split, n, field in (("abd", "eval", 10, "key"), ("abc", "train", 10, "split"), ("abc", "eval", 11, "pairs")):
+    for key, split, n, field in (
+        ("abd", "eval", 10, "key"),
+        ("abc", "train", 10, "split"),
+        ("abc", "eval", 11, "pairs"),
+    ):
         with pytest.raises(CacheUnusable, match=f"header has {field}"):
             read_cache(path, key, split, n)
 
@@ -186,7 +191,9 @@ def test_cached_reference_refuses_batches_it_cannot_place(model) -> None:
     pairs = random_pairs(6, seed=4)
     layout = build_layout("padded", pad_token_id=0)
     live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model))), layout)
-    cached = CachedReference(_score_split(pairs, live, layout, SingleProcessStrategy("cpu"), 4, False, "t"), {})
+    cached = CachedReference(
+        _score_split(pairs, live, layout, SingleProcessStrategy("cpu"), 4, False, "t"), {}
+    )
     unnumbered = copy.deepcopy(pairs[:2])
     for pair in unnumbered:
         pair.pair_id = -1
@@ -195,7 +202,9 @@ def test_cached_reference_refuses_batches_it_cannot_place(model) -> None:
     # Ids pointing at other pairs than the batch holds (here pair 0's tokens numbered as pair 1, whose
     # responses are longer) are caught by the response token counts.
     pairs[1].chosen_ids = [*pairs[0].chosen_ids, 5]
-    cached = CachedReference(_score_split(pairs, live, layout, SingleProcessStrategy("cpu"), 4, False, "t"), {})
+    cached = CachedReference(
+        _score_split(pairs, live, layout, SingleProcessStrategy("cpu"), 4, False, "t"), {}
+    )
     misplaced = copy.deepcopy(pairs[0])
     misplaced.pair_id = 1
     with pytest.raises(RuntimeError, match="misaligned"):
@@ -213,7 +222,7 @@ def test_every_rank_runs_the_same_number_of_forwards(model, n, micro, world) -> 
     real = live.pair_logps
     live.pair_logps = lambda batch: calls.append(batch.num_pairs) or real(batch)  # type: ignore[method-assign]
     summed = torch.zeros_like(full.values)
-    expected_forwards = -(-(-(-n // world)) // micro)  # ceil(ceil(n / world) / micro)
+    expected_forwards = math.ceil(math.ceil(n / world) / micro)
     for rank in range(world):
         calls.clear()
         shard = _score_split(pairs, live, layout, CountingStrategy(rank, world), micro, False, "t")

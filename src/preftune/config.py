@@ -42,7 +42,8 @@ class RefConfig:
     name_or_path: str | None = _f(None, "reference model; default: the policy's own weights loaded again")
     offload: bool = _f(False, "keep the reference whole on CPU (ddp / fsdp2)")
     precompute: bool = _f(
-        False, "score train and eval pairs with the reference once before training, cache them on disk, "
+        False,
+        "score train and eval pairs with the reference once before training, cache them on disk, "
         "and free the reference model during training",
     )
     cache_dir: str | None = _f(

@@ -201,7 +201,9 @@ class CachedReference:
         # other pairs than the batch holds, which would silently train against wrong reference values.
         counted = torch.bincount(batch.score_sequence.cpu(), minlength=2 * batch.num_pairs)
         if not torch.equal(counted.double(), torch.cat([got[2], got[3]])):
-            raise RuntimeError("cached reference token counts do not match the batch: pair ids are misaligned")
+            raise RuntimeError(
+                "cached reference token counts do not match the batch: pair ids are misaligned"
+            )
         device = batch.input_ids.device
         chosen, rejected, chosen_tokens, rejected_tokens = got.to(device, self.table.dtype)
         return PairForward(chosen, rejected, chosen_tokens, rejected_tokens)

@@ -117,7 +117,7 @@ def _score_split(
 def precomputed_reference(
     cfg: Config,
     policy: nn.Module,
-    load_reference: Callable[[], nn.Module],
+    load_reference: Callable[[], nn.Module | None],
     layout: Layout,
     strategy: Strategy,
     splits: dict[str, list[TokenizedPair]],
@@ -158,6 +158,7 @@ def precomputed_reference(
     missing = [split for split in splits if split not in tables]
     if missing:
         ref_model = ref_model if ref_model is not None else load_reference()
+        assert ref_model is not None, "a loss with a reference loads one"
         scorer = strategy.prepare_model(freeze(SequenceScorer(ref_model, cfg.train.lm_head_chunk)), False)
         reference = ModelReference(scorer, layout)
         micro_batch = cfg.train.eval_micro_batch_size or cfg.train.micro_batch_size
@@ -165,7 +166,13 @@ def precomputed_reference(
             started = time.perf_counter()
             key, path = state[f"{split}_key"], cache_path(cache_dir, split, state[f"{split}_key"])
             tables[split] = _score_split(
-                splits[split], reference, layout, strategy, micro_batch, cfg.log.progress, f"reference {split}"
+                splits[split],
+                reference,
+                layout,
+                strategy,
+                micro_batch,
+                cfg.log.progress,
+                f"reference {split}",
             )
             failed = ""
             if strategy.is_main():
@@ -179,7 +186,9 @@ def precomputed_reference(
             if strategy.all_reduce({"failed": float(bool(failed))})["failed"]:
                 raise ConfigError(failed or f"ref.cache_dir: the main process could not write {path}")
             seconds = time.perf_counter() - started
-            log(f"reference log-probs: computed {len(splits[split])} {split} pairs in {seconds:.1f} s, saved {path}")
+            log(
+                f"reference log-probs: computed {len(splits[split])} {split} pairs in {seconds:.1f} s, saved {path}"
+            )
         del scorer, reference
     # The reference is never needed again: free it before the policy's optimizer state is allocated.
     del ref_model
