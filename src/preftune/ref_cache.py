@@ -150,9 +150,7 @@ def write_cache(path: Path, table: RefTable, header: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_cache(path: Path, key: str, split: str, num_pairs: int) -> RefTable:
-    """The table stored at ``path``; raises :class:`CacheUnusable` saying why it cannot be used."""
-    raw = path.read_bytes()
+def _split_file(raw: bytes) -> tuple[dict[str, Any], bytes]:
     if not raw.startswith(MAGIC):
         raise CacheUnusable("not a preftune reference cache file")
     head_end = raw.find(b"\n", len(MAGIC))
@@ -162,13 +160,25 @@ def read_cache(path: Path, key: str, split: str, num_pairs: int) -> RefTable:
         head = None
     if not isinstance(head, dict):
         raise CacheUnusable("its header is damaged")
+    return head, raw[head_end + 1 :]
+
+
+def cache_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a cache file (key, split, pairs, hashes, versions); raises :class:`CacheUnusable`."""
+    with path.open("rb") as fh:
+        return _split_file(fh.read(len(MAGIC)) + fh.readline())[0]
+
+
+def read_cache(path: Path, key: str, split: str, num_pairs: int) -> RefTable:
+    """The table stored at ``path``; raises :class:`CacheUnusable` saying why it cannot be used."""
+    head, payload = _split_file(path.read_bytes())
     expected = {"version": FORMAT_VERSION, "key": key, "split": split, "pairs": num_pairs}
     for name, want in expected.items():
         if head.get(name) != want:
             raise CacheUnusable(f"its header has {name} {head.get(name)!r}, expected {want!r}")
-    payload = raw[head_end + 1 :]
     if len(payload) != head.get("payload_bytes") or len(payload) != 32 * num_pairs:
-        raise CacheUnusable(f"truncated: {len(payload)} payload bytes, expected {32 * num_pairs}")
+        what = "truncated" if len(payload) < 32 * num_pairs else "oversized"
+        raise CacheUnusable(f"{what}: {len(payload)} payload bytes, expected {32 * num_pairs}")
     if hashlib.blake2b(payload, digest_size=32).hexdigest() != head.get("payload_blake2b"):
         raise CacheUnusable("its payload does not match its checksum (corrupt)")
     values = torch.from_numpy(np.frombuffer(payload, dtype="<f8").reshape(4, num_pairs).copy())
