@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from preftune.config import ConfigError
 from preftune.data import TokenizedPair
 from preftune.forward import SequenceScorer, build_layout
 from preftune.ref_cache import (
@@ -23,7 +24,7 @@ from preftune.ref_cache import (
     reference_fingerprint,
     write_cache,
 )
-from preftune.ref_precompute import _score_split, number_pairs
+from preftune.ref_precompute import _check_resume, _score_split, number_pairs
 from preftune.reference import ModelReference, freeze
 from preftune.strategy import SingleProcessStrategy
 from preftune.toy import build_toy_model
@@ -229,3 +230,14 @@ def test_every_rank_runs_the_same_number_of_forwards(model, n, micro, world) -> 
         assert len(calls) == expected_forwards, rank
         summed += shard.values  # what the sum over processes adds up
     torch.testing.assert_close(summed, full.values, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_check_names_what_changed() -> None:
+    saved = {"reference": "r1", "compute": "c", "train_data": "d", "train_key": cache_key("r1", "c", "d")}
+    _check_resume(saved, dict(saved), Path("ckpt"))  # the same key resumes
+    _check_resume({}, saved, Path("ckpt"))  # a checkpoint trained against a live reference resumes too
+    moved = {**saved, "reference": "r2", "train_key": cache_key("r2", "c", "d")}
+    with pytest.raises(
+        ConfigError, match=r"ckpt\.resume: ckpt .*: the reference weights or model config changed"
+    ):
+        _check_resume(saved, moved, Path("ckpt"))

@@ -118,7 +118,7 @@ def test_second_run_reuses_the_cache_without_a_reference(ws, cached_run, tmp_pat
     first, cache, _ = cached_run
     spy = _train(ws, tmp_path / "again", monkeypatch, **{"ref.precompute": True, "ref.cache_dir": str(cache)})
     assert spy.said("reusing cache") and not spy.said("computed")
-    assert [line for line in spy.lines if "reusing cache" in line][0].count(str(cache)) == 1
+    assert sum(str(cache) in line for line in spy.lines if "reusing cache" in line) == 2  # train and eval
     assert spy.forwards == 0
     assert len(spy.loaded) == 1  # the policy only: its starting weights are the reference's, hashed in place
     _assert_same_run(first, tmp_path / "again", rtol=1e-7)
@@ -216,7 +216,9 @@ def test_damaged_cache_file_is_recomputed(ws, cached_run, own_cache, tmp_path, m
 
 def test_eval_command_with_precompute_matches_live(ws, tmp_path) -> None:
     live = runner.evaluate(toy_config(ws, tmp_path / "live"), log=lambda *_: None)
-    cached = runner.evaluate(toy_config(ws, tmp_path / "cached", **{"ref.precompute": True}), log=lambda *_: None)
+    cached = runner.evaluate(
+        toy_config(ws, tmp_path / "cached", **{"ref.precompute": True}), log=lambda *_: None
+    )
     assert cached.keys() == live.keys()
     for key in live:
         assert cached[key] == pytest.approx(live[key], rel=1e-6, abs=1e-7), key

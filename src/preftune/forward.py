@@ -160,7 +160,8 @@ def _batch(
         num_pairs=len(pairs),
         num_tokens=sum(len(s) for s in sequences),
         rows=[(p.source, p.index) for p in pairs],
-        pair_ids=torch.tensor([p.pair_id for p in pairs], dtype=torch.long),
+        # Pair-like objects without an id (e.g. built by hand) get -1: only a cached reference needs one.
+        pair_ids=torch.tensor([getattr(p, "pair_id", -1) for p in pairs], dtype=torch.long),
     )
 
 
