@@ -41,6 +41,14 @@ class ModelConfig:
 class RefConfig:
     name_or_path: str | None = _f(None, "reference model; default: the policy's own weights loaded again")
     offload: bool = _f(False, "keep the reference whole on CPU (ddp / fsdp2)")
+    precompute: bool = _f(
+        False,
+        "score train and eval pairs with the reference once before training, cache them on disk, "
+        "and free the reference model during training",
+    )
+    cache_dir: str | None = _f(
+        None, "folder of the reference log-prob cache (default <output_dir>/ref_cache; may be shared by runs)"
+    )
 
 
 @dataclass
@@ -315,6 +323,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     if loss.type in REFERENCE_FREE_LOSSES:
         _check(cfg.ref.name_or_path is None, "ref.name_or_path",
                f"loss {loss.type!r} is reference-free; remove the reference model")  # fmt: skip
+        _check(not cfg.ref.precompute, "ref.precompute",
+               f"loss {loss.type!r} is reference-free; there are no reference log-probs to precompute")  # fmt: skip
     t = cfg.train
     _check(t.layout != "prefix_shared" or loss.aux_loss_coef == 0, "train.layout",
            "prefix_shared routes each prompt once, so the MoE balancing loss (loss.aux_loss_coef) would differ "

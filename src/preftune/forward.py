@@ -41,6 +41,7 @@ class Batch:
     )  # (source, index) of each pair, for error messages
     # Segment layouts lay every sequence in one row and say here which tokens attend to which.
     attention_plan: SegmentPlan | None = None
+    pair_ids: Tensor | None = None  # (B,) each pair's TokenizedPair.pair_id, for a precomputed reference
 
     def to(self, device: torch.device) -> Batch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -174,6 +175,8 @@ def _batch(
         num_tokens=sum(len(s) for s in sequences),
         rows=[(p.source, p.index) for p in pairs],
         attention_plan=attention_plan,
+        # Pair-like objects without an id (e.g. built by hand) get -1: only a cached reference needs one.
+        pair_ids=torch.tensor([getattr(p, "pair_id", -1) for p in pairs], dtype=torch.long),
     )
 
 

@@ -20,6 +20,7 @@ from .data import TokenizedPair, load_pairs, write_data_report
 from .forward import Layout
 from .optim import build_optimizer, build_scheduler
 from .packing import build_layout
+from .ref_precompute import compute_precision, number_pairs, precomputed_reference
 from .sampler import ResumableSampler
 from .signals import GracefulStop
 from .strategy import Strategy, build_strategy
@@ -192,6 +193,7 @@ def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tup
             f"train.batch_size: {len(train_pairs)} usable training pairs are fewer than one batch of "
             f"{cfg.train.batch_size} (see {out / 'data_report.json'})"
         )
+    number_pairs(train_pairs, eval_pairs)
     left_out = len(train_pairs) % cfg.train.batch_size
     if need_train and left_out:
         log(
@@ -212,6 +214,15 @@ def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tup
     )
     if cfg.train.layout == "auto":
         log(f"layout: {layout.name} (train.layout auto)")
+    ref_model, reference = None, None
+    if cfg.ref.precompute:
+        splits = {name: pairs for name, pairs in (("train", train_pairs), ("eval", eval_pairs)) if pairs}
+        reference = precomputed_reference(
+            cfg, model, lambda: _reference(cfg), layout, strategy, splits,
+            compute_precision(cfg, options), resume_point(cfg) if need_train else None, log,
+        )  # fmt: skip
+    else:
+        ref_model = _reference(cfg)
     train_loader = make_train_loader(train_pairs, layout, cfg, strategy) if need_train else None
     steps_per_epoch = len(train_pairs) // cfg.train.batch_size
     total = steps_per_epoch * cfg.train.max_epochs
@@ -220,10 +231,10 @@ def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tup
     optimizer = build_optimizer(model, cfg.optim) if need_train else None
     scheduler = build_scheduler(optimizer, cfg.optim, max(total, 1)) if optimizer is not None else None
     trainer = DPOTrainer(
-        model, _reference(cfg), strategy, tokenizer, optimizer, train_loader, make_eval_loader(eval_pairs, layout, cfg, strategy),
+        model, ref_model, strategy, tokenizer, optimizer, train_loader, make_eval_loader(eval_pairs, layout, cfg, strategy),
         scheduler, max_norm=cfg.optim.max_norm, beta=cfg.loss.beta, max_epochs=cfg.train.max_epochs,
         save_hf_ckpt=cfg.ckpt.save_hf, disable_ds_ckpt=cfg.ckpt.disable,
-        loss_config=cfg.loss, layout=layout, lm_head_chunk=cfg.train.lm_head_chunk,
+        loss_config=cfg.loss, layout=layout, lm_head_chunk=cfg.train.lm_head_chunk, reference=reference,
     )  # fmt: skip
     return trainer, steps_per_epoch
 

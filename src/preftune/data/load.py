@@ -25,6 +25,8 @@ class TokenizedPair:
 
     Example (toy tokenizer, string row): prompt_ids = [BOS, *ids("Tell me: ...")], chosen_ids =
     [*ids(" the cat ..."), EOS]. ``source``/``index`` name the row: ``("data/train.jsonl", 7)``.
+    ``pair_id`` is the pair's slot in the run's table of pairs (train pairs 0..N-1, then eval pairs), set by
+    the runner; a precomputed reference looks its log-probs up by it (-1: not numbered).
     """
 
     prompt_ids: list[int]
@@ -32,6 +34,7 @@ class TokenizedPair:
     rejected_ids: list[int]
     source: str
     index: int
+    pair_id: int = -1
 
 
 def load_pairs(

@@ -59,6 +59,11 @@ class Strategy(Protocol):
         """Reduce scalars over processes ('sum' or 'max'); identity on one process."""
         ...
 
+    def all_reduce_tensor(self, tensor: Tensor, op: str = "sum") -> Tensor:
+        """Reduce a tensor elementwise over processes ('sum' or 'max'), returned on the tensor's device;
+        identity on one process. For bulk results (e.g. precomputed reference log-probs), not per-step metrics."""
+        ...
+
     def barrier(self) -> None: ...
 
     def save_state(

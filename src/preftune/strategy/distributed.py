@@ -70,6 +70,14 @@ class DDPStrategy(SingleProcessStrategy):
         dist.all_reduce(buf, op=ops[op])
         return dict(zip(keys, buf.tolist(), strict=True))
 
+    def all_reduce_tensor(self, tensor: Tensor, op: str = "sum") -> Tensor:
+        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+        if op not in ops:
+            raise ValueError(f"unsupported reduce op {op!r}")
+        buf = tensor.to(self._reduce_device(), copy=True)  # never reduce into the caller's tensor
+        dist.all_reduce(buf, op=ops[op])
+        return buf.to(tensor.device)
+
     def _reduce_device(self) -> torch.device:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 

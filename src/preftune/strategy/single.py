@@ -63,6 +63,11 @@ class SingleProcessStrategy:
             raise ValueError(f"unsupported reduce op {op!r}")
         return dict(values)
 
+    def all_reduce_tensor(self, tensor: Tensor, op: str = "sum") -> Tensor:
+        if op not in ("sum", "max"):
+            raise ValueError(f"unsupported reduce op {op!r}")
+        return tensor
+
     def barrier(self) -> None:
         pass
 

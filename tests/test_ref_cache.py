@@ -1,0 +1,244 @@
+"""The reference log-prob cache's parts: content hashes, the file format, the cached reference, the scoring pass."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from preftune.config import ConfigError
+from preftune.data import TokenizedPair
+from preftune.forward import SequenceScorer
+from preftune.packing import build_layout
+from preftune.ref_cache import (
+    CachedReference,
+    CacheUnusable,
+    RefTable,
+    cache_key,
+    cache_path,
+    pairs_fingerprint,
+    read_cache,
+    reference_fingerprint,
+    write_cache,
+)
+from preftune.ref_precompute import _check_resume, _score_split, number_pairs
+from preftune.reference import ModelReference, freeze
+from preftune.strategy import SingleProcessStrategy
+from preftune.toy import build_toy_model
+
+VOCAB = 64
+
+
+def random_pairs(n: int, seed: int) -> list[TokenizedPair]:
+    rng = random.Random(seed)
+
+    def ids(lo: int, hi: int) -> list[int]:
+        return [rng.randrange(3, VOCAB) for _ in range(rng.randint(lo, hi))]
+
+    pairs = [TokenizedPair([1, *ids(1, 9)], ids(1, 7), ids(1, 7), "random", i) for i in range(n)]
+    number_pairs(pairs, [])
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return build_toy_model(VOCAB, hidden_size=32, seed=3)
+
+
+# ---------------------------------------------------------------- keys
+
+
+def test_reference_fingerprint_follows_content_not_identity(model) -> None:
+    base = reference_fingerprint(model)
+    twin = copy.deepcopy(model)
+    assert reference_fingerprint(twin) == base  # another object, same weights: same key
+    twin.config._name_or_path = "/elsewhere"  # where it was loaded from does not change its numbers
+    assert reference_fingerprint(twin) == base
+    with torch.no_grad():
+        twin.model.layers[1].mlp.up_proj.weight[3, 5] += 1e-6  # one weight, one float ulp-ish nudge
+    assert reference_fingerprint(twin) != base
+    assert reference_fingerprint(copy.deepcopy(model).to(torch.bfloat16)) != base  # dtype counts
+    rope = copy.deepcopy(model)
+    rope.config.rms_norm_eps = 1e-5  # same weights, a config value that changes the outputs
+    assert reference_fingerprint(rope) != base
+
+
+def test_tied_weights_are_keyed_with_their_tying() -> None:
+    tied = build_toy_model(VOCAB, hidden_size=32, seed=3, tie_word_embeddings=True)
+    assert tied.lm_head.weight.data_ptr() == tied.model.embed_tokens.weight.data_ptr()
+    untied = build_toy_model(VOCAB, hidden_size=32, seed=3, tie_word_embeddings=False)
+    with torch.no_grad():
+        untied.lm_head.weight.copy_(untied.model.embed_tokens.weight)
+    # Equal numbers, but one ties and the other does not (it may later train them apart): different keys.
+    assert reference_fingerprint(tied) != reference_fingerprint(untied)
+    base = reference_fingerprint(tied)
+    with torch.no_grad():
+        tied.lm_head.weight[0, 0] += 1.0  # the shared storage: the embedding changes with it
+    assert reference_fingerprint(tied) != base
+
+
+def test_pairs_fingerprint_sees_every_token_and_boundary() -> None:
+    pairs = random_pairs(20, seed=1)
+    base = pairs_fingerprint(pairs)
+    assert pairs_fingerprint(copy.deepcopy(pairs)) == base
+    changed = copy.deepcopy(pairs)
+    changed[13].rejected_ids[-1] += 1
+    assert pairs_fingerprint(changed) != base
+    # The same token streams with the prompt/response boundary one token later score other tokens.
+    early = [TokenizedPair([1, 7], [8, 9], [8, 10], "s", 0)]
+    late = [TokenizedPair([1, 7, 8], [9], [10], "s", 0)]
+    assert pairs_fingerprint(early) != pairs_fingerprint(late)
+    assert pairs_fingerprint(pairs[::-1]) != base  # order is the table's index
+    keys = {cache_key("r", "c", base), cache_key("r2", "c", base), cache_key("r", "c2", base)}
+    assert len(keys) == 3
+
+
+# ---------------------------------------------------------------- file format
+
+
+def _table(n: int) -> RefTable:
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(4, n, generator=gen, dtype=torch.float64).float().double()
+    values[2:] = torch.randint(1, 9, (2, n), generator=gen).double()
+    return RefTable(values, torch.float32)
+
+
+def test_cache_file_round_trips_exactly(tmp_path) -> None:
+    table = _table(37)
+    path = cache_path(tmp_path / "cache", "train", "k" * 64)
+    write_cache(path, table, {"key": "k" * 64, "split": "train"})
+    back = read_cache(path, "k" * 64, "train", 37)
+    assert torch.equal(back.values, table.values) and back.dtype == torch.float32
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def _damage(path: Path, how: str) -> None:
+    raw = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(raw[:-9])
+    elif how == "flipped":
+        raw[-20] ^= 0x10
+        path.write_bytes(bytes(raw))
+    elif how == "header":
+        path.write_bytes(raw[:25] + b"#" + raw[26:])
+    elif how == "empty":
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("truncated", "truncated"),
+        ("flipped", "checksum"),
+        ("header", "header is damaged"),
+        ("empty", "not a preftune"),
+    ],
+)
+def test_damaged_cache_file_is_detected(tmp_path, how, reason) -> None:
+    path = tmp_path / "c.refcache"
+    write_cache(path, _table(10), {"key": "abc", "split": "eval"})
+    _damage(path, how)
+    with pytest.raises(CacheUnusable, match=reason):
+        read_cache(path, "abc", "eval", 10)
+
+
+def test_cache_for_another_key_split_or_size_is_refused(tmp_path) -> None:
+    path = tmp_path / "c.refcache"
+    write_cache(path, _table(10), {"key": "abc", "split": "eval"})
+    for key, split, n, field in (
+        ("abd", "eval", 10, "key"),
+        ("abc", "train", 10, "split"),
+        ("abc", "eval", 11, "pairs"),
+    ):
+        with pytest.raises(CacheUnusable, match=f"header has {field}"):
+            read_cache(path, key, split, n)
+
+
+# ---------------------------------------------------------------- the cached reference against the live one
+
+
+class CountingStrategy(SingleProcessStrategy):
+    """One process pretending to be ``rank`` of ``world_size`` (its reduction stays the identity)."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        super().__init__("cpu")
+        self.rank, self.world_size = rank, world_size
+
+
+@pytest.mark.parametrize("layout_name", ["padded", "packed", "prefix_shared"])
+def test_cached_reference_equals_model_reference_on_random_batches(model, layout_name) -> None:
+    pairs = random_pairs(29, seed=2)
+    layout = build_layout(layout_name, pad_token_id=0)
+    live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model), chunk_size=7)), layout)
+    # The table is scored in batches of 5 in order, the checks below in other, shuffled batches.
+    table = _score_split(pairs, live, layout, SingleProcessStrategy("cpu"), 5, False, "test")
+    cached = CachedReference(table, {"train_key": "x"})
+    rng = random.Random(0)
+    for size in (1, 3, 8):
+        chosen = rng.sample(pairs, size)
+        batch = layout.collate(chosen)
+        want, got = live.pair_logps(batch), cached.pair_logps(batch)
+        for name in ("chosen_logps", "rejected_logps", "chosen_tokens", "rejected_tokens"):
+            w, g = getattr(want, name), getattr(got, name)
+            assert g.dtype == w.dtype
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=name)
+    assert cached.state_for_checkpoint() == {"train_key": "x"}
+
+
+def test_cached_reference_refuses_batches_it_cannot_place(model) -> None:
+    pairs = random_pairs(6, seed=4)
+    layout = build_layout("padded", pad_token_id=0)
+    live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model))), layout)
+    cached = CachedReference(
+        _score_split(pairs, live, layout, SingleProcessStrategy("cpu"), 4, False, "t"), {}
+    )
+    unnumbered = copy.deepcopy(pairs[:2])
+    for pair in unnumbered:
+        pair.pair_id = -1
+    with pytest.raises(ValueError, match="pair_ids"):
+        cached.pair_logps(layout.collate(unnumbered))
+    # Ids pointing at other pairs than the batch holds (here pair 0's tokens numbered as pair 1, whose
+    # responses are longer) are caught by the response token counts.
+    pairs[1].chosen_ids = [*pairs[0].chosen_ids, 5]
+    cached = CachedReference(
+        _score_split(pairs, live, layout, SingleProcessStrategy("cpu"), 4, False, "t"), {}
+    )
+    misplaced = copy.deepcopy(pairs[0])
+    misplaced.pair_id = 1
+    with pytest.raises(RuntimeError, match="misaligned"):
+        cached.pair_logps(layout.collate([misplaced]))
+    cached.pair_logps(layout.collate(pairs[:2]))  # the same pairs, correctly numbered, pass
+
+
+@pytest.mark.parametrize(("n", "micro", "world"), [(15, 1, 2), (7, 3, 2), (1, 2, 2), (10, 4, 3)])
+def test_every_rank_runs_the_same_number_of_forwards(model, n, micro, world) -> None:
+    pairs = random_pairs(n, seed=5)
+    layout = build_layout("padded", pad_token_id=0)
+    live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model))), layout)
+    full = _score_split(pairs, live, layout, SingleProcessStrategy("cpu"), micro, False, "t")
+    calls = []
+    real = live.pair_logps
+    live.pair_logps = lambda batch: calls.append(batch.num_pairs) or real(batch)  # type: ignore[method-assign]
+    summed = torch.zeros_like(full.values)
+    expected_forwards = math.ceil(math.ceil(n / world) / micro)
+    for rank in range(world):
+        calls.clear()
+        shard = _score_split(pairs, live, layout, CountingStrategy(rank, world), micro, False, "t")
+        assert len(calls) == expected_forwards, rank
+        summed += shard.values  # what the sum over processes adds up
+    torch.testing.assert_close(summed, full.values, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_check_names_what_changed() -> None:
+    saved = {"reference": "r1", "compute": "c", "train_data": "d", "train_key": cache_key("r1", "c", "d")}
+    _check_resume(saved, dict(saved), Path("ckpt"))  # the same key resumes
+    _check_resume({}, saved, Path("ckpt"))  # a checkpoint trained against a live reference resumes too
+    moved = {**saved, "reference": "r2", "train_key": cache_key("r2", "c", "d")}
+    with pytest.raises(
+        ConfigError, match=r"ckpt\.resume: ckpt .*: the reference weights or model config changed"
+    ):
+        _check_resume(saved, moved, Path("ckpt"))
