@@ -1,0 +1,426 @@
+"""``preftune iterate``: reward loading and checking, reward-model scores, pair building, and whole rounds run
+through the CLI on the toy model (files, references, reward trend, skipping and resuming)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from preftune.cli import config_from_args
+from preftune.config import ConfigError, load_config
+from preftune.data import load_pairs
+from preftune.generation import sample_responses
+from preftune.iterate import PromptSamples, build_pairs, load_reward, run_iterate
+from preftune.iterate import rounds as rounds_module
+from preftune.iterate.pairs import DROP_REASONS
+from preftune.iterate.reward import score
+from preftune.runner import load_tokenizer
+from preftune.toy import build_toy_tokenizer, synthetic_preference_rows, toy_corpus, write_toy_model_dir
+from toy_env import assert_close_weights, load_weights, write_jsonl
+
+REWARDS = """
+def length(prompts, responses):
+    return [float(len(r)) for r in responses]
+
+def space_first(prompts, responses):
+    return [1.0 if r.startswith(" ") else 0.0 for r in responses]
+
+def constant(prompts, responses):
+    return [1.0] * len(responses)
+
+def crash(prompts, responses):
+    return 1 / 0
+
+NOT_A_FUNCTION = 3
+"""
+
+
+def _reward_file(folder: Path, name: str = "rewards.py") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(REWARDS)
+    return path
+
+
+# ---------------------------------------------------------------- reward loading and checking
+
+
+def test_module_function_imports_from_the_current_folder(tmp_path, monkeypatch) -> None:
+    _reward_file(tmp_path, "iterate_test_rewards_mod.py")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "iterate_test_rewards_mod", raising=False)
+    fn = load_reward("iterate_test_rewards_mod:length")
+    assert score(fn, ["p", "q"], ["abc", ""], ["a", "b"]) == [3.0, 0.0]
+    assert str(tmp_path) not in sys.path  # the folder was only added for the import
+
+
+def test_file_path_function(tmp_path) -> None:
+    path = _reward_file(tmp_path / "sub")
+    fn = load_reward(f"{path}:space_first")
+    assert score(fn, ["p"] * 3, [" a", "a", " "], ["a", "b", "c"]) == [1.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        ("no_such_module_xyz:fn", "cannot import module 'no_such_module_xyz'"),
+        ("{dir}/missing.py:fn", "missing.py does not exist"),
+        ("{dir}/rewards.py:nope", "has no attribute 'nope'"),
+        ("{dir}/rewards.py:NOT_A_FUNCTION", "is a int, not a function"),
+        ("{dir}/broken.py:fn", "loading"),
+        ("just-a-name", "neither a reward-model folder nor module:function"),
+        ("{dir}/rewards.py:", "neither a reward-model folder"),
+    ],
+)
+def test_bad_reward_specs_are_one_line_errors(tmp_path, spec, needle) -> None:
+    _reward_file(tmp_path)
+    (tmp_path / "broken.py").write_text("import json\nraise RuntimeError('boom at import')\n")
+    with pytest.raises(ConfigError) as info:
+        load_reward(spec.format(dir=tmp_path))
+    message = str(info.value)
+    assert message.startswith("iterate.reward: ") and needle in message and "\n" not in message
+    if "broken" in spec:
+        assert "broken.py:2" in message and "RuntimeError: boom at import" in message
+
+
+def test_scores_are_checked_and_name_the_prompt(tmp_path) -> None:
+    where = ["prompt 0, sample 0", "prompt 0, sample 1", "prompt 3, sample 1"]
+    three = ["a", "b", "c"]
+    checks = [
+        (lambda p, r: [1.0, 2.0], "returned 2 scores for 3 responses"),
+        (lambda p, r: [1.0, float("nan"), 2.0], "returned nan for prompt 0, sample 1"),
+        (lambda p, r: [1.0, 2.0, float("inf")], "returned inf for prompt 3, sample 1"),
+        (lambda p, r: [1.0, "high", 2.0], "returned 'high' for prompt 0, sample 1; scores must be numbers"),
+        (lambda p, r: 5.0, "returned a float, not a list of scores"),
+    ]
+    for fn, needle in checks:
+        with pytest.raises(ConfigError, match=needle):
+            score(fn, three, three, where)
+    with pytest.raises(ConfigError) as info:
+        score(load_reward(f"{_reward_file(tmp_path)}:crash"), three, three, where)
+    assert "rewards.py:12 in crash: ZeroDivisionError: division by zero" in str(info.value)
+    # Tensors and numpy-like values are fine, converted to floats.
+    assert score(lambda p, r: torch.tensor([[1.5], [2.0], [-1.0]]), three, three, where) == [1.5, 2.0, -1.0]
+
+
+# ---------------------------------------------------------------- a reward model folder
+
+
+def _reward_model_dir(root: Path, num_labels: int = 1) -> tuple[Path, torch.nn.Module, object]:
+    tokenizer = build_toy_tokenizer(toy_corpus())
+    config = AutoConfig.for_model(
+        "llama", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, num_labels=num_labels, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32).eval()
+    model.save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return root, model, tokenizer
+
+
+def test_reward_model_scores_equal_a_manual_forward(tmp_path) -> None:
+    folder, model, tokenizer = _reward_model_dir(tmp_path / "rm")
+    prompts = [
+        "Tell me: the cat likes a red ball.",
+        "hi",
+        "a much longer prompt about the old map and a kite",
+    ]
+    responses = [" the cat, thank you kindly.", " go away now", "x"]
+    reward = load_reward(str(folder), batch_size=2)  # batches of 2 and 1: rows of unequal length get padded
+    got = score(reward, prompts, responses, ["a", "b", "c"])
+    for prompt, response, value in zip(prompts, responses, got, strict=True):
+        # The toy template, written out: the reward model reads one user turn and one assistant turn.
+        text = f"<s><|user|>{prompt}</s><|assistant|>{response}</s>"
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            expected = model(input_ids=ids).logits[0, 0].item()
+        assert value == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    # Without a chat template the text is prompt + response with the tokenizer's own special tokens (BOS).
+    tokenizer.chat_template = None
+    model.save_pretrained(tmp_path / "plain")
+    tokenizer.save_pretrained(tmp_path / "plain")
+    plain = score(load_reward(str(tmp_path / "plain"), batch_size=3), prompts, responses, ["a", "b", "c"])
+    for prompt, response, value in zip(prompts, responses, plain, strict=True):
+        ids = torch.tensor([tokenizer(prompt + response)["input_ids"]])
+        assert ids[0, 0] == tokenizer.bos_token_id
+        with torch.no_grad():
+            assert value == pytest.approx(model(input_ids=ids).logits[0, 0].item(), rel=1e-5, abs=1e-6)
+
+
+def test_reward_model_with_several_labels_is_refused(tmp_path) -> None:
+    folder, _, _ = _reward_model_dir(tmp_path / "rm", num_labels=2)
+    with pytest.raises(ConfigError, match="has num_labels 2; a reward model has exactly one output"):
+        load_reward(str(folder))
+
+
+# ---------------------------------------------------------------- pair building
+
+
+def _samples(responses: list[str], scores: list[float], index: int = 0) -> PromptSamples:
+    return PromptSamples(index, f"prompt {index}", responses, scores, [True] * len(responses))
+
+
+@pytest.mark.parametrize(
+    ("responses", "scores", "min_gap", "expected"),
+    [
+        (["a", "b", "c"], [0.2, 0.9, 0.5], 0.0, ("b", "a", 0.9, 0.2)),
+        (["a", "b", "c"], [0.2, 0.9, 0.5], 0.7, ("b", "a", 0.9, 0.2)),  # gap 0.7 == min: kept
+        (["a", "b", "c"], [0.2, 0.9, 0.5], 0.71, "gap_below_min"),
+        (["a", "b", "", "c"], [0.2, 0.9, 5.0, 0.3], 0.5, ("b", "a", 0.9, 0.2)),  # empty never competes
+        (["a", "b", "c"], [0.5, 0.5, 0.5], 0.0, "tied_scores"),  # no preference even with min_gap 0
+        (["a", "b", "c", "d"], [0.1, 0.9, 0.9, 0.1], 0.0, ("b", "a", 0.9, 0.1)),  # ties: first one
+        (["same", "same", "same"], [0.1, 0.9, 0.5], 0.0, "identical_responses"),
+        # The lowest score belongs to chosen's own text, so rejected is the lowest among the others.
+        (["x", "x", "y"], [0.1, 0.9, 0.4], 0.0, ("x", "y", 0.9, 0.4)),
+        (["", "  ", "a"], [1.0, 2.0, 3.0], 0.0, "empty_response"),
+        (["", "\n"], [1.0, 2.0], 0.0, "empty_response"),
+    ],
+)
+def test_best_worst_pairs_closed_form(responses, scores, min_gap, expected) -> None:
+    pairs, dropped = build_pairs([_samples(responses, scores, index=7)], min_gap)
+    if isinstance(expected, str):
+        assert pairs == [] and dropped == {expected: [7]}
+        assert expected in DROP_REASONS
+    else:
+        assert dropped == {}
+        (pair,) = pairs
+        assert (pair.chosen, pair.rejected, pair.chosen_score, pair.rejected_score) == expected
+        assert pair.to_row() == {"prompt": "prompt 7", "chosen": expected[0], "rejected": expected[1],
+                                 "chosen_score": expected[2], "rejected_score": expected[3], "prompt_index": 7}  # fmt: skip
+
+
+def test_every_prompt_is_accounted_for() -> None:
+    samples = [
+        _samples(["a", "b"], [1.0, 0.0], 0),
+        _samples(["a", "a"], [1.0, 0.0], 1),
+        _samples(["a", "b"], [1.0, 1.0], 2),
+        _samples(["", "b"], [1.0, 0.0], 3),
+        _samples(["a", "b"], [0.0, 0.1], 4),
+        _samples(["c", "d"], [3.0, -1.0], 5),
+    ]
+    pairs, dropped = build_pairs(samples, min_gap=0.5)
+    assert [p.prompt_index for p in pairs] == [0, 5]
+    assert dropped == {
+        "identical_responses": [1],
+        "tied_scores": [2],
+        "empty_response": [3],
+        "gap_below_min": [4],
+    }
+
+
+def test_bad_iterate_values_name_the_key() -> None:
+    for key, value, needle in [
+        ("iterate.rounds", 0, "iterate.rounds: must be >= 1"),
+        ("iterate.samples_per_prompt", 1, "iterate.samples_per_prompt: must be >= 2"),
+        ("iterate.min_score_gap", -0.1, "iterate.min_score_gap: must be >= 0"),
+        ("iterate.temperature", 0, "iterate.temperature: must be > 0"),
+        ("iterate.top_p", 1.5, "iterate.top_p: must be in (0, 1]"),
+        ("iterate.generation_batch_size", 0, "iterate.generation_batch_size: must be >= 1"),
+        ("iterate.reference", "policy", "iterate.reference: 'policy' is not one of round, original"),
+    ]:
+        with pytest.raises(ConfigError, match=re_escape(needle)):
+            load_config(None, {key: value})
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+# ---------------------------------------------------------------- whole rounds on the toy model
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "preftune", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def _prompt_file(path: Path, n: int, seed: int) -> str:
+    return str(write_jsonl(path, [{"prompt": r["prompt"]} for r in synthetic_preference_rows(n, seed=seed)]))
+
+
+@pytest.fixture(scope="module")
+def iterated(tmp_path_factory) -> dict[str, object]:
+    """Two rounds through the CLI. The reward (a response starting with a space scores 1) depends on the first
+    generated token only, so with one new token per response and a high learning rate the policy learns it
+    within one round: the round-2 samples (from round 1's model) score clearly higher than round 1's."""
+    root = tmp_path_factory.mktemp("iterate")
+    out = root / "out"
+    args = [
+        "--model.name_or_path", str(write_toy_model_dir(root / "model", hidden_size=32)),
+        "--iterate.prompts", _prompt_file(root / "prompts.jsonl", 64, seed=5),
+        "--iterate.eval_prompts", _prompt_file(root / "eval_prompts.jsonl", 16, seed=6),
+        "--iterate.reward", f"{_reward_file(root)}:space_first", "--iterate.rounds", "2",
+        "--iterate.samples_per_prompt", "4", "--iterate.max_new_tokens", "1", "--iterate.eval_samples_per_prompt", "4",
+        "--optim.lr", "1e-2", "--train.micro_batch_size", "8", "--train.batch_size", "8", "--train.max_epochs", "4",
+        "--ckpt.save_steps", "1", "--ckpt.keep", "3", "--log.progress", "false", "--seed", "2",
+        "--output_dir", str(out),
+    ]  # fmt: skip
+    result = _cli("iterate", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"root": root, "out": out, "args": args, "result": result}
+
+
+def _space_first(responses: list[str]) -> list[float]:
+    return [1.0 if r.startswith(" ") else 0.0 for r in responses]
+
+
+def test_two_rounds_through_the_cli(iterated) -> None:
+    out: Path = iterated["out"]  # type: ignore[assignment]
+    model_dir = str(Path(iterated["root"]) / "model")  # type: ignore[arg-type]
+    stdout = iterated["result"].stdout  # type: ignore[attr-defined]
+    summaries = [json.loads(line) for line in (out / "iterate.jsonl").read_text().splitlines()]
+    assert [s["round"] for s in summaries] == [1, 2]
+    assert "round  samples  reward mean  reward max  pairs  dropped  eval reward" in stdout
+    starts = [model_dir, str(out / "round-1" / "final")]
+    for s, start in zip(summaries, starts, strict=True):
+        rdir = out / f"round-{s['round']}"
+        assert (s["policy"], s["reference"]) == (start, start)
+        assert json.loads((rdir / "summary.json").read_text()) == s
+        samples = [json.loads(line) for line in (rdir / "samples.jsonl").read_text().splitlines()]
+        assert [row["index"] for row in samples] == list(range(64))
+        for row in samples:
+            assert len(row["responses"]) == len(row["scores"]) == len(row["finished"]) == 4
+            assert row["scores"] == _space_first(row["responses"])  # the reward really scored these texts
+        scores = [x for row in samples for x in row["scores"]]
+        assert s["samples"] == 256 and s["reward_mean"] == pytest.approx(sum(scores) / 256)
+        assert s["reward_max"] == max(scores)
+        # Every prompt is a pair or a counted drop; every pair is that prompt's best against its worst.
+        pairs = [json.loads(line) for line in (rdir / "pairs.jsonl").read_text().splitlines()]
+        assert len(pairs) == s["pairs"] and s["pairs"] + sum(s["dropped"].values()) == 64
+        assert s["pairs"] >= 8
+        for pair in pairs:
+            row = samples[pair["prompt_index"]]
+            assert pair["prompt"] == row["prompt"]
+            assert pair["chosen_score"] == max(row["scores"]) == 1.0
+            assert pair["rejected_score"] == min(row["scores"]) == 0.0
+            assert pair["chosen"] in row["responses"] and pair["rejected"] in row["responses"]
+        report = json.loads((rdir / "pairs_report.json").read_text())
+        assert {k: len(v) for k, v in report["dropped_prompts"].items()} == s["dropped"]
+        # pairs.jsonl is training data as `preftune train` reads it; the round trained on all of it.
+        data_report = json.loads((rdir / "data_report.json").read_text())["train"]
+        assert (
+            data_report["rows_read"] == s["pairs"]
+            and data_report["kept"] + sum(data_report["dropped"].values()) == s["pairs"]
+        )
+        steps = [json.loads(line)["step"] for line in (rdir / "metrics.jsonl").read_text().splitlines()]
+        assert max(steps) == 4 * (data_report["kept"] // 8)
+        # The round's model loads, it moved away from where it started, and its config names its reference.
+        trained = AutoModelForCausalLM.from_pretrained(rdir / "final")
+        assert isinstance(trained, torch.nn.Module)
+        before, after = load_weights(Path(start)), load_weights(rdir / "final")
+        assert any(not torch.equal(before[k], after[k]) for k in before)
+        config = yaml.safe_load((rdir / "final" / "preftune_config.yaml").read_text())
+        assert config["model"]["name_or_path"] == start and config["ref"]["name_or_path"] == start
+        assert config["data"]["train"] == [str(rdir / "pairs.jsonl")]
+        evals = [json.loads(line) for line in (rdir / "eval_samples.jsonl").read_text().splitlines()]
+        assert len(evals) == 16 and s["eval_reward_mean"] == pytest.approx(
+            sum(x for row in evals for x in row["scores"]) / 64
+        )
+    assert "eval_reward_start" in summaries[0] and "eval_reward_start" not in summaries[1]
+    # Round 1's model samples more rewarded responses than the original did (0.20 -> 0.67 with these seeds;
+    # the bound leaves room for other platforms' sampling streams).
+    assert summaries[1]["reward_mean"] > summaries[0]["reward_mean"] + 0.1, summaries
+
+
+def test_sampled_prompts_are_the_prompts_trained_on(tmp_path, monkeypatch) -> None:
+    """Sampling renders each prompt as the data loader will (input_template, chat template), so the pairs
+    are trained on the very tokens they were sampled after."""
+    model = write_toy_model_dir(tmp_path / "model", hidden_size=32)
+    prompts = ["Tell me: the cat likes a red ball.", "hi there"]
+    seen: list[list[int]] = []
+
+    def recording(*args, **kwargs):
+        groups = sample_responses(*args, **kwargs)
+        seen.extend(group[0].prompt_ids for group in groups)
+        return groups
+
+    monkeypatch.setattr(rounds_module, "sample_responses", recording)
+    for chat, template in [(False, None), (True, "Q: {} A:"), (False, "Q: {} A:")]:
+        seen.clear()
+        cfg = load_config(None, {"model.name_or_path": str(model), "data.apply_chat_template": chat,
+                                 "data.input_template": template, "iterate.max_new_tokens": 3})  # fmt: skip
+        samples = rounds_module.sample_and_score(cfg, str(model), prompts, 2, 0, lambda p, r: [0.0] * len(r))
+        rows = [{"prompt": s.prompt, "chosen": " yes", "rejected": " no"} for s in samples]
+        cfg.data.train = [str(write_jsonl(tmp_path / "pairs.jsonl", rows))]
+        pairs, _ = load_pairs(cfg.data, load_tokenizer(str(model)), "train", 0)
+        assert [p.prompt_ids for p in pairs] == seen, (chat, template)
+        assert seen[0][0] == 1 and seen[0].count(1) == 1  # one BOS, whichever way it was rendered
+
+
+def test_too_few_pairs_stop_the_round_with_counts(tmp_path) -> None:
+    model = write_toy_model_dir(tmp_path / "model", hidden_size=32)
+    cfg = load_config(None, {
+        "model.name_or_path": str(model), "iterate.prompts": _prompt_file(tmp_path / "p.jsonl", 6, seed=1),
+        "iterate.reward": f"{_reward_file(tmp_path)}:constant", "iterate.max_new_tokens": 2,
+        "output_dir": str(tmp_path / "out"), "train.batch_size": 4,
+    })  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        run_iterate(cfg, log=lambda *_: None)
+    assert str(info.value).startswith("train.batch_size: round 1 kept 0 pairs, fewer than one batch of 4")
+    assert "dropped: 6 tied_scores" in str(info.value)
+    report = json.loads((tmp_path / "out" / "round-1" / "pairs_report.json").read_text())
+    assert report["dropped_prompts"] == {"tied_scores": list(range(6))}
+    assert not (tmp_path / "out" / "round-1" / "final").exists()
+
+
+def test_round_reference_choices(tmp_path) -> None:
+    base = {"model.name_or_path": "orig", "output_dir": str(tmp_path)}
+    start = str(tmp_path / "round-1" / "final")
+    by_round = rounds_module._round_config(load_config(None, base), 2, start)
+    assert (by_round.model.name_or_path, by_round.ref.name_or_path) == (start, start)
+    assert by_round.output_dir == str(tmp_path / "round-2")
+    original = rounds_module._round_config(
+        load_config(None, {**base, "iterate.reference": "original"}), 2, start
+    )
+    assert (original.model.name_or_path, original.ref.name_or_path) == (start, "orig")
+    free = rounds_module._round_config(load_config(None, {**base, "loss.type": "simpo"}), 2, start)
+    assert free.ref.name_or_path is None  # reference-free losses load no reference
+
+
+def test_rerun_skips_finished_rounds_and_resumes(iterated, capsys) -> None:
+    """Runs last: it takes the finished run apart and puts it back."""
+    out: Path = iterated["out"]  # type: ignore[assignment]
+    args: list[str] = iterated["args"]  # type: ignore[assignment]
+    before = (out / "iterate.jsonl").read_text()
+    again = _cli("iterate", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "round 1: already done" in again.stdout and "round 2: already done" in again.stdout
+    assert "sampling" not in again.stdout and (out / "iterate.jsonl").read_text() == before
+
+    cfg = config_from_args(args)
+    summary = out / "round-2" / "summary.json"
+    kept = summary.read_text()
+    summary.unlink()  # trained but not evaluated: only the evaluation runs again, to the same numbers
+    run_iterate(cfg)
+    assert json.loads(summary.read_text()) == json.loads(kept)
+
+    summary.unlink()
+    changed = config_from_args([*args, "--iterate.samples_per_prompt", "3"])
+    with pytest.raises(ConfigError, match=r"iterate.samples_per_prompt: round 2 was sampled with 4, now 3"):
+        run_iterate(changed)
+
+    # Training interrupted two steps before the end: the round resumes from its checkpoint and ends the same.
+    final = load_weights(out / "round-2" / "final")
+    shutil.rmtree(out / "round-2" / "final")
+    checkpoints = sorted((out / "round-2" / "checkpoints").glob("step-*"))
+    for newest in checkpoints[-2:]:
+        shutil.rmtree(newest)
+    capsys.readouterr()
+    run_iterate(cfg)
+    printed = capsys.readouterr().out
+    assert "round 2: reusing the samples" in printed and f"resuming from {checkpoints[-3]}" in printed
+    assert_close_weights(load_weights(out / "round-2" / "final"), final, rtol=1e-6, atol=1e-6)
+    assert json.loads(summary.read_text()) == json.loads(kept)
