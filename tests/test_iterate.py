@@ -4,6 +4,7 @@ through the CLI on the toy model (files, references, reward trend, skipping and 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -228,14 +229,8 @@ def test_bad_iterate_values_name_the_key() -> None:
         ("iterate.generation_batch_size", 0, "iterate.generation_batch_size: must be >= 1"),
         ("iterate.reference", "policy", "iterate.reference: 'policy' is not one of round, original"),
     ]:
-        with pytest.raises(ConfigError, match=re_escape(needle)):
+        with pytest.raises(ConfigError, match=re.escape(needle)):
             load_config(None, {key: value})
-
-
-def re_escape(text: str) -> str:
-    import re
-
-    return re.escape(text)
 
 
 # ---------------------------------------------------------------- whole rounds on the toy model
@@ -284,6 +279,8 @@ def test_two_rounds_through_the_cli(iterated) -> None:
     summaries = [json.loads(line) for line in (out / "iterate.jsonl").read_text().splitlines()]
     assert [s["round"] for s in summaries] == [1, 2]
     assert "round  samples  reward mean  reward max  pairs  dropped  eval reward" in stdout
+    # Round 0: the starting model, with only its eval reward.
+    assert re.search(r"^    0        -  .* \d\.\d{4}$", stdout, re.M)
     starts = [model_dir, str(out / "round-1" / "final")]
     for s, start in zip(summaries, starts, strict=True):
         rdir = out / f"round-{s['round']}"

@@ -74,6 +74,10 @@ def round_table(summaries: list[dict[str, Any]]) -> str:
         1       64       0.1250      0.9000     14        2       0.2000
     """
     lines = ["round  samples  reward mean  reward max  pairs  dropped  eval reward"]
+    if summaries and "eval_reward_start" in summaries[0]:  # round 0: the starting model, evaluated only
+        lines.append(
+            f"{0:5d}  {'-':>7}  {'-':>11}  {'-':>10}  {'-':>5}  {'-':>7}  {_fmt(summaries[0]['eval_reward_start'], 11)}"
+        )
     for s in summaries:
         dropped = sum(s["dropped"].values())
         lines.append(
