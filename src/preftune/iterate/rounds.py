@@ -75,8 +75,10 @@ def run_iterate(cfg: Config, log: Any = print) -> list[dict[str, Any]]:
             continue
         summaries.append(_run_round(cfg, r, prompts, eval_prompts, reward, log))
         write_jsonl(out / "iterate.jsonl", summaries)
-        log(round_table(summaries))
+        if r < it.rounds:
+            log(round_table(summaries))
     write_jsonl(out / "iterate.jsonl", summaries)
+    log(round_table(summaries))
     return summaries
 
 
