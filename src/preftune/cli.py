@@ -16,6 +16,7 @@ commands:
   train   DPO-train a model on a preference dataset, checkpoint, resume, export <output_dir>/final
   eval    loss, reward accuracy and margins of a model against a reference on data.eval
   demo    train a tiny model on a generated preference task (no download), print the metrics
+  iterate iterative DPO: rounds of sampling, scoring with iterate.reward, pairing best/worst, training
 
 `preftune train --help` lists every configuration key with its default."""
 
@@ -65,8 +66,8 @@ def run(argv: list[str]) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    if command not in ("train", "eval", "demo"):
-        raise ConfigError(f"unknown command {command!r}; choose train, eval or demo")
+    if command not in ("train", "eval", "demo", "iterate"):
+        raise ConfigError(f"unknown command {command!r}; choose train, eval, demo or iterate")
     if "-h" in rest or "--help" in rest:
         _print_help(command)
         return 0
@@ -74,6 +75,11 @@ def run(argv: list[str]) -> int:
         from .demo import run_demo
 
         return run_demo(rest)
+    if command == "iterate":
+        from .iterate import run_iterate
+
+        run_iterate(config_from_args(rest))
+        return 0
     from . import runner
 
     cfg = config_from_args(rest)

@@ -171,6 +171,32 @@ class StrategyConfig:
 
 
 @dataclass
+class IterateConfig:
+    """``preftune iterate``: rounds of sample -> score -> pair -> DPO; the rest of the config trains each round."""
+
+    rounds: int = _f(1, "rounds of sample, score, build pairs, train")
+    prompts: str | None = _f(None, "prompt file (.jsonl/.json/.csv/.parquet) with a prompt column")
+    eval_prompts: str | None = _f(
+        None, "optional held-out prompt file; mean reward of each round's model on it"
+    )
+    prompt_key: str = _f("prompt", "column of the prompt files holding the prompt text")
+    reward: str | None = _f(
+        None, "reward: module:function, path/to/file.py:function, or a sequence-classification model folder"
+    )
+    samples_per_prompt: int = _f(4, "responses sampled per prompt (K >= 2); best and worst make the pair")
+    min_score_gap: float = _f(0.0, "keep a pair only when best - worst reward >= this (and > 0)")
+    reference: Literal["round", "original"] = _f(
+        "round", "DPO reference of each round: the round's starting policy, or the original model"
+    )
+    max_new_tokens: int = _f(64, "generated tokens per response at most")
+    temperature: float = _f(1.0, "sampling temperature (> 0: K greedy samples would all be the same)")
+    top_p: float = _f(1.0, "nucleus sampling mass, in (0, 1]")
+    generation_batch_size: int = _f(16, "sequences generated per batch")
+    reward_batch_size: int = _f(16, "sequences per reward-model forward")
+    eval_samples_per_prompt: int = _f(1, "responses sampled per eval prompt")
+
+
+@dataclass
 class Config:
     output_dir: str = _f("runs/preftune", "folder for checkpoints, metrics, reports and the final model")
     seed: int = _f(42, "random seed")
@@ -183,6 +209,7 @@ class Config:
     ckpt: CkptConfig = field(default_factory=CkptConfig)
     log: LogConfig = field(default_factory=LogConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    iterate: IterateConfig = field(default_factory=IterateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -374,6 +401,20 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         "ckpt.save_steps",
         f"must be >= 1, got {cfg.ckpt.save_steps}",
     )
+    _validate_iterate(cfg.iterate)
+
+
+def _validate_iterate(it: IterateConfig) -> None:
+    _check(it.rounds >= 1, "iterate.rounds", f"must be >= 1, got {it.rounds}")
+    _check(it.samples_per_prompt >= 2, "iterate.samples_per_prompt",
+           f"must be >= 2 (a pair needs two responses), got {it.samples_per_prompt}")  # fmt: skip
+    _check(it.min_score_gap >= 0, "iterate.min_score_gap", f"must be >= 0, got {it.min_score_gap}")
+    _check(it.max_new_tokens >= 1, "iterate.max_new_tokens", f"must be >= 1, got {it.max_new_tokens}")
+    _check(it.temperature > 0, "iterate.temperature", f"must be > 0, got {it.temperature}")
+    _check(0 < it.top_p <= 1, "iterate.top_p", f"must be in (0, 1], got {it.top_p}")
+    for key in ("generation_batch_size", "reward_batch_size", "eval_samples_per_prompt"):
+        value = getattr(it, key)
+        _check(value >= 1, f"iterate.{key}", f"must be >= 1, got {value}")
 
 
 def help_lines() -> list[str]:
