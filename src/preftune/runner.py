@@ -188,6 +188,11 @@ def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tup
         log = _quiet
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
     train_pairs, eval_pairs = _load_data(cfg, tokenizer, out, need_train, log, strategy.is_main())
+    if 0 < len(eval_pairs) < strategy.world_size:
+        raise ConfigError(
+            f"data.eval: {len(eval_pairs)} usable evaluation pairs for {strategy.world_size} processes; "
+            "each process needs at least one"
+        )
     if need_train and len(train_pairs) < cfg.train.batch_size:
         raise ConfigError(
             f"train.batch_size: {len(train_pairs)} usable training pairs are fewer than one batch of "

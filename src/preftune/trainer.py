@@ -240,11 +240,20 @@ class DPOTrainer:
             return {}
         self.scorer.eval()
         stats = PairStats()
+        # Shards differ by at most one pair, so batch counts may too; a sharded model (FSDP2, ZeRO-3) needs every
+        # process in every forward, so a short shard repeats its last batch and discards the result.
+        most = int(
+            self.strategy.all_reduce({"batches": float(len(self.eval_dataloader))}, op="max")["batches"]
+        )
+        batch = None
         with torch.no_grad():
             for batch in self.eval_dataloader:
                 batch = batch.to(self.strategy.device)
                 _, per_pair, out, fwd, nll = self._pair_losses(batch, training=False)
                 stats.add(per_pair, out, fwd, nll, batch.num_tokens)
+            for _ in range(most - len(self.eval_dataloader)):
+                if batch is not None:
+                    self._pair_losses(batch, training=False)
         means = self._reduced_means(stats)
         means.pop("skipped_steps")
         return {f"eval/{key}": value for key, value in means.items()}
