@@ -47,10 +47,16 @@ def test_prefix_shared_collate_matches_docstring_example() -> None:
     assert batch.num_tokens == 3 + 4  # counted per sequence, as in the padded layout
 
 
-def test_prefix_mask_sees_whole_prefix_then_causal() -> None:
+def test_grid_masks_prefix_then_causal_and_maps_back() -> None:
     plan = SegmentPlan([Segment(0, 3), Segment(3, 5, 0, 2)])
-    mask = plan.prefix_mask(plan.segments[1], torch.device("cpu"))
-    assert mask.int().tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    grid = plan.grid(torch.device("cpu"))
+    assert (grid.segments, grid.queries, grid.keys) == (2, 3, 4)
+    assert grid.query_index.view(2, 3).tolist() == [[0, 1, 2], [3, 4, 0]]  # padding cell -> position 0
+    assert grid.key_index.view(2, 4).tolist() == [[0, 1, 2, 0], [0, 1, 3, 4]]
+    assert grid.mask[0, 0].int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]]
+    # the rejected segment sees the prompt (keys 0, 1), then itself causally; its padding query sees one key
+    assert grid.mask[1, 0].int().tolist() == [[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert grid.back_index.tolist() == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="tile"):
         SegmentPlan([Segment(0, 3), Segment(4, 5)])
 

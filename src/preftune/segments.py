@@ -37,12 +37,30 @@ class Segment:
 
 
 @dataclass
+class Grid:
+    """A plan gathered into a padded (segments x queries x keys) grid for one batched SDPA call.
+
+    ``query_index`` / ``key_index`` pick each grid cell's row position (padding cells point at position 0 and are
+    masked out); ``mask`` is (segments, 1, queries, keys); ``back_index`` picks, for each row position in order,
+    its cell in the flattened (segments x queries) output.
+    """
+
+    query_index: Tensor
+    key_index: Tensor
+    mask: Tensor
+    back_index: Tensor
+    segments: int
+    queries: int
+    keys: int
+
+
+@dataclass
 class SegmentPlan:
-    """Segments tiling one row left to right, with no gap (so their outputs concatenate back into the row)."""
+    """Segments tiling one row left to right, with no gap."""
 
     segments: list[Segment]
     calls: int = 0  # attention calls served; the support probe reads it
-    _masks: dict[tuple[Segment, str], Tensor] = field(default_factory=dict, repr=False)
+    _grids: dict[str, Grid] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         position = 0
@@ -57,31 +75,35 @@ class SegmentPlan:
     def length(self) -> int:
         return self.segments[-1].end if self.segments else 0
 
-    def prefixed_key_index(self, device: torch.device) -> tuple[Tensor, list[int]]:
-        """Key positions of every prefixed segment, each its prefix then itself, concatenated; and their widths."""
-        cache_key = (Segment(-1, -1), str(device))
-        segs = [seg for seg in self.segments if seg.has_prefix]
-        if cache_key not in self._masks:
-            spans = [range(s.prefix_start, s.prefix_end) for s in segs] + [
-                range(s.start, s.end) for s in segs
-            ]
-            order = [x for k in range(len(segs)) for x in (*spans[k], *spans[len(segs) + k])]
-            self._masks[cache_key] = torch.tensor(order, dtype=torch.long, device=device)
-        widths = [s.prefix_end - s.prefix_start + s.end - s.start for s in segs]
-        return self._masks[cache_key], widths
+    def grid(self, device: torch.device) -> Grid:
+        """Built once per plan and device: every layer of a forward, and its backward, reuses it."""
+        if str(device) not in self._grids:
+            self._grids[str(device)] = _grid_to(self._build_grid(), device)
+        return self._grids[str(device)]
 
-    def prefix_mask(self, seg: Segment, device: torch.device) -> Tensor:
-        """(queries, prefix + queries) bool mask: the whole prefix, then causal over the segment itself.
-
-        Cached per segment and device: every layer of a forward (and its backward) reuses it.
-        """
-        key = (seg, str(device))
-        if key not in self._masks:
+    def _build_grid(self) -> Grid:
+        segs = self.segments
+        queries = max(s.end - s.start for s in segs)
+        keys = max(s.end - s.start + s.prefix_end - s.prefix_start for s in segs)
+        query_index = torch.zeros(len(segs), queries, dtype=torch.long)
+        key_index = torch.zeros(len(segs), keys, dtype=torch.long)
+        mask = torch.zeros(len(segs), 1, queries, keys, dtype=torch.bool)
+        back_index = torch.empty(self.length, dtype=torch.long)
+        for i, seg in enumerate(segs):
             n, p = seg.end - seg.start, seg.prefix_end - seg.prefix_start
-            mask = torch.ones(n, p + n, dtype=torch.bool)
-            mask[:, p:] = torch.tril(mask[:, p:])
-            self._masks[key] = mask.to(device)
-        return self._masks[key]
+            query_index[i, :n] = torch.arange(seg.start, seg.end)
+            key_index[i, :p] = torch.arange(seg.prefix_start, seg.prefix_end)
+            key_index[i, p : p + n] = torch.arange(seg.start, seg.end)
+            mask[i, 0, :n, :p] = True  # the whole prefix
+            mask[i, 0, :n, p : p + n] = torch.ones(n, n, dtype=torch.bool).tril()  # causal over itself
+            mask[i, 0, n:, 0] = True  # padding queries see one key, so no softmax row is empty (NaN)
+            back_index[seg.start : seg.end] = torch.arange(i * queries, i * queries + n)
+        return Grid(query_index.flatten(), key_index.flatten(), mask, back_index, len(segs), queries, keys)
+
+
+def _grid_to(grid: Grid, device: torch.device) -> Grid:
+    moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in vars(grid).items()}
+    return Grid(**moved)
 
 
 def _fallback(module: nn.Module) -> Any:
@@ -120,34 +142,23 @@ def _segment_attention_forward(
     plan.calls += 1
     gqa = key.shape[1] != query.shape[1]  # grouped-query attention: fewer key/value heads
     dropout_p = dropout if module.training else 0.0
-    # split (not slicing per segment) so backward concatenates gradients once instead of adding one
-    # row-sized zero tensor per segment; the prefixed segments' keys come from one index_select for the same reason.
-    sizes = [seg.end - seg.start for seg in plan.segments]
-    queries, keys, values = query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2)
-    prefixed = [i for i, seg in enumerate(plan.segments) if seg.has_prefix]
-    if prefixed:
-        index, widths = plan.prefixed_key_index(query.device)
-        prefixed_keys = dict(zip(prefixed, key.index_select(2, index).split(widths, dim=2), strict=True))
-        prefixed_values = dict(zip(prefixed, value.index_select(2, index).split(widths, dim=2), strict=True))
-    outputs = []
-    for i, seg in enumerate(plan.segments):
-        if seg.has_prefix:
-            out = F.scaled_dot_product_attention(
-                queries[i], prefixed_keys[i], prefixed_values[i], attn_mask=plan.prefix_mask(seg, query.device),
-                dropout_p=dropout_p, scale=scaling, enable_gqa=gqa,
-            )  # fmt: skip
-        else:
-            out = F.scaled_dot_product_attention(
-                queries[i],
-                keys[i],
-                values[i],
-                is_causal=True,
-                dropout_p=dropout_p,
-                scale=scaling,
-                enable_gqa=gqa,
-            )
-        outputs.append(out)
-    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+    # Gather the row into a padded (segments, heads, queries, head_dim) grid and run one SDPA call: per-segment
+    # calls measured 7x slower in backward on CPU. Only attention sees the padding; the linear layers stay
+    # padding-free. Masked cells contribute exact zeros, so each query attends to the same keys as in its own
+    # padded sequence.
+    g = plan.grid(query.device)
+
+    def gather(x: Tensor, index: Tensor, width: int) -> Tensor:
+        heads, dim = x.shape[1], x.shape[3]
+        return x[0].index_select(1, index).view(heads, g.segments, width, dim).transpose(0, 1)
+
+    out = F.scaled_dot_product_attention(
+        gather(query, g.query_index, g.queries), gather(key, g.key_index, g.keys),
+        gather(value, g.key_index, g.keys), attn_mask=g.mask, dropout_p=dropout_p, scale=scaling, enable_gqa=gqa,
+    )  # fmt: skip
+    # (segments, heads, queries, dim) -> (heads, segments x queries, dim) -> the row's positions, in order.
+    flat = out.transpose(0, 1).reshape(out.shape[1], g.segments * g.queries, out.shape[3])
+    return flat.index_select(1, g.back_index).transpose(0, 1).unsqueeze(0).contiguous(), None
 
 
 def enable_segment_attention(model: nn.Module) -> None:
