@@ -3,8 +3,8 @@ Rotten Tomatoes pair building, VADER, the KL estimate's log-probs and the report
 
 from __future__ import annotations
 
-import bz2
 import json
+import sys
 import zipfile
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from preftune.showcase.realdemo import parse_demo_args
 from preftune.showcase.report import DemoResults, Example, summary_rows, write_report
 from preftune.showcase.sentiment import vader_scores
 from preftune.toy import build_toy_model, build_toy_tokenizer, toy_corpus
+from toy_env import write_review_corpus
 
 # ---------------------------------------------------------------- a tiny GGUF, written with the gguf package
 
@@ -195,33 +196,8 @@ def test_cache_root_order(monkeypatch, tmp_path) -> None:
 # ---------------------------------------------------------------- pairs
 
 
-CSV_ROWS = [
-    ("plot", "A long plot summary.", "about_a_boy"),
-    ("fresh", "Warm and funny.", "about_a_boy"),
-    ("rotten", "Too sweet by half.", "about_a_boy"),
-    ("fresh", "A second  fresh\nsnippet.", "about_a_boy"),
-    ("fresh", "Only fresh here.", "only_fresh"),
-    ("rotten", "Dull.", "cold_case"),
-    ("fresh", "x" * 400, "cold_case"),  # too long: skipped, so cold_case has no fresh snippet left
-    *[(kind, f"{kind} take {i}", f"movie_{i}") for i in range(8) for kind in ("fresh", "rotten")],
-]
-
-
-def _write_corpus(
-    path: Path, rows=CSV_ROWS, header: str = "category,text,movie_name,has_plot_and_reviews"
-) -> Path:
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    buffer.write(header + "\n")
-    csv.writer(buffer).writerows([(*r, "False") for r in rows])
-    path.write_bytes(bz2.compress(buffer.getvalue().encode()))
-    return path
-
-
 def test_pairs_come_from_movies_with_both_kinds_and_split_by_movie(tmp_path) -> None:
-    movies = read_reviews(_write_corpus(tmp_path / "rt.csv.bz2"))
+    movies = read_reviews(write_review_corpus(tmp_path / "rt.csv.bz2"))
     both = movies_with_both(movies)
     assert [m.slug for m in both] == ["about_a_boy", *(f"movie_{i}" for i in range(8))]
     assert movies["about_a_boy"].fresh == ["Warm and funny.", "A second fresh snippet."]  # whitespace folded
@@ -254,7 +230,7 @@ def test_pairs_come_from_movies_with_both_kinds_and_split_by_movie(tmp_path) -> 
 
 
 def test_bad_corpus_header_names_the_file(tmp_path) -> None:
-    path = _write_corpus(tmp_path / "bad.csv.bz2", header="kind,text,movie,x")
+    path = write_review_corpus(tmp_path / "bad.csv.bz2", header="kind,text,movie,x")
     with pytest.raises(DataError, match=r"bad\.csv\.bz2: header lacks column\(s\) category, movie_name"):
         read_reviews(path)
 
@@ -343,3 +319,14 @@ def test_report_writes_html_and_png_plots_from_metrics(tmp_path) -> None:
     assert "<td>0.750</td>" in page and "<td>+0.600</td>" in page and "<td>1.250</td>" in page
     assert json.loads((tmp_path / "results.json").read_text())["after"]["kl"] == 1.25
     assert summary_rows(results)[2] == ("mean VADER sentiment of generations", "-0.100", "+0.600")
+
+
+def test_missing_vader_is_a_one_line_error(monkeypatch) -> None:
+    from preftune.showcase import sentiment
+
+    sentiment._analyzer.cache_clear()
+    monkeypatch.setitem(sys.modules, "vaderSentiment", None)  # makes the import fail as if not installed
+    monkeypatch.setitem(sys.modules, "vaderSentiment.vaderSentiment", None)
+    with pytest.raises(ConfigError, match=r"pip install 'preftune\[demo\]'"):
+        vader_scores(["fine"])
+    sentiment._analyzer.cache_clear()
