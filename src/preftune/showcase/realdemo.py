@@ -27,7 +27,8 @@ from .movies import build_pairs, movies_with_both, read_reviews, review_prompts,
 from .report import DemoResults, Example, read_metrics, summary_rows, write_report
 from .sentiment import vader_scores
 
-# Measured to fit the 6-minute budget on a 2-core CPU (README). LoRA, once available, is one more entry here.
+# Chosen to fit the 6-minute budget on a 2-core CPU (measured figures in the README); LoRA, once available, is
+# one more entry here.
 REAL_DEMO_DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/demo",
     "data.apply_chat_template": True,
