@@ -16,5 +16,5 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 # The deepspeed extra is installed too so its strategy's tests run here (pure Python; its CPU comm op is
-# compiled with ninja on first use, about 40 s once).
-.venv/bin/pip install -q -e ".[dev,deepspeed]"
+# compiled with ninja on first use, about 40 s once); the demo extra is what `preftune demo` needs.
+.venv/bin/pip install -q -e ".[dev,deepspeed,demo]"

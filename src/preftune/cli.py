@@ -15,7 +15,8 @@ USAGE = """usage: preftune COMMAND [--config run.yaml] [--section.key VALUE ...]
 commands:
   train   DPO-train a model on a preference dataset, checkpoint, resume, export <output_dir>/final
   eval    loss, reward accuracy and margins of a model against a reference on data.eval
-  demo    train a tiny model on a generated preference task (no download), print the metrics
+  demo    DPO-train SmolLM2-135M on Rotten Tomatoes reviews (downloads ~100 MB once), write report.html;
+          `demo --toy`: a tiny random model on a generated task, no download
   iterate iterative DPO: rounds of sampling, scoring with iterate.reward, pairing best/worst, training
 
 `preftune train --help` lists every configuration key with its default."""

@@ -1,4 +1,5 @@
-"""``preftune demo``: train a tiny random-init model on a generated preference task, offline, in about a minute.
+"""``preftune demo --toy``: train a tiny random-init model on a generated preference task, offline, in about a
+minute (tests and CI use it). Plain ``preftune demo`` is the real-model demo in :mod:`preftune.showcase.realdemo`.
 
 Chosen responses close politely, rejected ones rudely (see :func:`preftune.toy.synthetic_preference_rows`);
 held-out reward accuracy starts at 0 (policy == reference, every margin is a tie) and should end near 1.
@@ -33,7 +34,11 @@ def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
 
 
 def run_demo(argv: list[str]) -> int:
-    cfg = config_from_args(argv, DEMO_DEFAULTS)
+    if "--toy" not in argv:
+        from .showcase.realdemo import run_real_demo
+
+        return run_real_demo(argv)
+    cfg = config_from_args([a for a in argv if a != "--toy"], DEMO_DEFAULTS)
     out = Path(cfg.output_dir)
     inputs = out / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ plan fall through to the model's previous attention, so generation and padded ba
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,8 +103,13 @@ class SegmentPlan:
 
 
 def _grid_to(grid: Grid, device: torch.device) -> Grid:
-    moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in vars(grid).items()}
-    return Grid(**moved)
+    return dataclasses.replace(
+        grid,
+        query_index=grid.query_index.to(device),
+        key_index=grid.key_index.to(device),
+        mask=grid.mask.to(device),
+        back_index=grid.back_index.to(device),
+    )
 
 
 def _fallback(module: nn.Module) -> Any:
