@@ -68,3 +68,29 @@ def test_bad_key_is_refused_before_anything_is_downloaded(tmp_path) -> None:
     assert not cache.exists()
     result = _demo("--demo.heldout", "3", "--output_dir", str(tmp_path / "run"))
     assert result.returncode == 2 and "unknown option --demo.heldout" in result.stderr
+
+
+def test_iterate_demo_scores_with_vader_on_movie_prompts(tmp_path) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    _cached_corpus(cache)
+    model = write_toy_model_dir(tmp_path / "model", hidden_size=32)
+    cmd = [
+        sys.executable, "-m", "preftune", "iterate", "--demo", "--cache_dir", str(cache),
+        "--model.name_or_path", str(model), "--output_dir", str(out), "--demo.heldout_movies", "3",
+        "--iterate.samples_per_prompt", "3", "--iterate.max_new_tokens", "6", "--iterate.min_score_gap", "0",
+        "--iterate.eval_samples_per_prompt", "1", "--train.batch_size", "2", "--train.micro_batch_size", "2",
+        "--log.progress", "false",
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    prompts = _jsonl(out / "inputs" / "prompts.jsonl")
+    held = _jsonl(out / "inputs" / "eval_prompts.jsonl")
+    assert len(prompts) == 6 and len(held) == 3  # 9 movies with both kinds in the corpus: 6 train, 3 held out
+    assert not {p["prompt"] for p in prompts} & {p["prompt"] for p in held}
+    from preftune.showcase.sentiment import vader_scores
+
+    samples = _jsonl(out / "round-1" / "samples.jsonl")
+    for row in samples:  # the stored rewards are VADER's compound scores of the responses
+        assert row["scores"] == vader_scores(row["responses"])
+    assert len(_jsonl(out / "iterate.jsonl")) == 2  # the default: 2 rounds
+    assert "held-out movies: mean VADER sentiment (the reward)" in result.stdout

@@ -17,7 +17,8 @@ commands:
   eval    loss, reward accuracy and margins of a model against a reference on data.eval
   demo    DPO-train SmolLM2-135M on Rotten Tomatoes reviews (downloads ~100 MB once), write report.html;
           `demo --toy`: a tiny random model on a generated task, no download
-  iterate iterative DPO: rounds of sampling, scoring with iterate.reward, pairing best/worst, training
+  iterate iterative DPO: rounds of sampling, scoring with iterate.reward, pairing best/worst, training;
+          `iterate --demo`: SmolLM2-135M with VADER sentiment as the reward on movie-review prompts
 
 `preftune train --help` lists every configuration key with its default."""
 
@@ -76,6 +77,10 @@ def run(argv: list[str]) -> int:
         from .demo import run_demo
 
         return run_demo(rest)
+    if command == "iterate" and "--demo" in rest:
+        from .showcase.iterate_demo import run_iterate_demo
+
+        return run_iterate_demo([a for a in rest if a != "--demo"])
     if command == "iterate":
         from .iterate import run_iterate
 

@@ -23,3 +23,9 @@ def vader_scores(texts: list[str]) -> list[float]:
     """VADER's compound score per text: > 0.05 is usually read as positive, < -0.05 as negative."""
     analyzer = _analyzer()
     return [float(analyzer.polarity_scores(text)["compound"]) for text in texts]
+
+
+def vader_reward(prompts: list[str], responses: list[str]) -> list[float]:
+    """A ``preftune iterate`` reward (``iterate.reward preftune.showcase.sentiment:vader_reward``): how positive
+    the response reads; the prompt does not matter."""
+    return vader_scores(responses)
