@@ -78,6 +78,7 @@ def matmul_peak_gflops(size: int = 2048, runs: int = 7) -> float:
     """Median GFLOP/s of a float32 size x size matmul on THREADS threads: the denominator of MFU."""
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     a, b = torch.randn(size, size), torch.randn(size, size)
     for _ in range(2):
@@ -87,6 +88,7 @@ def matmul_peak_gflops(size: int = 2048, runs: int = 7) -> float:
         start = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - start)
+    torch.set_num_threads(threads)
     return 2 * size**3 / statistics.median(times) / 1e9
 
 
