@@ -128,8 +128,25 @@ def table(configs: list[Any], step_tokens: list[int], flops: list[tuple[float, f
         "the extra set-up over the same configuration without it. set-up s: process start of the run to its "
         "steady state (model loading, tokenisation, any precompute pass, first-step one-off costs).",
         MFU_DEFINITION,
+        *_trl_notes(configs),
     ]
     return "\n".join(lines)
+
+
+def _trl_notes(configs: list[Any]) -> list[str]:
+    """Which of TRL's fast options this TRL has, and which it actually used (it may accept and ignore one)."""
+    notes = []
+    for c in configs:
+        r = c.results[0]
+        if c.side != "trl" or not r.get("fast_options_requested"):
+            continue
+        effective = ", ".join(f"{k}={v}" for k, v in sorted(r["effective"].items()))
+        missing = ", ".join(r["fast_options_missing"]) or "none"
+        notes.append(
+            f"{c.name} (TRL {r['versions']['trl']}): passed {', '.join(r['fast_options_requested'])}; "
+            f"not options of this TRL: {missing}; in effect: {effective}"
+        )
+    return notes
 
 
 def checks(configs: list[Any], expected: list[tuple[list[int], list[int], list[int]]]) -> bool:

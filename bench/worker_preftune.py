@@ -78,7 +78,7 @@ def main() -> None:
         clock.tick()
         return norm
 
-    trainer.strategy.optimizer_step = timed_optimizer_step  # type: ignore[method-assign]
+    trainer.strategy.optimizer_step = timed_optimizer_step
     trainer.fit(cfg, consumed_samples=0, num_update_steps_per_epoch=steps_per_epoch)
 
     rows = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
