@@ -16,8 +16,8 @@ MFU_DEFINITION = (
     "MFU = useful FLOPs per second / matmul peak. Useful FLOPs per step, over non-pad tokens only: policy "
     "forward+backward 3 x (2 x decoder params x tokens + 2 x layers x L^2 x hidden per sequence + 2 x hidden x "
     "vocab x response tokens) plus, when the reference runs in the step, its forward (1 x the same); a "
-    "precomputed reference is not counted in the step. Peak: median float32 2048x2048 matmul GFLOP/s on 2 "
-    "threads, measured at the start of each repeat of this run."
+    "precomputed reference is not counted in the step. Peak: median float32 2048x2048 matmul GFLOP/s on the "
+    "runs' threads, measured by each run's worker right after its steps (same process, same machine load)."
 )
 
 
@@ -32,14 +32,16 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def header(work: Any, steps: int, batch: int, step_tokens: list[int], params: dict[str, int]) -> str:
+def header(
+    work: Any, steps: int, batch: int, threads: int, step_tokens: list[int], params: dict[str, int]
+) -> str:
     import torch
     import transformers
 
     return "\n".join(
         [
             f"date {datetime.date.today()}, {_cpu_model()}, {len(os.sched_getaffinity(0))} CPUs "
-            f"visible, 2 threads per run; torch {torch.__version__}, transformers {transformers.__version__}",
+            f"visible, {threads} threads per run; torch {torch.__version__}, transformers {transformers.__version__}",
             f"model: Llama hidden {work.hidden}, {work.layers} layers, intermediate {work.intermediate}, "
             f"{work.heads} heads, vocab {work.vocab}: {params['total'] / 1e6:.1f}M parameters "
             f"({params['decoder'] / 1e6:.1f}M decoder, {params['embeddings'] / 1e6:.1f}M embeddings, "
@@ -67,11 +69,11 @@ def _uses_precompute(result: dict[str, Any]) -> bool:
     return bool(result.get("ref_cache") or (result.get("effective") or {}).get("precompute_ref_logps"))
 
 
-def _mfu(results: list[dict[str, Any]], flops: list[tuple[float, float]], peak_gflops: float) -> float:
+def _mfu(results: list[dict[str, Any]], flops: list[tuple[float, float]]) -> float:
     runs = []
     for r in results:
         needed = [policy + (0.0 if _uses_precompute(r) else ref) for policy, ref in flops]
-        runs.append(statistics.median(_per_step(r, needed)) / (peak_gflops * 1e9))
+        runs.append(statistics.median(_per_step(r, needed)) / (r["matmul_peak_gflops"] * 1e9))
     return statistics.median(runs)
 
 
@@ -96,7 +98,7 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a is not None and b else "-"
 
 
-def table(configs: list[Any], step_tokens: list[int], flops: list[tuple[float, float]], peak: float) -> str:
+def table(configs: list[Any], step_tokens: list[int], flops: list[tuple[float, float]]) -> str:
     by_name = {c.name: c for c in configs}
     speed = {c.name: steady_tokens_per_s(c.results, step_tokens) for c in configs}
     rss = {c.name: statistics.median(r["peak_rss_mib"] for r in c.results) for c in configs}
@@ -104,29 +106,35 @@ def table(configs: list[Any], step_tokens: list[int], flops: list[tuple[float, f
     lines = [
         "",
         "| config | tokens/s (steady) | vs TRL default | vs TRL fastest | tokens/s incl. precompute | "
-        "set-up s | peak RSS MiB | RSS vs TRL default | MFU | runs |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "first step done s | CPU s/step | peak RSS MiB | RSS vs TRL default | MFU | runs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in configs:
         name = (
             c.name if c.name != "preftune-fastest+cache" else f"preftune-{c.results[0]['layout_run']}+cache"
         )
         with_pre = _with_precompute(c, by_name, step_tokens)
-        setup = statistics.median(r["setup_s"] for r in c.results)
+        first = statistics.median(r["first_step_end_s"] for r in c.results)
+        cpu = statistics.median(statistics.median(r["step_cpu_s"]) for r in c.results)
         lines.append(
             f"| {name} | {speed[c.name]:.0f} | {_ratio(speed[c.name], default)} | {_ratio(speed[c.name], fastest)} "
-            f"| {f'{with_pre:.0f}' if with_pre is not None else '-'} | {setup:.1f} | {rss[c.name]:.0f} "
-            f"| {_ratio(rss[c.name], rss.get('trl-default'))} | {_mfu(c.results, flops, peak):.1%} "
+            f"| {f'{with_pre:.0f}' if with_pre is not None else '-'} | {first:.1f} | {cpu:.1f} "
+            f"| {rss[c.name]:.0f} | {_ratio(rss[c.name], rss.get('trl-default'))} | {_mfu(c.results, flops):.1%} "
             f"| {len(c.results)} |"
         )
     lines += [
         "",
-        f"matmul peak (median over repeats): {peak:.1f} GFLOP/s",
+        "matmul peak GFLOP/s per run: "
+        + ", ".join(
+            f"{c.name} {statistics.median(r['matmul_peak_gflops'] for r in c.results):.0f}" for c in configs
+        ),
         "tokens/s (steady): per step, non-pad prompt+chosen and prompt+rejected tokens (counted once from the "
         "dataset, the same for both sides) / step wall time, median over steps 2..N, then over runs.",
         "tokens/s incl. precompute: all steps' tokens / (precompute pass + all steps); the pass is timed as "
-        "the extra set-up over the same configuration without it. set-up s: process start of the run to its "
-        "steady state (model loading, tokenisation, any precompute pass, first-step one-off costs).",
+        "the extra set-up over the same configuration without it (set-up = end of the first step - one median "
+        "step). first step done s: from the worker's start (model loading, tokenisation, any precompute pass) to "
+        "the end of its first step. CPU s/step: the worker's CPU seconds per step (median), a cross-check "
+        "less sensitive to a shared machine than wall time.",
         MFU_DEFINITION,
         *_trl_notes(configs),
     ]
@@ -142,17 +150,19 @@ def _trl_notes(configs: list[Any]) -> list[str]:
             continue
         effective = ", ".join(f"{k}={v}" for k, v in sorted(r["effective"].items()))
         missing = ", ".join(r["fast_options_missing"]) or "none"
+        timed = statistics.median(run["precompute_timed_s"] for run in c.results)
         notes.append(
             f"{c.name} (TRL {r['versions']['trl']}): passed {', '.join(r['fast_options_requested'])}; "
-            f"not options of this TRL: {missing}; in effect: {effective}"
+            f"not options of this TRL: {missing}; in effect: {effective}; its precompute pass timed directly: "
+            f"{timed:.1f} s"
         )
     return notes
 
 
-def checks(configs: list[Any], expected: list[tuple[list[int], list[int], list[int]]]) -> bool:
+def checks(configs: list[Any], expected: list[tuple[list[int], list[int], list[int]]], threads: int) -> bool:
     """Same ids on both sides, same first-step loss/rewards/log-probs, same process settings; prints each."""
     tokens = sum(2 * len(p) + len(c) + len(r) for p, c, r in expected)
-    from worker_common import THREADS, ids_digest
+    from worker_common import ids_digest
 
     digest = ids_digest(expected)
     ref_cfg = next((c for c in configs if c.name == "trl-default"), configs[0])
@@ -165,7 +175,7 @@ def checks(configs: list[Any], expected: list[tuple[list[int], list[int], list[i
         for r in c.results:
             if (r["tokens"], r["ids_sha256"]) != (tokens, digest["ids_sha256"]):
                 problems.append(f"trained on other token ids ({r['tokens']} tokens vs {tokens})")
-            if not r.get("allocator_settings") or r.get("threads") != THREADS:
+            if not r.get("allocator_settings") or r.get("threads") != threads:
                 problems.append(
                     f"process settings differ (allocator {r.get('allocator_settings')}, threads {r.get('threads')})"
                 )

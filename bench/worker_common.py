@@ -19,7 +19,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULT_PREFIX = "BENCH_RESULT "
-THREADS = 2
+THREADS = 2  # the target machine has 2 cores; --threads changes it for both sides alike
 
 
 def same_process_settings() -> bool:
@@ -37,10 +37,10 @@ def same_process_settings() -> bool:
     return bool(module.keep_freed_memory())
 
 
-def set_threads() -> None:
+def set_threads(threads: int) -> None:
     import torch
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
 
 
 def peak_rss_mib() -> float:
@@ -61,26 +61,50 @@ class StepClock:
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.ends: list[float] = []
+        # CPU seconds of this process per step: on a shared machine wall time also measures the neighbours,
+        # CPU time much less so (it still counts the thread pool's spinning while it waits for a core).
+        self.cpu_ends: list[float] = []
         self.peak_rss_at_last_step = 0.0
 
     def tick(self) -> None:
         self.ends.append(time.perf_counter())
+        self.cpu_ends.append(time.process_time())
         self.peak_rss_at_last_step = peak_rss_mib()
 
     def summary(self) -> dict[str, Any]:
         gaps = [b - a for a, b in zip(self.ends, self.ends[1:], strict=False)]
+        cpu = [b - a for a, b in zip(self.cpu_ends, self.cpu_ends[1:], strict=False)]
         median = statistics.median(gaps) if gaps else float("nan")
         first_end = self.ends[0] - self.start if self.ends else float("nan")
         return {
             "steps": len(self.ends),
             "step_s": gaps,
+            "step_cpu_s": cpu,
             "median_step_s": median,
+            "first_step_end_s": first_end,
             # Everything before the steady state: model loading, tokenisation, any precompute pass and the
             # first step's one-off costs (the first step itself is counted as one median step).
             "setup_s": first_end - median if gaps else first_end,
             "total_s": self.ends[-1] - self.start if self.ends else float("nan"),
             "peak_rss_mib": self.peak_rss_at_last_step,
+            # Measured right after the steps, in the same process under the same load: MFU's denominator.
+            "matmul_peak_gflops": matmul_peak_gflops(),
         }
+
+
+def matmul_peak_gflops(size: int = 2048, runs: int = 7) -> float:
+    """Median GFLOP/s of a float32 size x size matmul on the current thread count."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
 
 
 def ids_digest(triples: list[tuple[list[int], list[int], list[int]]]) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def overrides_for(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     spec = wc.read_spec()
-    wc.set_threads()
+    wc.set_threads(spec["threads"])
     clock = wc.StepClock()  # from here on: model loading, tokenisation and any precompute count as set-up
     cfg = load_config(None, overrides_for(spec))
     trainer, steps_per_epoch = runner.build_trainer(cfg, log=lambda *_: None)

@@ -51,7 +51,7 @@ class _StepHook(TrainerCallback):
 
 def main() -> None:
     spec = wc.read_spec()
-    wc.set_threads()
+    wc.set_threads(spec["threads"])
     fields = {f.name for f in dataclasses.fields(DPOConfig)}
     fast = {k: v for k, v in FAST_OPTIONS.items() if k in fields} if spec["fast"] else {}
     options = {
