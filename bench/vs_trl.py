@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             if cfg.name == "preftune-fastest+cache":
                 run_spec["layout"] = fastest_layout(configs, step_tokens) if any(
                     c.results for c in configs if c.side == "preftune") else "padded"  # fmt: skip
+                if run_spec["layout"] == "padded" and any(c.name == "preftune-padded+cache" for c in configs):
+                    continue  # the fastest layout is padded: preftune-padded+cache already is this run
             python = args.trl_python if cfg.side == "trl" else Path(sys.executable)
             start = time.perf_counter()
             result = run_worker(cfg, run_spec, python)
