@@ -1,0 +1,85 @@
+"""bench/vs_trl.py runs end to end (preftune side only, tiny model: no TRL environment needed) and its
+workload gives preftune exactly the ids the benchmark counts tokens and FLOPs on."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from preftune.config import load_config
+from preftune.data import load_pairs
+from preftune.forward import LAYOUTS
+from preftune.runner import load_tokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+import vs_trl  # noqa: E402
+import workload as wl  # noqa: E402
+
+STEPS = 2  # one timed step after the first: the least that exercises every column
+QUICK = dataclasses.replace(wl.QUICK, pairs=STEPS * 8)  # what `--quick --steps 2` builds
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bench")
+
+
+def test_vs_trl_quick_runs_every_preftune_layout_end_to_end(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In-process orchestrator (saves an interpreter start); each configuration still runs as a worker process.
+    argv = [
+        "--quick",
+        "--configs",
+        "preftune",
+        "--steps",
+        str(STEPS),
+        "--repeats",
+        "1",
+        "--workdir",
+        str(workdir),
+    ]
+    code = vs_trl.main(argv)
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    rows = [ln for ln in out.splitlines() if ln.startswith("| preftune-")]
+    assert [r.split("|")[1].strip() for r in rows] == [f"preftune-{name}" for name in LAYOUTS]
+    assert not any("trl-" in ln for ln in out.splitlines() if ln.startswith("|"))
+    for name in LAYOUTS:
+        assert f"  preftune-{name}: ok (" in out
+    results = json.loads((workdir / "quick" / "results.json").read_text())
+    for runs in results.values():
+        (run,) = runs
+        assert run["steps"] == STEPS and len(run["step_s"]) == STEPS - 1 and run["median_step_s"] > 0
+        assert run["peak_rss_mib"] > 50 and run["threads"] == 2 and run["allocator_settings"] is True
+        assert abs(run["first_steps"][0]["loss"] - 0.693147) < 1e-5  # policy == reference: ln 2
+
+
+def test_workload_ids_are_what_preftune_trains_on(workdir: Path) -> None:
+    model_dir, data = wl.build(workdir / "quick", QUICK)
+    cfg = load_config(
+        None, {"model.name_or_path": str(model_dir), "data.train": str(data), "data.shuffle": False}
+    )
+    pairs, _ = load_pairs(cfg.data, load_tokenizer(str(model_dir)), "train", cfg.seed)
+    expected = wl.expected_ids(model_dir, data, QUICK.pairs)
+    assert [(p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in pairs] == expected
+    lo, hi = QUICK.prompt_tokens
+    assert all(lo <= len(p) <= hi and p[0] == 1 for p, _, _ in expected)
+    lo, hi = QUICK.response_tokens
+    assert all(lo <= len(c) <= hi and c[-1] == 2 and r[-1] == 2 for _, c, r in expected)
+
+
+def test_step_flops_match_the_closed_form() -> None:
+    work = wl.Workload(8, 2, 16, 2, 100, (2, 2), (3, 3), pairs=1)
+    pair = ([1, 5], [6, 7, 2], [8, 9, 2])
+    policy, ref = wl.step_flops(work, [pair])
+    decoder = 2 * (4 * 8 * 8 + 3 * 8 * 16)  # 1280 matmul parameters
+    per_sequence = 2 * decoder * 5 + 2 * 2 * 5 * 5 * 8 + 2 * 8 * 100 * 3  # 12800 + 800 + 4800
+    assert ref == 2 * per_sequence == 36800
+    assert policy == 3 * ref
