@@ -12,7 +12,7 @@ import pytest
 
 from preftune.config import load_config
 from preftune.data import load_pairs
-from preftune.forward import LAYOUTS
+from preftune.packing import LAYOUTS
 from preftune.runner import load_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +49,14 @@ def test_vs_trl_quick_runs_every_preftune_layout_end_to_end(
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     rows = [ln for ln in out.splitlines() if ln.startswith("| preftune-")]
-    assert [r.split("|")[1].strip() for r in rows] == [f"preftune-{name}" for name in LAYOUTS]
+    names = [r.split("|")[1].strip() for r in rows]
+    # every layout, then the reference cache on padded and on the fastest layout (named once it is known)
+    assert names[: len(LAYOUTS)] == [f"preftune-{name}" for name in LAYOUTS]
+    assert (
+        names[len(LAYOUTS)] == "preftune-padded+cache"
+        and names[-1].endswith("+cache")
+        and len(names) == len(LAYOUTS) + 2
+    )
     assert not any("trl-" in ln for ln in out.splitlines() if ln.startswith("|"))
     for name in LAYOUTS:
         assert f"  preftune-{name}: ok (" in out
