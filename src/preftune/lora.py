@@ -7,6 +7,7 @@ peft is an optional dependency, imported only here and only when ``lora.rank > 0
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, cast
@@ -19,10 +20,11 @@ ADAPTER = "default"  # peft's name for the one adapter get_peft_model creates
 
 
 def is_peft_model(model: nn.Module) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
+    # No PeftModel can exist before peft is imported; checking first spares full fine-tuning runs its import.
+    if sys.modules.get("peft") is None:
         return False
+    from peft import PeftModel
+
     return isinstance(model, PeftModel)
 
 
