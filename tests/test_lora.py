@@ -20,6 +20,7 @@ from preftune.config import ConfigError, load_config
 from preftune.data import TokenizedPair
 from preftune.forward import Batch, SequenceScorer
 from preftune.reference import AdapterDisabledReference
+from preftune.toy import write_toy_model_dir
 from test_distributed import TORCHRUN, train_args
 from test_trainer import _crash_after_checkpoint
 from toy_env import (
@@ -250,6 +251,16 @@ def test_bad_targets_are_refused_at_build(ws, tmp_path, targets, needle) -> None
     with pytest.raises(ConfigError, match=needle) as info:
         runner.build_trainer(cfg)
     assert "\n" not in str(info.value)
+
+
+def test_moe_aux_loss_with_lora(ws, tmp_path) -> None:
+    model_dir = tmp_path / "moe"
+    write_toy_model_dir(model_dir, arch="mixtral", hidden_size=32)
+    cfg = toy_config({**ws, "model": str(model_dir)}, tmp_path / "out", **LORA, **{"loss.aux_loss_coef": 0.5})
+    trainer, _ = runner.build_trainer(cfg)
+    objective, per_pair, _, fwd, _ = trainer._pair_losses(next(iter(trainer.eval_dataloader)), training=False)
+    assert fwd.aux_loss is not None and float(fwd.aux_loss) > 0
+    assert float(objective) == pytest.approx(float(per_pair.mean() + 0.5 * fwd.aux_loss), rel=1e-6)
 
 
 def test_ddp_two_processes_match_one(ws, tmp_path) -> None:
