@@ -9,7 +9,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from preftune import DPOTrainer, SingleProcessStrategy, runner
-from toy_env import assert_close_weights, load_weights, logged_metrics, toy_config, toy_workspace
+from toy_env import (
+    assert_close_weights,
+    fit_recording_grads,
+    load_weights,
+    logged_metrics,
+    toy_config,
+    toy_workspace,
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,28 +32,13 @@ def test_first_step_with_policy_equal_reference_is_ln2(ws, tmp_path) -> None:
     assert first["rewards/accuracies"] == 0  # every margin is a tie, and ties count as wrong
 
 
-def _fit_recording_grads(cfg) -> list[dict[str, torch.Tensor]]:
-    """Train, keeping the accumulated gradients seen at each optimizer step."""
-    trainer, steps = runner.build_trainer(cfg)
-    grads: list[dict[str, torch.Tensor]] = []
-    real_step = trainer.strategy.optimizer_step
-
-    def recording_step(optimizer, module, scheduler, max_norm):
-        grads.append({n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None})
-        return real_step(optimizer, module, scheduler, max_norm)
-
-    trainer.strategy.optimizer_step = recording_step  # type: ignore[method-assign]
-    trainer.fit(cfg, 0, steps)
-    return grads
-
-
 def test_accumulation_equals_one_big_batch(ws, tmp_path) -> None:
     # Adam's eps is raised so the comparison of weights is not dominated by Adam turning gradients at
     # float-rounding level (|g| ~ 1e-8, where fp32 sums in another order differ) into full-size steps.
     common = {"train.batch_size": 8, "train.max_steps": 2, "data.shuffle": False, "optim.adam_eps": 1e-3}
     big_cfg = toy_config(ws, tmp_path / "big", **{**common, "train.micro_batch_size": 8})
     small_cfg = toy_config(ws, tmp_path / "small", **{**common, "train.micro_batch_size": 2})
-    big, small = _fit_recording_grads(big_cfg), _fit_recording_grads(small_cfg)
+    big, small = fit_recording_grads(big_cfg)[1], fit_recording_grads(small_cfg)[1]
     assert len(big) == len(small) == 2
     for g_big, g_small in zip(big, small, strict=True):
         assert_close_weights(g_big, g_small, rtol=1e-5, atol=1e-7)

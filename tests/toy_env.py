@@ -91,3 +91,20 @@ def write_review_corpus(
     csv.writer(buffer).writerows([(*r, "False") for r in rows])
     path.write_bytes(bz2.compress(buffer.getvalue().encode()))
     return path
+
+
+def fit_recording_grads(cfg: Config) -> tuple[Any, list[dict[str, torch.Tensor]]]:
+    """Train as ``preftune train`` does; returns the trainer and the accumulated gradients at each optimizer step."""
+    from preftune import runner
+
+    trainer, steps = runner.build_trainer(cfg)
+    grads: list[dict[str, torch.Tensor]] = []
+    real_step = trainer.strategy.optimizer_step
+
+    def recording_step(optimizer, module, scheduler, max_norm):
+        grads.append({n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None})
+        return real_step(optimizer, module, scheduler, max_norm)
+
+    trainer.strategy.optimizer_step = recording_step  # type: ignore[method-assign]
+    trainer.fit(cfg, 0, steps)
+    return trainer, grads

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .lora import is_peft_model, save_peft
 from .strategy import Strategy
 
 STATE_FILE = "trainer_state.json"
@@ -170,10 +171,12 @@ def export_hf(
     hf_model: nn.Module,
     tokenizer: Any,
     config_yaml: str | None,
+    lora_export: str = "merged",
 ) -> None:
     """Write a Hugging Face folder (config, safetensors weights, tokenizer) loadable with from_pretrained.
 
-    ``module`` is the prepared scorer (its state dict keys start with ``model.``); ``hf_model`` the bare LM.
+    ``module`` is the prepared scorer (its state dict keys start with ``model.``); ``hf_model`` the bare LM,
+    or a peft model, written as ``lora_export`` says (merged into plain weights, or the adapter alone).
     """
     state = strategy.full_state_dict(module)
     if strategy.is_main():
@@ -182,7 +185,10 @@ def export_hf(
         tmp = folder.with_name(f".tmp-{folder.name}")
         if tmp.exists():
             shutil.rmtree(tmp)
-        hf_model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)  # type: ignore[operator]
+        if is_peft_model(hf_model):
+            save_peft(hf_model, weights, tmp, lora_export)
+        else:
+            hf_model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)  # type: ignore[operator]
         tokenizer.save_pretrained(tmp)
         if config_yaml is not None:
             (tmp / "preftune_config.yaml").write_text(config_yaml)

@@ -197,6 +197,19 @@ class IterateConfig:
 
 
 @dataclass
+class LoraConfig:
+    rank: int = _f(0, "LoRA rank (0 = full fine-tuning); the reference is then the policy with adapters off")
+    alpha: float = _f(16.0, "LoRA scaling numerator: adapter output is multiplied by alpha / rank")
+    dropout: float = _f(0.0, "dropout on the adapter input, in [0, 1)")
+    target_modules: list[str] = _f(
+        ["all-linear"], "module names to adapt, or all-linear (every linear layer but the LM head)"
+    )
+    export: Literal["merged", "adapter"] = _f(
+        "merged", "final/HF export: merged (a plain HF model) or adapter (peft's adapter folder)"
+    )
+
+
+@dataclass
 class Config:
     output_dir: str = _f("runs/preftune", "folder for checkpoints, metrics, reports and the final model")
     seed: int = _f(42, "random seed")
@@ -210,6 +223,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     iterate: IterateConfig = field(default_factory=IterateConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -402,6 +416,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         f"must be >= 1, got {cfg.ckpt.save_steps}",
     )
     _validate_iterate(cfg.iterate)
+    _validate_lora(cfg)
 
 
 def _validate_iterate(it: IterateConfig) -> None:
@@ -415,6 +430,26 @@ def _validate_iterate(it: IterateConfig) -> None:
     for key in ("generation_batch_size", "reward_batch_size", "eval_samples_per_prompt"):
         value = getattr(it, key)
         _check(value >= 1, f"iterate.{key}", f"must be >= 1, got {value}")
+
+
+def _validate_lora(cfg: Config) -> None:
+    lora = cfg.lora
+    _check(lora.rank >= 0, "lora.rank", f"must be >= 0 (0 = off), got {lora.rank}")
+    _check(lora.alpha > 0, "lora.alpha", f"must be > 0, got {lora.alpha}")
+    _check(0 <= lora.dropout < 1, "lora.dropout", f"must be in [0, 1), got {lora.dropout}")
+    if lora.rank == 0:
+        return
+    _check(bool(lora.target_modules), "lora.target_modules", "must name at least one module (or all-linear)")
+    if cfg.loss.type not in REFERENCE_FREE_LOSSES:
+        _check(cfg.ref.name_or_path is None, "ref.name_or_path",
+               "with lora.rank > 0 the reference is the policy with adapters disabled; remove it")  # fmt: skip
+    _check(not cfg.ref.offload, "ref.offload", "with lora.rank > 0 there is no reference copy to offload")
+    _check(cfg.strategy.name in ("single", "ddp"), "strategy.name",
+           f"LoRA runs with single or ddp, not {cfg.strategy.name} yet")  # fmt: skip
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise ConfigError("lora.rank: LoRA needs peft: pip install 'preftune[lora]'") from None
 
 
 def help_lines() -> list[str]:

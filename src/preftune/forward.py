@@ -120,6 +120,9 @@ def _moe_aux_loss(
     lm: nn.Module, router_logits: tuple[Tensor, ...] | None, attention_mask: Tensor | None
 ) -> Tensor:
     """The model family's own load-balancing loss (Mixtral, Qwen2-MoE, ...), looked up from its module."""
+    inner: Any = lm
+    if hasattr(inner, "get_base_model"):  # a peft wrapper: the model family is that of the model inside
+        lm = inner.get_base_model()
     loss_fn = getattr(sys.modules[type(lm).__module__], "load_balancing_loss_func", None)
     if loss_fn is None or not router_logits:
         raise ValueError(f"loss.aux_loss_coef > 0 but {type(lm).__name__} has no MoE router to balance")

@@ -158,8 +158,10 @@ def precomputed_reference(
     missing = [split for split in splits if split not in tables]
     if missing:
         ref_model = ref_model if ref_model is not None else load_reference()
-        assert ref_model is not None, "a loss with a reference loads one"
-        scorer = strategy.prepare_model(freeze(SequenceScorer(ref_model, cfg.train.lm_head_chunk)), False)
+        plain = SequenceScorer(ref_model if ref_model is not None else policy, cfg.train.lm_head_chunk)
+        # No model to load means LoRA: the reference is the policy's own weights before its adapters exist,
+        # scored in place (no second copy); only a separate reference model gets frozen.
+        scorer = strategy.prepare_model(freeze(plain) if ref_model is not None else plain.eval(), False)
         reference = ModelReference(scorer, layout)
         micro_batch = cfg.train.eval_micro_batch_size or cfg.train.micro_batch_size
         for split in missing:

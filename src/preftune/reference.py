@@ -1,14 +1,14 @@
-"""Where reference log-probs come from: a frozen model today; an adapter-disabled policy or a precomputed
-cache slot in behind the same two-method seam."""
+"""Where reference log-probs come from: a frozen model, or the LoRA policy with its adapters disabled; a
+precomputed cache slots in behind the same two-method seam."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from .forward import Batch, Layout, PairForward
+from .forward import Batch, Layout, PairForward, SequenceScorer
 
 
 class ReferenceSource(Protocol):
@@ -48,6 +48,34 @@ class ModelReference:
                 out.chosen_logps.to(back), out.rejected_logps.to(back),
                 out.chosen_tokens.to(back), out.rejected_tokens.to(back),
             )  # fmt: skip
+
+    def state_for_checkpoint(self) -> dict[str, str]:
+        return {}
+
+
+class AdapterDisabledReference:
+    """The policy itself with its LoRA adapters switched off: the frozen base weights are the reference.
+
+    ``peft_model`` is the (unwrapped) PeftModel the policy trains. Its own scorer is used, not the strategy's
+    wrapper, so a no-grad pass never touches DDP's gradient bookkeeping. The pass runs in eval mode, as a
+    separate frozen reference would, so no dropout applies; every module's mode is restored afterwards, since
+    the policy is in the middle of a training step.
+    """
+
+    def __init__(self, peft_model: nn.Module, layout: Layout, lm_head_chunk: int = 1024) -> None:
+        self.peft_model: Any = peft_model
+        self.scorer = SequenceScorer(peft_model, lm_head_chunk)
+        self.layout = layout
+
+    def pair_logps(self, batch: Batch) -> PairForward:
+        modes = [(module, module.training) for module in self.scorer.modules()]
+        self.scorer.eval()
+        try:
+            with torch.no_grad(), self.peft_model.disable_adapter():
+                return self.layout.pair_logps(self.scorer, batch)
+        finally:
+            for module, mode in modes:
+                module.training = mode
 
     def state_for_checkpoint(self) -> dict[str, str]:
         return {}

@@ -18,6 +18,7 @@ from .checkpoint import latest_checkpoint
 from .config import REFERENCE_FREE_LOSSES, Config, ConfigError, validate
 from .data import TokenizedPair, load_pairs, write_data_report
 from .forward import Layout
+from .lora import wrap_lora
 from .optim import build_optimizer, build_scheduler
 from .packing import build_layout
 from .ref_precompute import compute_precision, number_pairs, precomputed_reference
@@ -104,8 +105,19 @@ def make_train_loader(
     )
     dataset: Any = pairs  # a list is a valid map-style dataset; torch's stubs only admit Dataset
     return DataLoader(
-        dataset, batch_size=cfg.train.micro_batch_size, sampler=sampler, collate_fn=layout.collate
+        dataset,
+        batch_size=cfg.train.micro_batch_size,
+        sampler=sampler,
+        collate_fn=layout.collate,
+        generator=_private_generator(),
     )
+
+
+def _private_generator() -> torch.Generator:
+    """A generator of the loader's own: each new iterator draws a seed from it, and drawing from the global
+    RNG instead would shift dropout masks whenever iterators are made at other points (a resumed run makes
+    one mid-epoch), so a resumed run with dropout would no longer equal the uninterrupted one."""
+    return torch.Generator().manual_seed(0)
 
 
 def make_eval_loader(
@@ -116,7 +128,9 @@ def make_eval_loader(
     size = cfg.train.eval_micro_batch_size or cfg.train.micro_batch_size
     # Disjoint shards with no padding or repeats: metric sums over processes then cover each pair once.
     dataset: Any = pairs[strategy.rank :: strategy.world_size]
-    return DataLoader(dataset, batch_size=size, shuffle=False, collate_fn=layout.collate)
+    return DataLoader(
+        dataset, batch_size=size, shuffle=False, collate_fn=layout.collate, generator=_private_generator()
+    )
 
 
 def _load_data(
@@ -141,7 +155,8 @@ def _load_data(
 
 
 def _reference(cfg: Config) -> PreTrainedModel | None:
-    if cfg.loss.type in REFERENCE_FREE_LOSSES:
+    # With LoRA the trainer scores the reference on the policy itself, adapters disabled: nothing to load.
+    if cfg.loss.type in REFERENCE_FREE_LOSSES or cfg.lora.rank > 0:
         return None
     if cfg.ref.name_or_path:
         return load_model(cfg.ref.name_or_path, cfg, key="ref.name_or_path")
@@ -221,6 +236,7 @@ def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tup
         log(f"layout: {layout.name} (train.layout auto)")
     ref_model, reference = None, None
     if cfg.ref.precompute:
+        # Before LoRA wraps the policy: its adapter-free weights are then the reference's.
         splits = {name: pairs for name, pairs in (("train", train_pairs), ("eval", eval_pairs)) if pairs}
         reference = precomputed_reference(
             cfg, model, lambda: _reference(cfg), layout, strategy, splits,
@@ -228,15 +244,16 @@ def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tup
         )  # fmt: skip
     else:
         ref_model = _reference(cfg)
+    policy = wrap_lora(model, cfg.lora) if cfg.lora.rank > 0 else model
     train_loader = make_train_loader(train_pairs, layout, cfg, strategy) if need_train else None
     steps_per_epoch = len(train_pairs) // cfg.train.batch_size
     total = steps_per_epoch * cfg.train.max_epochs
     if cfg.train.max_steps is not None:
         total = min(total, cfg.train.max_steps)
-    optimizer = build_optimizer(model, cfg.optim) if need_train else None
+    optimizer = build_optimizer(policy, cfg.optim) if need_train else None
     scheduler = build_scheduler(optimizer, cfg.optim, max(total, 1)) if optimizer is not None else None
     trainer = DPOTrainer(
-        model, ref_model, strategy, tokenizer, optimizer, train_loader, make_eval_loader(eval_pairs, layout, cfg, strategy),
+        policy, ref_model, strategy, tokenizer, optimizer, train_loader, make_eval_loader(eval_pairs, layout, cfg, strategy),
         scheduler, max_norm=cfg.optim.max_norm, beta=cfg.loss.beta, max_epochs=cfg.train.max_epochs,
         save_hf_ckpt=cfg.ckpt.save_hf, disable_ds_ckpt=cfg.ckpt.disable,
         loss_config=cfg.loss, layout=layout, lm_head_chunk=cfg.train.lm_head_chunk, reference=reference,

@@ -16,9 +16,10 @@ from .checkpoint import export_hf, load_checkpoint, save_checkpoint
 from .config import Config, LossConfig
 from .errors import NonFiniteError, StopRequested
 from .forward import Batch, Layout, PaddedLayout, PairForward, SequenceScorer
+from .lora import is_peft_model
 from .losses import LossOutput, LossState, PairLogps, compute_loss, get_loss
 from .metrics import JsonlSink, PairStats, ProgressBar, Sink, Sinks, TensorBoardSink, WandbSink
-from .reference import ModelReference, ReferenceSource, freeze
+from .reference import AdapterDisabledReference, ModelReference, ReferenceSource, freeze
 from .strategy import Strategy
 
 
@@ -26,7 +27,8 @@ class DPOTrainer:
     """Direct Preference Optimization of ``model`` against a frozen reference.
 
     ``model`` is a Hugging Face causal LM trained in place; ``ref_model`` the frozen reference (None for a
-    reference-free loss, or when ``reference`` supplies log-probs another way). ``beta`` overrides
+    reference-free loss, for a peft LoRA ``model``, whose reference is itself with adapters disabled, or when
+    ``reference`` supplies log-probs another way). ``beta`` overrides
     ``loss_config.beta``. Dataloaders yield :class:`~preftune.forward.Batch` objects made by ``layout.collate``.
     """
 
@@ -79,6 +81,8 @@ class DPOTrainer:
                 freeze(SequenceScorer(ref_model, lm_head_chunk)), trainable=False
             )
             reference = ModelReference(ref_scorer, self.layout)
+        if reference is None and not self.loss_spec.reference_free and is_peft_model(model):
+            reference = AdapterDisabledReference(model, self.layout, lm_head_chunk)
         if reference is None and not self.loss_spec.reference_free:
             raise ValueError(
                 f"loss {self.loss_spec.name!r} needs a reference model (ref_model) or a reference source"
@@ -227,7 +231,7 @@ class DPOTrainer:
                 if done:
                     break
         sinks.close()
-        export_hf(output_dir / "final", strategy, self.scorer, self.model, self.tokenizer, args.to_yaml())
+        self._export(output_dir / "final", args, args.to_yaml())
 
     def _stop_requested(self) -> bool:
         """True on every process once any process got a stop signal, so all of them stop at the same step."""
@@ -275,12 +279,17 @@ class DPOTrainer:
         if self.save_hf_ckpt:
 
             def export(folder: Path) -> None:
-                export_hf(folder, self.strategy, self.scorer, self.model, self.tokenizer, None)
+                self._export(folder, args, None)
 
         return save_checkpoint(
             root, self.global_step, self.strategy, self.scorer, self.optimizer, self.scheduler, state,
             keep=args.ckpt.keep, export=export, extra={"loss_state": self.loss_state.state_dict()},
         )  # fmt: skip
+
+    def _export(self, folder: Path, args: Config, config_yaml: str | None) -> None:
+        export_hf(
+            folder, self.strategy, self.scorer, self.model, self.tokenizer, config_yaml, args.lora.export
+        )
 
     def load_checkpoint(self, folder: Path) -> int:
         """Restore weights, optimizer, scheduler, RNG and loss state; returns the consumed samples to resume at."""

@@ -31,10 +31,18 @@ def _single_process_quiet() -> Iterator[None]:
         yield
 
 
+def _options(module: nn.Module) -> StateDictOptions:
+    """Frozen parameters (a LoRA run's base weights) are left out: they are reloaded from the model folder
+    on resume, so a checkpoint holds only what training changes (megabytes of adapter, not the whole model).
+    Loading is then non-strict about exactly those keys; DCP still fails on any requested key it lacks."""
+    has_frozen = any(not p.requires_grad for p in module.parameters())
+    return StateDictOptions(ignore_frozen_params=True, strict=not has_frozen)
+
+
 def save_training_state(
     folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, is_main: bool
 ) -> None:
-    model_sd, optim_sd = get_state_dict(module, optimizer)
+    model_sd, optim_sd = get_state_dict(module, optimizer, options=_options(module))
     with _single_process_quiet():
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder / "dcp"))
     if is_main and scheduler is not None:
@@ -44,17 +52,20 @@ def save_training_state(
 def load_training_state(
     folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any
 ) -> None:
+    options = _options(module)
     if optimizer is None:
-        model_sd = get_model_state_dict(module)
+        model_sd = get_model_state_dict(module, options=options)
         with _single_process_quiet():
             dcp.load({"model": model_sd}, checkpoint_id=str(folder / "dcp"))
-        set_state_dict(module, [], model_state_dict=model_sd, optim_state_dict={})
+        set_state_dict(module, [], model_state_dict=model_sd, optim_state_dict={}, options=options)
         return
-    model_sd, optim_sd = get_state_dict(module, optimizer)
+    model_sd, optim_sd = get_state_dict(module, optimizer, options=options)
     state: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
     with _single_process_quiet():
         dcp.load(state, checkpoint_id=str(folder / "dcp"))
-    set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(
+        module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=options
+    )
     if scheduler is not None and (folder / "scheduler.pt").is_file():
         scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
 
