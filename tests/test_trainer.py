@@ -52,7 +52,9 @@ def test_accumulation_equals_one_big_batch(ws, tmp_path) -> None:
     for a, b in zip(m_big, m_small, strict=True):
         assert a.keys() == b.keys()
         for key in a:
-            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+            # abs 1e-6: rewards are beta x a difference of float32 log-probs near -70, whose rounding (~4e-6)
+            # depends on which pairs share a row (the default layout packs a micro-batch into one row).
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
 
 
 def _crash_after_checkpoint(monkeypatch, step: int) -> None:
@@ -144,7 +146,7 @@ def test_eval_metrics_are_exact_over_batch_sizes(ws, tmp_path) -> None:
         results.append(trainer.evaluate())
     for other in results[1:]:
         for key, value in results[0].items():
-            assert other[key] == pytest.approx(value, rel=1e-5), key
+            assert other[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key  # abs: see above
 
 
 def test_reference_free_loss_trains_without_reference(ws, tmp_path) -> None:
