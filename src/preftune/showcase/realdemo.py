@@ -38,8 +38,8 @@ REAL_DEMO_DEFAULTS: dict[str, Any] = {
     "optim.warmup_ratio": 0.1,
     "train.micro_batch_size": 4,
     "train.batch_size": 8,
-    "train.max_steps": 16,
-    "train.eval_steps": 8,
+    "train.max_steps": 32,
+    "train.eval_steps": 16,
     "train.eval_at_start": True,
     "train.eval_micro_batch_size": 8,
 }
@@ -52,7 +52,7 @@ class DemoSettings:
     cache_dir: str = ""  # default: $PREFTUNE_CACHE or ~/.cache/preftune
     heldout_movies: int = 24  # movies kept out of training: one eval pair and one prompt each
     pairs_per_movie: int = 1  # training pairs per training movie
-    samples_per_prompt: int = 2  # generated reviews per held-out movie, before and after
+    samples_per_prompt: int = 4  # generated reviews per held-out movie, before and after
     max_new_tokens: int = 32
     temperature: float = 1.0  # 1.0 keeps the KL estimate unbiased (samples drawn from the policy itself)
     generation_batch: int = 16
