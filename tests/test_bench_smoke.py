@@ -50,13 +50,13 @@ def test_vs_trl_quick_runs_every_preftune_layout_end_to_end(
     assert code == 0, out[-3000:]
     rows = [ln for ln in out.splitlines() if ln.startswith("| preftune-")]
     names = [r.split("|")[1].strip() for r in rows]
-    # every layout, then the reference cache on padded and on the fastest layout (named once it is known)
+    # every layout, then the reference cache on padded and on the fastest layout (named once it is known).
+    # On the tiny quick model padded can come out fastest; its cache run is then not repeated.
     assert names[: len(LAYOUTS)] == [f"preftune-{name}" for name in LAYOUTS]
-    assert (
-        names[len(LAYOUTS)] == "preftune-padded+cache"
-        and names[-1].endswith("+cache")
-        and len(names) == len(LAYOUTS) + 2
-    )
+    cache_runs = names[len(LAYOUTS) :]
+    assert cache_runs[0] == "preftune-padded+cache"
+    assert len(cache_runs) in (1, 2) and all(name.endswith("+cache") for name in cache_runs)
+    assert "preftune-padded+cache" not in cache_runs[1:]
     assert not any("trl-" in ln for ln in out.splitlines() if ln.startswith("|"))
     for name in LAYOUTS:
         assert f"  preftune-{name}: ok (" in out
