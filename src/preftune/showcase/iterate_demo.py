@@ -26,17 +26,17 @@ ITERATE_DEMO_DEFAULTS: dict[str, Any] = {
     "data.apply_chat_template": True,
     "data.max_len": 96,
     "loss.beta": 0.1,
-    "optim.lr": 2e-5,
+    "optim.lr": 5e-5,
     "optim.warmup_ratio": 0.1,
     "train.micro_batch_size": 4,
     "train.batch_size": 8,
-    "train.max_epochs": 1,
+    "train.max_epochs": 3,  # 43 pairs a round: one epoch (5 steps) did not move the reward
     "iterate.rounds": 2,
     "iterate.reward": "preftune.showcase.sentiment:vader_reward",
     "iterate.samples_per_prompt": 4,
     "iterate.min_score_gap": 0.3,
     "iterate.max_new_tokens": 32,
-    "iterate.eval_samples_per_prompt": 2,
+    "iterate.eval_samples_per_prompt": 4,
 }
 
 
