@@ -114,7 +114,27 @@ def ids_digest(triples: list[tuple[list[int], list[int], list[int]]]) -> dict[st
     return {"tokens": tokens, "ids_sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}
 
 
-def emit(result: dict[str, Any]) -> None:
+def emit(
+    side_fields: dict[str, Any],
+    *,
+    allocator_on: bool,
+    versions: dict[str, str],
+    first_steps: list[dict[str, float]],
+    digest: dict[str, Any],
+    clock: StepClock,
+) -> None:
+    """Print the result line: the side's own fields, then the fields both sides report alike."""
+    import torch
+
+    result = {
+        **side_fields,
+        "allocator_settings": allocator_on,
+        "threads": torch.get_num_threads(),
+        "versions": versions,
+        "first_steps": first_steps,
+        **digest,
+        **clock.summary(),
+    }
     sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
     sys.stdout.flush()
 

@@ -84,17 +84,12 @@ def main() -> None:
     rows = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
     first_steps = [{k: row[k] for k in _STEP_METRICS} for row in rows[:2]]
     wc.emit(
-        {
-            "side": "preftune",
-            "layout": spec["layout"],
-            "ref_cache": bool(spec.get("ref_cache")),
-            "allocator_settings": ALLOCATOR_ON,
-            "threads": torch.get_num_threads(),
-            "versions": VERSIONS,
-            "first_steps": first_steps,
-            **digest,
-            **clock.summary(),
-        }
+        {"side": "preftune", "layout": spec["layout"], "ref_cache": bool(spec.get("ref_cache"))},
+        allocator_on=ALLOCATOR_ON,
+        versions=VERSIONS,
+        first_steps=first_steps,
+        digest=digest,
+        clock=clock,
     )
 
 

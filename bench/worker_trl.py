@@ -132,13 +132,12 @@ def main() -> None:
             "fast_options_missing": sorted(set(FAST_OPTIONS) - fields) if spec["fast"] else [],
             "effective": effective,
             "precompute_timed_s": sum(precompute_s),
-            "allocator_settings": ALLOCATOR_ON,
-            "threads": torch.get_num_threads(),
-            "versions": VERSIONS,
-            "first_steps": first_steps,
-            **digest,
-            **clock.summary(),
-        }
+        },
+        allocator_on=ALLOCATOR_ON,
+        versions=VERSIONS,
+        first_steps=first_steps,
+        digest=digest,
+        clock=clock,
     )
 
 
