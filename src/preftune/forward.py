@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .logps import chunked_token_logps, sum_per_sequence
-from .segments import PLAN_KWARG, SegmentPlan, enable_segment_attention
+from .segments import PLAN_KWARG, SegmentPlan, decoder_of, enable_segment_attention
 
 if TYPE_CHECKING:
     from .data import TokenizedPair
@@ -90,7 +90,7 @@ class SequenceScorer(nn.Module):
         attention_plan: SegmentPlan | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         lm: Any = self.model
-        decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else getattr(lm, lm.base_model_prefix)
+        decoder = decoder_of(lm)
         extra: dict[str, Any] = {"output_router_logits": True} if want_aux else {}
         calls_before = 0
         if attention_plan is not None:

@@ -3,8 +3,9 @@
 A :class:`SegmentPlan` tiles a row of tokens into segments. Each segment attends causally to itself and,
 optionally, to every token of an earlier span (its *prefix*): a rejected response sees its prompt but not the
 chosen response laid out between them. The plan reaches the attention function as a keyword argument that
-transformers passes from the decoder's ``forward`` down to ``ALL_ATTENTION_FUNCTIONS``; the function runs
-PyTorch's SDPA once per segment, so no (T x T) mask is built and no masked block is computed.
+transformers passes from the decoder's ``forward`` down to ``ALL_ATTENTION_FUNCTIONS``; the function gathers
+the segments into a padded (segments x queries x keys) grid and runs PyTorch's SDPA once over it, so no (T x T)
+mask is built and the linear layers compute no padding.
 
 It is registered with transformers' ``AttentionInterface`` (:func:`enable_segment_attention`); calls without a
 plan fall through to the model's previous attention, so generation and padded batches are unchanged.
@@ -112,6 +113,12 @@ def _grid_to(grid: Grid, device: torch.device) -> Grid:
     )
 
 
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The causal LM's decoder stack (the model without its LM head)."""
+    lm: Any = model
+    return lm.get_decoder() if hasattr(lm, "get_decoder") else getattr(lm, lm.base_model_prefix)
+
+
 def _fallback(module: nn.Module) -> Any:
     """The attention function the model used before segments were enabled (for calls without a plan)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -141,10 +148,10 @@ def _segment_attention_forward(
         )
     if query.shape[0] != 1 or query.shape[2] != plan.length:
         raise RuntimeError(f"segment plan covers {plan.length} tokens of one row, got {tuple(query.shape)}")
+    g = plan.grid(query.device)
     window = kwargs.get("sliding_window")
-    longest = max(s.end - s.start + s.prefix_end - s.prefix_start for s in plan.segments)
-    if window is not None and longest > window:
-        raise RuntimeError(f"a segment spans {longest} keys, beyond the model's sliding window of {window}")
+    if window is not None and g.keys > window:  # g.keys: the most keys any segment's queries see
+        raise RuntimeError(f"a segment spans {g.keys} keys, beyond the model's sliding window of {window}")
     plan.calls += 1
     gqa = key.shape[1] != query.shape[1]  # grouped-query attention: fewer key/value heads
     dropout_p = dropout if module.training else 0.0
@@ -152,7 +159,6 @@ def _segment_attention_forward(
     # calls measured 7x slower in backward on CPU. Only attention sees the padding; the linear layers stay
     # padding-free. Masked cells contribute exact zeros, so each query attends to the same keys as in its own
     # padded sequence.
-    g = plan.grid(query.device)
 
     def gather(x: Tensor, index: Tensor, width: int) -> Tensor:
         heads, dim = x.shape[1], x.shape[3]
@@ -198,8 +204,7 @@ def disable_segment_attention(model: nn.Module) -> None:
 def supports_segments(model: nn.Module) -> bool:
     """True when ``model``'s attention layers receive the plan (they use transformers' attention interface and
     pass keyword arguments through); remote or older model code may not. Leaves segments enabled if so."""
-    lm: Any = model
-    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else getattr(lm, lm.base_model_prefix)
+    decoder = decoder_of(model)
     plan = SegmentPlan([Segment(0, 2), Segment(2, 3, 0, 1)])
     device = next(model.parameters()).device
     try:
