@@ -180,6 +180,25 @@ def test_round_reference_choices(tmp_path) -> None:
     assert (original.model.name_or_path, original.ref.name_or_path) == (start, "orig")
     free = rounds_module._round_config(load_config(None, {**base, "loss.type": "simpo"}), 2, start)
     assert free.ref.name_or_path is None  # reference-free losses load no reference
+    lora = rounds_module._round_config(load_config(None, {**base, "lora.rank": 4}), 2, start)
+    assert lora.ref.name_or_path is None  # the round's policy with adapters off is the reference
+
+
+def test_a_lora_round_trains_adapters_and_hands_on_a_merged_model(tmp_path) -> None:
+    model = write_toy_model_dir(tmp_path / "model", hidden_size=32)
+    cfg = load_config(None, {
+        "model.name_or_path": str(model), "iterate.prompts": _prompt_file(tmp_path / "p.jsonl", 16, seed=1),
+        "iterate.reward": f"{REWARDS_FILE}:space_first", "iterate.max_new_tokens": 1, "iterate.rounds": 2,
+        "output_dir": str(tmp_path / "out"), "train.batch_size": 4, "train.micro_batch_size": 4,
+        "lora.rank": 4, "optim.lr": 1e-2, "log.progress": False,
+    })  # fmt: skip
+    summaries = run_iterate(cfg, log=lambda *_: None)
+    assert [s["round"] for s in summaries] == [1, 2]
+    first, second = (load_weights(tmp_path / "out" / f"round-{r}" / "final") for r in (1, 2))
+    assert (
+        set(first) == set(load_weights(model)) == set(second)
+    )  # merged: plain model weights, no adapter keys
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # round 2 trained on round 1's model
 
 
 def test_rerun_skips_finished_rounds_and_resumes(iterated, capsys) -> None:
@@ -203,6 +222,11 @@ def test_rerun_skips_finished_rounds_and_resumes(iterated, capsys) -> None:
     changed = config_from_args([*args, "--iterate.samples_per_prompt", "3"])
     with pytest.raises(ConfigError, match=r"iterate.samples_per_prompt: round 2 was sampled with 4, now 3"):
         run_iterate(changed)
+    templated = config_from_args([*args, "--data.input_template", "Q: {} A:"])
+    with pytest.raises(
+        ConfigError, match=r"data.input_template: round 2 was sampled with None, now 'Q: {} A:'"
+    ):
+        run_iterate(templated)
 
     # Training interrupted two steps before the end: the round resumes from its checkpoint and ends the same.
     final = load_weights(out / "round-2" / "final")
@@ -226,6 +250,9 @@ def test_rerun_skips_finished_rounds_and_resumes(iterated, capsys) -> None:
         ({"iterate.reward": None}, "iterate.reward: no reward given"),
         ({"ref.name_or_path": "other"}, "ref.name_or_path: preftune iterate sets each round's reference"),
         ({"strategy.name": "ddp"}, "strategy.name: preftune iterate trains in one process"),
+        ({"lora.rank": 4, "iterate.reference": "original"}, "iterate.reference: with lora.rank > 0"),
+        ({"lora.rank": 4, "lora.export": "adapter"}, "lora.export: each round starts from the previous"),
+        ({"loss.beta": 0.0}, "loss.beta: must be > 0"),
         ({"iterate.prompts": "{dir}/missing.jsonl"}, "iterate.prompts: {dir}/missing.jsonl: file not found"),
     ],
 )

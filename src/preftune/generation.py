@@ -20,6 +20,7 @@ class Sample:
     prompt_ids: list[int]  # the rendered prompt's tokens, without padding
     response_ids: list[int]  # generated tokens up to and including the first EOS, without padding
     text: str  # the response decoded without special tokens
+    finished: bool  # it ended with one of the model's EOS tokens (False: it hit max_new_tokens)
 
 
 @dataclass
@@ -42,13 +43,14 @@ def render_prompt(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
     return list(tokenizer(prompt)["input_ids"])
 
 
-def _response_ids(row: list[int], eos_ids: set[int]) -> list[int]:
-    """Generated tokens up to the first EOS, kept (it is part of what the model chose). ``generate`` pads only
-    rows that already ended, so everything after the first EOS is padding; a row without EOS hit the limit."""
+def _response_ids(row: list[int], eos_ids: set[int]) -> tuple[list[int], bool]:
+    """Generated tokens up to the first EOS, kept (it is part of what the model chose), and whether there was
+    one. ``generate`` pads only rows that already ended, so everything after the first EOS is padding; a row
+    without EOS hit the limit."""
     for position, token in enumerate(row):
         if token in eos_ids:
-            return row[: position + 1]
-    return row
+            return row[: position + 1], True
+    return row, False
 
 
 def _eos_ids(model: nn.Module, tokenizer: Any) -> set[int]:
@@ -104,9 +106,9 @@ def sample_responses(
                     **sampling,
                 )
             for row, i in enumerate(batch):
-                response = _response_ids(out[row, width:].tolist(), eos_ids)
+                response, finished = _response_ids(out[row, width:].tolist(), eos_ids)
                 text = tokenizer.decode(response, skip_special_tokens=True).strip()
-                results[i].append(Sample(i, rendered[i], response, text))
+                results[i].append(Sample(i, rendered[i], response, text, finished))
             if on_batch is not None:
                 on_batch(len(batch))
     finally:

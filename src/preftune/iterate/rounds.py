@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .. import runner
-from ..config import REFERENCE_FREE_LOSSES, Config, ConfigError
+from ..config import REFERENCE_FREE_LOSSES, Config, ConfigError, validate
 from ..generation import SamplingOptions, sample_responses
 from .pairs import DROP_REASONS, PromptSamples, build_pairs
 from .records import read_json, read_jsonl, read_prompts, round_table, write_json, write_jsonl
@@ -35,7 +35,12 @@ from .reward import RewardFn, load_reward, score
 
 _SEED_STREAM = 1_000_000  # sampling seeds of round r start at seed + r * this; evaluation uses stream 0
 # sampling.json entries that are not iterate.* keys themselves -> the key to name when one changed
-_SETTING_KEYS = {"policy": "model.name_or_path", "num_prompts": "iterate.prompts", "seed": "seed"}
+_SETTING_KEYS = {
+    "policy": "model.name_or_path",
+    "num_prompts": "iterate.prompts",
+    "seed": "seed",
+    **{key: f"data.{key}" for key in ("input_template", "apply_chat_template", "chat_template")},
+}
 
 
 def run_iterate(cfg: Config, log: Any = print) -> list[dict[str, Any]]:
@@ -57,6 +62,16 @@ def run_iterate(cfg: Config, log: Any = print) -> list[dict[str, Any]]:
         raise ConfigError(
             f"strategy.name: preftune iterate trains in one process (single), got {cfg.strategy.name}"
         )
+    if cfg.lora.rank > 0 and it.reference == "original":
+        raise ConfigError(
+            "iterate.reference: with lora.rank > 0 a round's reference is its starting policy with the adapters "
+            "disabled; 'original' needs full fine-tuning (lora.rank 0)"
+        )
+    if cfg.lora.rank > 0 and cfg.lora.export == "adapter":
+        raise ConfigError("lora.export: each round starts from the previous round's full model; use merged")
+    validate(
+        _round_config(cfg, 1, cfg.model.name_or_path)
+    )  # a round's training settings fail before sampling
     out = runner.check_output_dir(cfg.output_dir)
     prompts = read_prompts(it.prompts, it.prompt_key, "iterate.prompts")
     eval_prompts = (
@@ -158,6 +173,10 @@ def _round_samples(
         "temperature": it.temperature,
         "top_p": it.top_p,
         "seed": cfg.seed,
+        # how the prompts were rendered: the pairs train on the context they were sampled in
+        "input_template": cfg.data.input_template,
+        "apply_chat_template": cfg.data.apply_chat_template,
+        "chat_template": cfg.data.chat_template,
     }
     marker = rdir / "sampling.json"
     if marker.is_file():
@@ -209,7 +228,6 @@ def sample_and_score(
         chat=cfg.data.apply_chat_template,
     )
     groups = sample_responses(model, tokenizer, rendered, k, options)
-    eos = tokenizer.eos_token_id
     del model
     gc.collect()  # the policy goes before training loads its own copy (and a reference)
     flat = [s for group in groups for s in group]
@@ -223,7 +241,7 @@ def sample_and_score(
             prompt=prompts[i],
             responses=responses[i * k : (i + 1) * k],
             scores=scores[i * k : (i + 1) * k],
-            finished=[bool(s.response_ids) and s.response_ids[-1] == eos for s in group],
+            finished=[s.finished for s in group],
         )
         for i, group in enumerate(groups)
     ]
@@ -238,7 +256,8 @@ def _eval_reward(cfg: Config, model_dir: str, prompts: list[str], reward: Reward
 
 
 def _reference(cfg: Config, start: str) -> str | None:
-    if cfg.loss.type in REFERENCE_FREE_LOSSES:
+    # With LoRA the trainer's reference is the round's starting policy with its adapters off: nothing to load.
+    if cfg.loss.type in REFERENCE_FREE_LOSSES or cfg.lora.rank > 0:
         return None
     return start if cfg.iterate.reference == "round" else cfg.model.name_or_path
 
