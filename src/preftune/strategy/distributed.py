@@ -60,16 +60,6 @@ class DDPStrategy(SingleProcessStrategy):
             return module.no_sync()  # gradients stay local until the last micro-step of the step
         return contextlib.nullcontext()
 
-    def all_reduce(self, values: dict[str, float], op: str = "sum") -> dict[str, float]:
-        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
-        if op not in ops:
-            raise ValueError(f"unsupported reduce op {op!r}")
-        keys = sorted(values)
-        # float64 so sums of many pairs' values stay exact to well below the metrics' printed precision.
-        buf = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self._reduce_device())
-        dist.all_reduce(buf, op=ops[op])
-        return dict(zip(keys, buf.tolist(), strict=True))
-
     def all_reduce_tensor(self, tensor: Tensor, op: str = "sum") -> Tensor:
         ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
         if op not in ops:

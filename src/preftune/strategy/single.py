@@ -59,9 +59,10 @@ class SingleProcessStrategy:
         return float(norm)
 
     def all_reduce(self, values: dict[str, float], op: str = "sum") -> dict[str, float]:
-        if op not in ("sum", "max"):
-            raise ValueError(f"unsupported reduce op {op!r}")
-        return dict(values)
+        keys = sorted(values)
+        # float64 so sums of many pairs' values stay exact to well below the metrics' printed precision.
+        buf = self.all_reduce_tensor(torch.tensor([values[k] for k in keys], dtype=torch.float64), op)
+        return dict(zip(keys, buf.tolist(), strict=True))
 
     def all_reduce_tensor(self, tensor: Tensor, op: str = "sum") -> Tensor:
         if op not in ("sum", "max"):
