@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from preftune.config import ConfigError
 from preftune.data import DataError
 from preftune.generation import SamplingOptions, sample_responses
+from preftune.iterate.records import read_jsonl
 from preftune.showcase import acquire
 from preftune.showcase.acquire import PackagedFile, convert_gguf, fetch_packaged_file
 from preftune.showcase.divergence import kl_estimate, response_logps
@@ -287,6 +288,14 @@ def test_demo_options_are_parsed_and_bad_ones_named() -> None:
         parse_demo_args(["--demo.nope", "1"])
     with pytest.raises(ConfigError, match=r"--demo\.max_new_tokens: expected int, got 'many'"):
         parse_demo_args(["--demo.max_new_tokens", "many"])
+    settings, rest = parse_demo_args(["--demo.temperature=0.5", "--cache_dir=/d", "--seed=3"])
+    assert (settings.temperature, settings.cache_dir, rest) == (0.5, "/d", ["--seed=3"])
+    # iterate --demo samples with the iterate.* keys: a demo option it would ignore is refused
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown option --demo\.samples_per_prompt; demo options: cache_dir, heldout_movies",
+    ):
+        parse_demo_args(["--demo.samples_per_prompt", "2"], accepted=("cache_dir", "heldout_movies"))
 
 
 # ---------------------------------------------------------------- report
@@ -311,7 +320,7 @@ def test_report_writes_html_and_png_plots_from_metrics(tmp_path) -> None:
         settings={"optim.lr": 1e-5},
         seconds={"training": 12.0},
     )
-    page = write_report(tmp_path, metrics, results).read_text()
+    page = write_report(tmp_path, read_jsonl(metrics), results).read_text()
     for name in ("training.png", "sentiment.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f'src="{name}"' in page

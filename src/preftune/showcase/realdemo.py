@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import statistics
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,14 @@ from tqdm.auto import tqdm
 
 from .. import runner
 from ..cli import config_from_args
-from ..config import Config, ConfigError, validate
+from ..config import Config, ConfigError
 from ..generation import Sample, SamplingOptions, sample_responses
-from ..iterate.records import write_jsonl
+from ..iterate.records import read_jsonl, write_jsonl
+from ..strategy.single import default_device
 from .acquire import ROTTEN_TOMATOES_CSV, cache_root, fetch_packaged_file, smollm2_folder
 from .divergence import kl_estimate, response_logps
 from .movies import build_pairs, movies_with_both, read_reviews, review_prompts, split_by_movie
-from .report import DemoResults, Example, read_metrics, summary_rows, write_report
+from .report import DemoResults, Example, summary_rows, write_report
 from .sentiment import vader_scores
 
 # Chosen to fit the 6-minute budget on a 2-core CPU (measured figures in the README). Full fine-tuning;
@@ -59,29 +61,34 @@ class DemoSettings:
     examples: int = 3
 
 
-def parse_demo_args(argv: list[str]) -> tuple[DemoSettings, list[str]]:
-    """Take ``--demo.KEY VALUE`` and ``--cache_dir DIR`` out of ``argv``; the rest are configuration keys."""
+def parse_demo_args(argv: list[str], accepted: tuple[str, ...] = ()) -> tuple[DemoSettings, list[str]]:
+    """Take ``--demo.KEY VALUE`` (or ``--demo.KEY=VALUE``) and ``--cache_dir DIR`` out of ``argv``; the rest are
+    configuration keys. ``accepted`` limits the options to those a demo uses (default: all), so an option it
+    would ignore is refused instead."""
     settings = DemoSettings()
-    types = {f.name: f.type for f in dataclasses.fields(DemoSettings)}
+    types = typing.get_type_hints(DemoSettings)
+    names = accepted or tuple(types)
     rest: list[str] = []
     i = 0
     while i < len(argv):
-        token = argv[i]
-        name = token[len("--demo.") :] if token.startswith("--demo.") else token[2:]
-        if not (token.startswith("--demo.") or token == "--cache_dir"):
-            rest.append(token)
+        flag, eq, value = argv[i].partition("=")
+        if not (flag.startswith("--demo.") or flag == "--cache_dir"):
+            rest.append(argv[i])
             i += 1
             continue
-        if name not in types:
-            raise ConfigError(f"unknown option {token}; demo options: {', '.join(types)}")
-        if i + 1 >= len(argv):
-            raise ConfigError(f"{token}: missing value")
-        caster = {"int": int, "float": float, "str": str}[str(types[name])]
+        name = flag.removeprefix("--demo.").removeprefix("--")
+        if name not in names:
+            raise ConfigError(f"unknown option {flag}; demo options: {', '.join(names)}")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"{flag}: missing value")
+            value = argv[i + 1]
+            i += 1
+        i += 1
         try:
-            setattr(settings, name, caster(argv[i + 1]))
+            setattr(settings, name, types[name](value))
         except ValueError:
-            raise ConfigError(f"{token}: expected {types[name]}, got {argv[i + 1]!r}") from None
-        i += 2
+            raise ConfigError(f"{flag}: expected {types[name].__name__}, got {value!r}") from None
     if min(settings.heldout_movies, settings.pairs_per_movie, settings.samples_per_prompt) < 1:
         raise ConfigError("--demo.heldout_movies, pairs_per_movie and samples_per_prompt must be >= 1")
     return settings, rest
@@ -99,12 +106,12 @@ class DemoRun:
         return self.out / "inputs"
 
 
-def start_demo_run(argv: list[str], defaults: dict[str, Any]) -> DemoRun:
-    """The start both demos share: options and configuration (validated now, so a bad key fails before any
-    download), the output folder with its ``inputs/``, the cache, and SmolLM2 unless a model was given."""
-    settings, rest = parse_demo_args(argv)
+def start_demo_run(argv: list[str], defaults: dict[str, Any], accepted: tuple[str, ...] = ()) -> DemoRun:
+    """The start both demos share: options and configuration (validated as it is read, so a bad key fails
+    before any download), the output folder with its ``inputs/``, the cache, and SmolLM2 unless a model was
+    given."""
+    settings, rest = parse_demo_args(argv, accepted)
     cfg = config_from_args(rest, defaults)
-    validate(cfg)
     run = DemoRun(
         settings, cfg, runner.check_output_dir(cfg.output_dir), cache_root(settings.cache_dir or None)
     )
@@ -144,8 +151,8 @@ def _texts(samples: list[list[Sample]]) -> list[str]:
     return [s.text for group in samples for s in group]
 
 
-def _eval_rows(metrics_path: Path) -> tuple[dict[str, float], dict[str, float]]:
-    evals = [r for r in read_metrics(metrics_path) if "eval/rewards/accuracies" in r]
+def _eval_rows(metrics: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    evals = [r for r in metrics if "eval/rewards/accuracies" in r]
     keys = ("eval/rewards/accuracies", "eval/rewards/margins")
     return {k: evals[0][k] for k in keys}, {k: evals[-1][k] for k in keys}
 
@@ -184,7 +191,7 @@ def run_real_demo(argv: list[str]) -> int:
 
     clock = time.perf_counter()
     tokenizer = runner.load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    reference = runner.load_model(cfg.model.name_or_path, cfg)
+    reference = runner.load_model(cfg.model.name_or_path, cfg).to(default_device())  # type: ignore[arg-type]
     before = _generate(reference, tokenizer, prompts, settings, cfg.seed, "before")
     seconds["generation before"] = time.perf_counter() - clock
 
@@ -193,14 +200,15 @@ def run_real_demo(argv: list[str]) -> int:
     seconds["training (with held-out eval)"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    policy = runner.load_model(str(final), cfg)
+    policy = runner.load_model(str(final), cfg).to(default_device())  # type: ignore[arg-type]
     after = _generate(policy, tokenizer, prompts, settings, cfg.seed, "after")
     pad = tokenizer.pad_token_id
     kl = kl_estimate(response_logps(policy, after, pad), response_logps(reference, after, pad))
     seconds["generation after and KL"] = time.perf_counter() - clock
 
     before_scores, after_scores = vader_scores(_texts(before)), vader_scores(_texts(after))
-    eval_before, eval_after = _eval_rows(out / "metrics.jsonl")
+    metrics = read_jsonl(out / "metrics.jsonl")
+    eval_before, eval_after = _eval_rows(metrics)
     results = DemoResults(
         model=cfg.model.name_or_path,
         before={**eval_before, "sentiment": statistics.fmean(before_scores), "kl": 0.0},
@@ -214,7 +222,7 @@ def run_real_demo(argv: list[str]) -> int:
     seconds["total (after download and conversion)"] = (
         time.perf_counter() - started - seconds["download and conversion"]
     )
-    report = write_report(out, out / "metrics.jsonl", results)
+    report = write_report(out, metrics, results)
     print(f"\nheld-out movies: {len(prompts)}; {len(before_scores)} generated reviews before and after")
     print_summary(results)
     print(f"\nreport: {report}\nmodel:  {final}\ntime:   {seconds['total (after download and conversion)']:.0f} s "

@@ -46,10 +46,6 @@ ROWS = (  # (results key, label, format)
 )
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
     picked = [(r["step"], r[key]) for r in rows if key in r]
     return [s for s, _ in picked], [v for _, v in picked]
@@ -136,9 +132,9 @@ _STYLE = (
 )
 
 
-def write_report(out: Path, metrics_path: Path, results: DemoResults) -> Path:
-    """``out/report.html`` with the plots beside it and ``out/results.json``; returns the HTML path."""
-    rows = read_metrics(metrics_path)
+def write_report(out: Path, rows: list[dict[str, Any]], results: DemoResults) -> Path:
+    """``out/report.html`` with the plots of the training metrics ``rows`` beside it and ``out/results.json``;
+    returns the HTML path."""
     images = write_plots(rows, results, out)
     (out / "results.json").write_text(results.to_json())
     esc = html.escape
