@@ -46,7 +46,7 @@ def number_pairs(train_pairs: list[TokenizedPair], eval_pairs: list[TokenizedPai
         pair.pair_id = pair_id
 
 
-def compute_precision(cfg: Config, strategy_options: dict[str, Any]) -> str:
+def compute_precision(strategy_options: dict[str, Any]) -> str:
     """What the reference computes in beyond its weights' dtype: FSDP2 or DeepSpeed mixed precision."""
     ds = strategy_options.get("ds_config") or {}
     for name in ("bf16", "fp16"):

@@ -58,8 +58,8 @@ class AdapterDisabledReference:
 
     ``peft_model`` is the (unwrapped) PeftModel the policy trains. Its own scorer is used, not the strategy's
     wrapper, so a no-grad pass never touches DDP's gradient bookkeeping. The pass runs in eval mode, as a
-    separate frozen reference would, so no dropout applies; every module's mode is restored afterwards, since
-    the policy is in the middle of a training step.
+    separate frozen reference would, so no dropout applies; the policy's mode is restored afterwards, since it
+    is in the middle of a training step (the trainer switches the whole model, so one flag says its mode).
     """
 
     def __init__(self, peft_model: nn.Module, layout: Layout, lm_head_chunk: int = 1024) -> None:
@@ -68,14 +68,13 @@ class AdapterDisabledReference:
         self.layout = layout
 
     def pair_logps(self, batch: Batch) -> PairForward:
-        modes = [(module, module.training) for module in self.scorer.modules()]
+        was_training = self.scorer.training
         self.scorer.eval()
         try:
             with torch.no_grad(), self.peft_model.disable_adapter():
                 return self.layout.pair_logps(self.scorer, batch)
         finally:
-            for module, mode in modes:
-                module.training = mode
+            self.scorer.train(was_training)
 
     def state_for_checkpoint(self) -> dict[str, str]:
         return {}

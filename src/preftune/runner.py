@@ -240,7 +240,7 @@ def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tup
         splits = {name: pairs for name, pairs in (("train", train_pairs), ("eval", eval_pairs)) if pairs}
         reference = precomputed_reference(
             cfg, model, lambda: _reference(cfg), layout, strategy, splits,
-            compute_precision(cfg, options), resume_point(cfg) if need_train else None, log,
+            compute_precision(options), resume_point(cfg) if need_train else None, log,
         )  # fmt: skip
     else:
         ref_model = _reference(cfg)
