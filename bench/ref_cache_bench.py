@@ -21,6 +21,7 @@ import torch
 
 from preftune import runner
 from preftune.config import load_config
+from preftune.iterate.records import read_jsonl, write_jsonl
 from preftune.ref_cache import reference_fingerprint
 from preftune.toy import build_toy_model, build_toy_tokenizer, synthetic_preference_rows, toy_corpus
 
@@ -61,8 +62,8 @@ def bench_train(mode: str, root: Path, steps: int) -> None:
         tokenizer = build_toy_tokenizer(toy_corpus())
         _model("llama-30m").save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
-        rows = synthetic_preference_rows(8 * steps, seed=1)
-        (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # Written every time: one epoch of exactly `steps` batches, whatever an earlier call's --steps was.
+    write_jsonl(root / "train.jsonl", synthetic_preference_rows(8 * steps, seed=1))
     out = root / f"run-{mode}-{time.time_ns()}"
     cfg = load_config(None, {
         "output_dir": str(out), "model.name_or_path": str(model_dir), "data.train": str(root / "train.jsonl"),
@@ -74,7 +75,7 @@ def bench_train(mode: str, root: Path, steps: int) -> None:
     start = time.perf_counter()
     runner.train(cfg, log=lines.append)
     total = time.perf_counter() - start
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(out / "metrics.jsonl")
     step_s = [r["tokens"] / r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     said = [line for line in lines if line.startswith("reference log-probs")]

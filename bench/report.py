@@ -161,10 +161,10 @@ def _trl_notes(configs: list[Any]) -> list[str]:
 
 def checks(configs: list[Any], expected: list[tuple[list[int], list[int], list[int]]], threads: int) -> bool:
     """Same ids on both sides, same first-step loss/rewards/log-probs, same process settings; prints each."""
-    tokens = sum(2 * len(p) + len(c) + len(r) for p, c, r in expected)
     from worker_common import ids_digest
 
     digest = ids_digest(expected)
+    tokens = digest["tokens"]
     ref_cfg = next((c for c in configs if c.name == "trl-default"), configs[0])
     ref = ref_cfg.results[0]["first_steps"]
     ok = True

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / "src"))  # this checkout's preftune, whatever the 
 
 import report  # noqa: E402
 import workload as wl  # noqa: E402
-from worker_common import RESULT_PREFIX, THREADS  # noqa: E402
+from worker_common import RESULT_PREFIX, THREADS, ids_digest  # noqa: E402
 
 TRL_PYTHON = BENCH / ".venv-trl" / "bin" / "python"
 
@@ -100,7 +100,10 @@ def run_worker(cfg: BenchConfig, spec: dict[str, Any], python: Path) -> dict[str
 
 
 def fastest_layout(configs: list[BenchConfig], step_tokens: list[int]) -> str:
+    """The fastest layout run so far without the cache; padded when none ran (e.g. ``--configs cache``)."""
     layouts = [c for c in configs if c.side == "preftune" and not c.spec.get("ref_cache") and c.results]
+    if not layouts:
+        return "padded"
     best = max(layouts, key=lambda c: report.steady_tokens_per_s(c.results, step_tokens))
     return str(best.spec["layout"])
 
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir, data = wl.build(root, work)
     expected = wl.expected_ids(model_dir, data, steps * args.batch)
     pairs_by_step = [expected[i * args.batch : (i + 1) * args.batch] for i in range(steps)]
-    step_tokens = [sum(2 * len(p) + len(c) + len(r) for p, c, r in step) for step in pairs_by_step]
+    step_tokens = [ids_digest(step)["tokens"] for step in pairs_by_step]
     flops = [wl.step_flops(work, step) for step in pairs_by_step]
     spec = {
         "model_dir": str(model_dir), "data": str(data), "steps": steps, "batch": args.batch, "lr": args.lr,
@@ -167,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         for cfg in configs:
             run_spec = {**spec, **cfg.spec}
             if cfg.name == "preftune-fastest+cache":
-                run_spec["layout"] = fastest_layout(configs, step_tokens) if any(
-                    c.results for c in configs if c.side == "preftune") else "padded"  # fmt: skip
+                run_spec["layout"] = fastest_layout(configs, step_tokens)
                 if run_spec["layout"] == "padded" and any(c.name == "preftune-padded+cache" for c in configs):
                     continue  # the fastest layout is padded: preftune-padded+cache already is this run
             python = args.trl_python if cfg.side == "trl" else Path(sys.executable)
