@@ -14,7 +14,7 @@ import torch
 
 from preftune import runner
 from preftune.config import ConfigError
-from toy_env import assert_close_weights, load_weights, logged_metrics, toy_config, toy_workspace
+from toy_env import assert_close_weights, assert_same_metrics, load_weights, toy_config, toy_workspace
 
 # Adam's eps is raised so weight comparisons are not dominated by Adam turning gradients at float-rounding
 # level into full-size steps; per-step losses and rewards are compared at the default settings' precision.
@@ -72,14 +72,9 @@ def _torchrun(ws: dict[str, str], out: Path, strategy: str, extra: dict | None =
 
 
 def _assert_same_metrics(a: Path, b: Path) -> None:
-    ma, mb = logged_metrics(a), logged_metrics(b)
-    assert len(ma) == len(mb)
-    for ra, rb in zip(ma, mb, strict=True):
-        assert ra.keys() == rb.keys()
-        for key in ra:
-            # abs 1e-6: rewards are beta x a difference of two float32 log-probs near -70, whose rounding
-            # (~4e-6) depends on which pairs share a micro-batch row, and that differs between 1 and 2 processes.
-            assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-6), (ra["step"], key)
+    assert_same_metrics(
+        a, b, atol=1e-6
+    )  # which pairs share a micro-batch row differs between 1 and 2 processes
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:

@@ -15,12 +15,14 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
+from iterate_rewards import space_first
 from preftune.cli import config_from_args
 from preftune.config import ConfigError, load_config
 from preftune.data import load_pairs
 from preftune.generation import sample_responses
 from preftune.iterate import rounds as rounds_module
 from preftune.iterate import run_iterate
+from preftune.iterate.records import read_jsonl
 from preftune.runner import load_tokenizer
 from preftune.toy import synthetic_preference_rows, write_toy_model_dir
 from toy_env import assert_close_weights, load_weights, write_jsonl
@@ -63,15 +65,11 @@ def iterated(tmp_path_factory) -> dict[str, object]:
     return {"root": root, "out": out, "args": args, "result": result}
 
 
-def _space_first(responses: list[str]) -> list[float]:
-    return [1.0 if r.startswith(" ") else 0.0 for r in responses]
-
-
 def test_two_rounds_through_the_cli(iterated) -> None:
     out: Path = iterated["out"]  # type: ignore[assignment]
     model_dir = str(Path(iterated["root"]) / "model")  # type: ignore[arg-type]
     stdout = iterated["result"].stdout  # type: ignore[attr-defined]
-    summaries = [json.loads(line) for line in (out / "iterate.jsonl").read_text().splitlines()]
+    summaries = read_jsonl(out / "iterate.jsonl")
     assert [s["round"] for s in summaries] == [1, 2]
     assert "round  samples  reward mean  reward max  pairs  dropped  eval reward" in stdout
     # Round 0: the starting model, with only its eval reward.
@@ -81,16 +79,18 @@ def test_two_rounds_through_the_cli(iterated) -> None:
         rdir = out / f"round-{s['round']}"
         assert (s["policy"], s["reference"]) == (start, start)
         assert json.loads((rdir / "summary.json").read_text()) == s
-        samples = [json.loads(line) for line in (rdir / "samples.jsonl").read_text().splitlines()]
+        samples = read_jsonl(rdir / "samples.jsonl")
         assert [row["index"] for row in samples] == list(range(64))
         for row in samples:
             assert len(row["responses"]) == len(row["scores"]) == len(row["finished"]) == 4
-            assert row["scores"] == _space_first(row["responses"])  # the reward really scored these texts
+            assert row["scores"] == space_first(
+                row["prompt"], row["responses"]
+            )  # the reward really scored these texts
         scores = [x for row in samples for x in row["scores"]]
         assert s["samples"] == 256 and s["reward_mean"] == pytest.approx(sum(scores) / 256)
         assert s["reward_max"] == max(scores)
         # Every prompt is a pair or a counted drop; every pair is that prompt's best against its worst.
-        pairs = [json.loads(line) for line in (rdir / "pairs.jsonl").read_text().splitlines()]
+        pairs = read_jsonl(rdir / "pairs.jsonl")
         assert len(pairs) == s["pairs"] and s["pairs"] + sum(s["dropped"].values()) == 64
         assert s["pairs"] >= 8
         for pair in pairs:
@@ -107,7 +107,7 @@ def test_two_rounds_through_the_cli(iterated) -> None:
             data_report["rows_read"] == s["pairs"]
             and data_report["kept"] + sum(data_report["dropped"].values()) == s["pairs"]
         )
-        steps = [json.loads(line)["step"] for line in (rdir / "metrics.jsonl").read_text().splitlines()]
+        steps = [row["step"] for row in read_jsonl(rdir / "metrics.jsonl")]
         assert max(steps) == 4 * (data_report["kept"] // 8)
         # The round's model loads, it moved away from where it started, and its config names its reference.
         trained = AutoModelForCausalLM.from_pretrained(rdir / "final")
@@ -117,7 +117,7 @@ def test_two_rounds_through_the_cli(iterated) -> None:
         config = yaml.safe_load((rdir / "final" / "preftune_config.yaml").read_text())
         assert config["model"]["name_or_path"] == start and config["ref"]["name_or_path"] == start
         assert config["data"]["train"] == [str(rdir / "pairs.jsonl")]
-        evals = [json.loads(line) for line in (rdir / "eval_samples.jsonl").read_text().splitlines()]
+        evals = read_jsonl(rdir / "eval_samples.jsonl")
         assert len(evals) == 16 and s["eval_reward_mean"] == pytest.approx(
             sum(x for row in evals for x in row["scores"]) / 64
         )

@@ -25,6 +25,7 @@ from test_distributed import TORCHRUN, train_args
 from test_trainer import _crash_after_checkpoint
 from toy_env import (
     assert_close_weights,
+    assert_same_metrics,
     fit_recording_grads,
     load_weights,
     logged_metrics,
@@ -272,11 +273,7 @@ def test_ddp_two_processes_match_one(ws, tmp_path) -> None:
         args, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    one, two = logged_metrics(tmp_path / "one"), logged_metrics(tmp_path / "two")
-    assert len(one) == len(two)
-    for a, b in zip(one, two, strict=True):
-        for key in a:
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["step"], key)
+    assert_same_metrics(tmp_path / "one", tmp_path / "two", atol=1e-7)
     assert_close_weights(
         load_weights(tmp_path / "one" / "final"),
         load_weights(tmp_path / "two" / "final"),
@@ -291,7 +288,5 @@ def test_lora_with_reference_cache_equals_adapter_disabled_reference(ws, tmp_pat
     opts = {**LORA, "train.max_steps": 3, "data.shuffle": False, "train.eval_at_start": True}
     live = runner.train(toy_config(ws, tmp_path / "live", **opts))
     cached = runner.train(toy_config(ws, tmp_path / "cached", **opts, **{"ref.precompute": True}))
-    for a, b in zip(logged_metrics(tmp_path / "live"), logged_metrics(tmp_path / "cached"), strict=True):
-        for key in a:
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+    assert_same_metrics(tmp_path / "live", tmp_path / "cached", atol=1e-6)
     assert_close_weights(load_weights(live), load_weights(cached), rtol=1e-5, atol=1e-6)

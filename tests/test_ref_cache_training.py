@@ -23,7 +23,15 @@ from preftune.reference import ModelReference
 from preftune.toy import synthetic_preference_rows
 from test_distributed import TORCHRUN, train_args
 from test_trainer import _crash_after_checkpoint
-from toy_env import assert_close_weights, load_weights, logged_metrics, toy_config, toy_workspace, write_jsonl
+from toy_env import (
+    assert_close_weights,
+    assert_same_metrics,
+    load_weights,
+    logged_metrics,
+    toy_config,
+    toy_workspace,
+    write_jsonl,
+)
 
 # 49 training pairs: 2 processes score 25 and 24 of them in the precompute pass, one pair per forward, so
 # the shorter shard must run a filler forward for a sharded (FSDP2) reference. The eval set stays even: the
@@ -75,12 +83,7 @@ def _train(ws: dict[str, str], out: Path, monkeypatch: pytest.MonkeyPatch, **opt
 
 
 def _assert_same_run(a: Path, b: Path, rtol: float = 1e-5) -> None:
-    ma, mb = logged_metrics(a), logged_metrics(b)
-    assert len(ma) == len(mb) > 0
-    for ra, rb in zip(ma, mb, strict=True):
-        assert ra.keys() == rb.keys()
-        for key in ra:
-            assert rb[key] == pytest.approx(ra[key], rel=rtol, abs=1e-7), (ra["step"], key)
+    assert_same_metrics(a, b, atol=1e-7, rtol=rtol)
     assert_close_weights(load_weights(a / "final"), load_weights(b / "final"), rtol=rtol, atol=1e-6)
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from preftune.iterate.records import read_jsonl
 from preftune.showcase.acquire import ROTTEN_TOMATOES_CSV
 from preftune.toy import write_toy_model_dir
 from toy_env import write_review_corpus
@@ -25,10 +26,6 @@ def _cached_corpus(cache: Path) -> Path:
     return write_review_corpus(folder / Path(spec.member).name)
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def test_real_demo_pipeline_end_to_end_on_a_toy_model(tmp_path) -> None:
     cache, out = tmp_path / "cache", tmp_path / "run"
     _cached_corpus(cache)
@@ -43,15 +40,15 @@ def test_real_demo_pipeline_end_to_end_on_a_toy_model(tmp_path) -> None:
     assert not (cache / "models").exists()  # a given model is used as is, never fetched
     assert "mean VADER sentiment of generations" in result.stdout and "report:" in result.stdout
 
-    train = {r["movie"] for r in _jsonl(out / "inputs" / "train.jsonl")}
-    held = {r["movie"] for r in _jsonl(out / "inputs" / "heldout.jsonl")}
+    train = {r["movie"] for r in read_jsonl(out / "inputs" / "train.jsonl")}
+    held = {r["movie"] for r in read_jsonl(out / "inputs" / "heldout.jsonl")}
     assert len(held) == 3 and len(train) == 6 and not train & held
 
     results = json.loads((out / "results.json").read_text())
     assert len(results["before_sentiments"]) == len(results["after_sentiments"]) == 9  # 3 movies x 3 samples
     assert results["before"]["kl"] == 0.0 and results["after"]["kl"] != 0.0
     assert results["before"]["eval/rewards/accuracies"] == 0.0  # policy == reference: all ties
-    evals = [r for r in _jsonl(out / "metrics.jsonl") if "eval/loss" in r]
+    evals = [r for r in read_jsonl(out / "metrics.jsonl") if "eval/loss" in r]
     assert [r["step"] for r in evals] == [0, 2, 3]
     assert results["after"]["eval/rewards/margins"] == evals[-1]["eval/rewards/margins"]
     assert len(results["examples"]) == 3
@@ -83,14 +80,14 @@ def test_iterate_demo_scores_with_vader_on_movie_prompts(tmp_path) -> None:
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    prompts = _jsonl(out / "inputs" / "prompts.jsonl")
-    held = _jsonl(out / "inputs" / "eval_prompts.jsonl")
+    prompts = read_jsonl(out / "inputs" / "prompts.jsonl")
+    held = read_jsonl(out / "inputs" / "eval_prompts.jsonl")
     assert len(prompts) == 6 and len(held) == 3  # 9 movies with both kinds in the corpus: 6 train, 3 held out
     assert not {p["prompt"] for p in prompts} & {p["prompt"] for p in held}
     from preftune.showcase.sentiment import vader_scores
 
-    samples = _jsonl(out / "round-1" / "samples.jsonl")
+    samples = read_jsonl(out / "round-1" / "samples.jsonl")
     for row in samples:  # the stored rewards are VADER's compound scores of the responses
         assert row["scores"] == vader_scores(row["responses"])
-    assert len(_jsonl(out / "iterate.jsonl")) == 2  # the default: 2 rounds
+    assert len(read_jsonl(out / "iterate.jsonl")) == 2  # the default: 2 rounds
     assert "held-out movies: mean VADER sentiment (the reward)" in result.stdout

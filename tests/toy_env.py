@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -53,6 +54,21 @@ def logged_metrics(out: Path) -> list[dict[str, Any]]:
     for row in rows:
         row.pop("tokens_per_s", None)
     return rows
+
+
+def assert_same_metrics(expected: Path, actual: Path, atol: float, rtol: float = 1e-5) -> None:
+    """Two runs logged the same rows: as many, with the same keys, every value within the tolerances.
+
+    Where the runs put different pairs side by side in a micro-batch row (other layouts, process counts or
+    micro-batch sizes) callers pass atol 1e-6: rewards are beta x a difference of two float32 log-probs near
+    -70, whose rounding (~4e-6) depends on a row's composition and is absolute, not relative to the difference.
+    """
+    rows_expected, rows_actual = logged_metrics(expected), logged_metrics(actual)
+    assert len(rows_expected) == len(rows_actual) > 0
+    for want, got in zip(rows_expected, rows_actual, strict=True):
+        assert want.keys() == got.keys(), want["step"]
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=rtol, abs=atol), (want["step"], key)
 
 
 def load_weights(folder: Path) -> dict[str, torch.Tensor]:
