@@ -13,16 +13,11 @@ from preftune.forward import PaddedLayout, SequenceScorer
 from preftune.packing import PackedLayout, PrefixSharedLayout, build_layout
 from preftune.segments import Segment, SegmentPlan, supports_segments
 from preftune.toy import build_toy_model
-
-
-def _pair(prompt, chosen, rejected, index=0):
-    return SimpleNamespace(
-        prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected, source="t", index=index
-    )
+from toy_env import id_pair
 
 
 def test_packed_collate_matches_docstring_example() -> None:
-    batch = PackedLayout(pad_token_id=0).collate([_pair([5, 6], [8], [9, 2]), _pair([7], [3, 2], [4])])
+    batch = PackedLayout(pad_token_id=0).collate([id_pair([5, 6], [8], [9, 2]), id_pair([7], [3, 2], [4])])
     assert batch.input_ids.tolist() == [[5, 6, 8, 7, 3, 2, 5, 6, 9, 2, 7, 4]]
     assert batch.position_ids is not None
     assert batch.position_ids.tolist() == [[0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 0, 1]]
@@ -36,7 +31,7 @@ def test_packed_collate_matches_docstring_example() -> None:
 
 
 def test_prefix_shared_collate_matches_docstring_example() -> None:
-    batch = PrefixSharedLayout(pad_token_id=0).collate([_pair([5, 6], [8], [9, 2])])
+    batch = PrefixSharedLayout(pad_token_id=0).collate([id_pair([5, 6], [8], [9, 2])])
     assert batch.input_ids.tolist() == [[5, 6, 8, 9, 2]]
     assert batch.position_ids is not None and batch.position_ids.tolist() == [[0, 1, 2, 2, 3]]
     assert batch.attention_plan is not None
@@ -68,7 +63,7 @@ def _random_pairs(seed: int, count: int) -> list[SimpleNamespace]:
         n = int(torch.randint(low, high, (1,), generator=gen))
         return torch.randint(3, 97, (n,), generator=gen).tolist()
 
-    return [_pair(tokens(1, 12), tokens(1, 10), tokens(1, 10), index=i) for i in range(count)]
+    return [id_pair(tokens(1, 12), tokens(1, 10), tokens(1, 10), index=i) for i in range(count)]
 
 
 def _logps_and_grads(layout, arch: str, pairs, **model_kwargs):
@@ -154,7 +149,7 @@ def test_auto_falls_back_to_padded_when_attention_ignores_the_plan() -> None:
 
 def test_empty_prompt_is_refused_by_prefix_shared() -> None:
     with pytest.raises(ValueError, match="t row 0: empty prompt"):
-        PrefixSharedLayout(0).collate([_pair([], [4], [5])])
+        PrefixSharedLayout(0).collate([id_pair([], [4], [5])])
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

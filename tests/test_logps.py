@@ -1,13 +1,12 @@
 """The chunked LM-head log-probs and the padded layout equal the naive full-logits path."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from preftune.forward import PaddedLayout, SequenceScorer
 from preftune.logps import chunked_token_logps, naive_token_logps
 from preftune.toy import build_toy_model
+from toy_env import id_pair
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
@@ -42,14 +41,8 @@ def test_chunked_handles_no_tokens() -> None:
     assert weight.grad is not None and float(weight.grad.abs().sum()) == 0.0
 
 
-def _pair(prompt, chosen, rejected, index=0):
-    return SimpleNamespace(
-        prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected, source="t", index=index
-    )
-
-
 def test_padded_collate_matches_docstring_example() -> None:
-    batch = PaddedLayout(pad_token_id=0).collate([_pair([5, 6], [8], [9, 2]), _pair([7], [3, 2], [4])])
+    batch = PaddedLayout(pad_token_id=0).collate([id_pair([5, 6], [8], [9, 2]), id_pair([7], [3, 2], [4])])
     assert batch.input_ids.tolist() == [[5, 6, 8, 0], [7, 3, 2, 0], [5, 6, 9, 2], [7, 4, 0, 0]]
     assert batch.score_targets.tolist() == [8, 3, 2, 9, 2, 4]
     assert batch.score_sequence.tolist() == [0, 1, 1, 2, 2, 3]
@@ -73,9 +66,9 @@ def test_padded_layout_equals_naive_and_ignores_padding(arch: str) -> None:
         return torch.randint(3, 97, (n,), generator=gen).tolist()
 
     pairs = [
-        _pair(rand(5), rand(4), rand(7)),
-        _pair(rand(2), rand(9), rand(1)),
-        _pair(rand(11), rand(3), rand(3)),
+        id_pair(rand(5), rand(4), rand(7)),
+        id_pair(rand(2), rand(9), rand(1)),
+        id_pair(rand(11), rand(3), rand(3)),
     ]
     layout = PaddedLayout(pad_token_id=0)
     scorer = SequenceScorer(model, chunk_size=4)
@@ -93,7 +86,7 @@ def test_padded_layout_equals_naive_and_ignores_padding(arch: str) -> None:
 
 def test_padded_layout_gradients_equal_naive() -> None:
     model = build_toy_model(61, seed=5)
-    pairs = [_pair([4, 5, 6], [7, 8], [9]), _pair([10], [11, 12, 13], [14, 15])]
+    pairs = [id_pair([4, 5, 6], [7, 8], [9]), id_pair([10], [11, 12, 13], [14, 15])]
     layout = PaddedLayout(pad_token_id=0)
     out = layout.pair_logps(SequenceScorer(model, chunk_size=2), layout.collate(pairs))
     (out.chosen_logps.sum() - 2 * out.rejected_logps.sum()).backward()
@@ -113,6 +106,6 @@ def test_moe_aux_loss_is_returned_for_mixtral() -> None:
     model = build_toy_model(61, arch="mixtral", seed=2)
     layout = PaddedLayout(pad_token_id=0)
     out = layout.pair_logps(
-        SequenceScorer(model), layout.collate([_pair([4, 5], [6, 7], [8])]), want_aux=True
+        SequenceScorer(model), layout.collate([id_pair([4, 5], [6, 7], [8])]), want_aux=True
     )
     assert out.aux_loss is not None and out.aux_loss.requires_grad and float(out.aux_loss.detach()) > 0

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -69,6 +70,13 @@ def assert_same_metrics(expected: Path, actual: Path, atol: float, rtol: float =
         assert want.keys() == got.keys(), want["step"]
         for key in want:
             assert got[key] == pytest.approx(want[key], rel=rtol, abs=atol), (want["step"], key)
+
+
+def id_pair(prompt: list[int], chosen: list[int], rejected: list[int], index: int = 0) -> Any:
+    """A pair of token ids with what layouts read from a TokenizedPair, for collating by hand."""
+    return SimpleNamespace(
+        prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected, source="t", index=index
+    )
 
 
 def load_weights(folder: Path) -> dict[str, torch.Tensor]:
