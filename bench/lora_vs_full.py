@@ -52,7 +52,7 @@ def _config(model: str, train: str, out: str, lora_rank: int, steps: int) -> Any
 
 def _run_one(model: str, train: str, out: str, lora_rank: int, steps: int) -> None:
     """Child process: train ``steps`` steps with one checkpoint at the end, print one JSON line of figures."""
-    from preftune import runner
+    from preftune.training import runner
 
     cfg = _config(model, train, out, lora_rank, steps)
     start_mib = _peak_rss_mib()
@@ -71,7 +71,7 @@ def _interleaved_step_times(ws: dict[str, str], root: Path, ranks: list[int], st
     """Median seconds per optimizer step (forward, reference, backward, AdamW) of each variant."""
     import torch
 
-    from preftune import runner
+    from preftune.training import runner
 
     torch.set_num_threads(1)
     trainers = []
@@ -86,10 +86,7 @@ def _interleaved_step_times(ws: dict[str, str], root: Path, ranks: list[int], st
     for _ in range(steps):
         for trainer, spent in zip(trainers, times, strict=True):
             start = time.perf_counter()
-            objective = trainer._pair_losses(batch, training=True)[0]
-            objective.backward()
-            trainer.optimizer.step()
-            trainer.optimizer.zero_grad(set_to_none=True)
+            trainer.train_step([batch])
             spent.append(time.perf_counter() - start)
     return [statistics.median(spent[1:]) for spent in times]  # the first step warms up
 

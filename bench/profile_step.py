@@ -20,10 +20,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from preftune.allocator import keep_freed_memory
 from preftune.config import LossConfig
-from preftune.forward import SequenceScorer
+from preftune.layouts import LAYOUTS
 from preftune.losses import LossState, PairLogps, compute_loss
-from preftune.packing import LAYOUTS
-from preftune.reference import freeze
+from preftune.model.scorer import SequenceScorer
+from preftune.reference.sources import freeze
 
 
 def build_model(quick: bool) -> LlamaForCausalLM:

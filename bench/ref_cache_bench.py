@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from preftune import runner
 from preftune.config import load_config
-from preftune.iterate.records import read_jsonl, write_jsonl
-from preftune.ref_cache import reference_fingerprint
+from preftune.io import read_jsonl, write_jsonl
+from preftune.reference.cache import reference_fingerprint
 from preftune.toy import build_toy_model, build_toy_tokenizer, synthetic_preference_rows, toy_corpus
+from preftune.training import runner
 
 MODELS = {  # name: (vocab, hidden, layers, intermediate, tied)
     "toy": (436, 64, 2, 128, False),

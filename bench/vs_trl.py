@@ -43,7 +43,7 @@ class BenchConfig:
 
 
 def preftune_configs(with_cache: bool) -> list[BenchConfig]:
-    from preftune.packing import LAYOUTS  # whatever layouts this preftune has, at run time
+    from preftune.layouts import LAYOUTS  # whatever layouts this preftune has, at run time
 
     configs = [BenchConfig(f"preftune-{name}", "preftune", {"layout": name}) for name in LAYOUTS]
     if with_cache:

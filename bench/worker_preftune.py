@@ -1,8 +1,8 @@
 """One preftune configuration of the benchmark, in a fresh process: train, time each step, print one JSON line.
 
 Run by bench/vs_trl.py with preftune's venv (``python bench/worker_preftune.py '<spec json>'``); uses the
-library API the CLI uses (load_config + runner.build_trainer + trainer.fit) and times steps from outside, by
-wrapping the strategy's optimizer_step, so the trainer runs unmodified.
+library API the CLI uses (load_config + runner.build_trainer + trainer.fit) and times each step from the trainer's
+documented ``on_step_end`` hook.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ wc.quiet_environment()
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from preftune import runner  # noqa: E402
 from preftune.config import config_keys, load_config  # noqa: E402
+from preftune.training import runner  # noqa: E402
 
 VERSIONS = {"torch": torch.__version__, "transformers": transformers.__version__}
 _STEP_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected")
@@ -71,14 +71,8 @@ def main() -> None:
     step_pairs = trainer.train_dataloader.dataset[: spec["steps"] * spec["batch"]]
     digest = wc.ids_digest([(p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in step_pairs])
 
-    optimizer_step = trainer.strategy.optimizer_step
-
-    def timed_optimizer_step(*args: Any, **kwargs: Any) -> float:
-        norm = optimizer_step(*args, **kwargs)  # returns a Python float: the step's work is finished here
-        clock.tick()
-        return norm
-
-    trainer.strategy.optimizer_step = timed_optimizer_step
+    # The step's grad norm is a Python float, so its work is finished when the hook runs.
+    trainer.on_step_end.append(lambda *_: clock.tick())
     trainer.fit(cfg, consumed_samples=0, num_update_steps_per_epoch=steps_per_epoch)
 
     rows = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]

@@ -12,8 +12,8 @@ import pytest
 
 from preftune.config import load_config
 from preftune.data import load_pairs
-from preftune.packing import LAYOUTS
-from preftune.runner import load_tokenizer
+from preftune.layouts import LAYOUTS
+from preftune.model.loading import load_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))

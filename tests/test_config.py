@@ -2,8 +2,15 @@
 
 import pytest
 
-from preftune.cli import parse_overrides
-from preftune.config import Config, ConfigError, config_keys, help_lines, load_config, validate
+from preftune.config import (
+    Config,
+    ConfigError,
+    config_keys,
+    help_lines,
+    load_config,
+    parse_overrides,
+    validate,
+)
 
 
 def test_yaml_then_overrides(tmp_path) -> None:

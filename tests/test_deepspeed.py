@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from preftune import runner
 from preftune.config import ConfigError, load_config
 from preftune.strategy.deepspeed_strategy import build_ds_config
+from preftune.training import runner
 from test_distributed import RUN, _assert_same_metrics, _assert_same_weights, _torchrun, train_args
 from toy_env import toy_workspace
 

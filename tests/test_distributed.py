@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from preftune import runner
 from preftune.config import ConfigError
+from preftune.training import runner
 from toy_env import assert_close_weights, assert_same_metrics, load_weights, toy_config, toy_workspace
 
 # Adam's eps is raised so weight comparisons are not dominated by Adam turning gradients at float-rounding
@@ -162,7 +162,7 @@ def test_sigterm_to_torchrun_checkpoints_all_ranks_then_resumes(ws, single_run, 
     proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both workers
     _, stderr = proc.communicate(timeout=120)
     assert "rerun the same command to resume" in stderr, stderr[-3000:]
-    from preftune.checkpoint import complete_checkpoints
+    from preftune.training.checkpoint import complete_checkpoints
 
     saved = complete_checkpoints(out / "checkpoints")
     assert len(saved) == 1 and not (out / "final").exists()

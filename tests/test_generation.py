@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from preftune.generation import SamplingOptions, _response_ids, render_prompt, sample_responses
+from preftune.model.generation import SamplingOptions, cut_at_eos, render_prompt, sample_responses
 from preftune.toy import build_toy_model, build_toy_tokenizer, toy_corpus
 
 
@@ -53,6 +53,6 @@ def test_samples_grouped_per_prompt_reproducible_and_cut_at_eos() -> None:
 
 def test_a_response_ends_at_any_of_the_models_eos_tokens() -> None:
     # Llama-3 and Qwen2.5 list several EOS ids in their generation config; any of them ends a response.
-    assert _response_ids([5, 7, 2, 0], {2, 7}) == ([5, 7], True)
-    assert _response_ids([5, 2, 7, 0], {2, 7}) == ([5, 2], True)
-    assert _response_ids([5, 6, 8], {2, 7}) == ([5, 6, 8], False)
+    assert cut_at_eos([5, 7, 2, 0], {2, 7}) == ([5, 7], True)
+    assert cut_at_eos([5, 2, 7, 0], {2, 7}) == ([5, 2], True)
+    assert cut_at_eos([5, 6, 8], {2, 7}) == ([5, 6, 8], False)

@@ -16,14 +16,13 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from iterate_rewards import space_first
-from preftune.cli import config_from_args
-from preftune.config import ConfigError, load_config
+from preftune.config import ConfigError, config_from_args, load_config
 from preftune.data import load_pairs
-from preftune.generation import sample_responses
+from preftune.io import read_jsonl
 from preftune.iterate import rounds as rounds_module
 from preftune.iterate import run_iterate
-from preftune.iterate.records import read_jsonl
-from preftune.runner import load_tokenizer
+from preftune.model.generation import sample_responses
+from preftune.model.loading import load_tokenizer
 from preftune.toy import synthetic_preference_rows, write_toy_model_dir
 from toy_env import assert_close_weights, load_weights, write_jsonl
 

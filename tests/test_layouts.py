@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from preftune.forward import PaddedLayout, SequenceScorer
-from preftune.packing import PackedLayout, PrefixSharedLayout, build_layout
-from preftune.segments import Segment, SegmentPlan, supports_segments
+from preftune.layouts import PackedLayout, PaddedLayout, PrefixSharedLayout, build_layout
+from preftune.layouts.attention import enable_segment_attention, supports_segments
+from preftune.layouts.plan import Segment, SegmentPlan
+from preftune.model.scorer import SequenceScorer
 from preftune.toy import build_toy_model
 from toy_env import id_pair
 
@@ -124,7 +125,7 @@ def test_prefix_shared_under_gradient_checkpointing() -> None:
 def test_auto_picks_the_fastest_layout_the_model_supports() -> None:
     model = build_toy_model(97)
     assert supports_segments(model)
-    assert model.config._attn_implementation == "preftune_segments|sdpa"  # plain calls still go to sdpa
+    assert model.config._attn_implementation == "sdpa"  # the probe leaves the model as it found it
     assert build_layout("auto", 0, model).name == "prefix_shared"
     assert build_layout("auto", 0, model, aux_loss=True).name == "packed"
     model = build_toy_model(97, attn_implementation="eager")
@@ -155,13 +156,13 @@ def test_empty_prompt_is_refused_by_prefix_shared() -> None:
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_calls_without_a_plan_keep_the_models_own_attention(attn: str) -> None:
     """Once segments are enabled, padded batches (with their padding mask) and generation are unchanged."""
-    from preftune.generation import SamplingOptions, sample_responses
+    from preftune.model.generation import SamplingOptions, sample_responses
     from preftune.toy import build_toy_tokenizer, toy_corpus
 
     pairs = _random_pairs(9, count=4)
     plain = build_toy_model(97, seed=4, attn_implementation=attn)
     enabled = build_toy_model(97, seed=4, attn_implementation=attn)
-    assert supports_segments(enabled)
+    enable_segment_attention(enabled)
     assert enabled.config._attn_implementation == f"preftune_segments|{attn}"
     layout = PaddedLayout(0)
     batch = layout.collate(pairs)
@@ -174,7 +175,7 @@ def test_calls_without_a_plan_keep_the_models_own_attention(attn: str) -> None:
     prompts = ["hello there", "a longer prompt to pad"]
     plain_big = build_toy_model(len(tokenizer), seed=1, attn_implementation=attn)
     enabled_big = build_toy_model(len(tokenizer), seed=1, attn_implementation=attn)
-    assert supports_segments(enabled_big)
+    enable_segment_attention(enabled_big)
     for a, b in zip(
         sample_responses(plain_big, tokenizer, prompts, options=opts),
         sample_responses(enabled_big, tokenizer, prompts, options=opts),

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from preftune.forward import PaddedLayout, SequenceScorer
-from preftune.logps import chunked_token_logps, naive_token_logps
+from preftune.layouts import PaddedLayout
+from preftune.model.logps import chunked_token_logps, naive_token_logps
+from preftune.model.scorer import SequenceScorer
 from preftune.toy import build_toy_model
 from toy_env import id_pair
 

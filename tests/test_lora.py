@@ -15,12 +15,14 @@ from peft import PeftModel
 from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoModelForCausalLM
 
-from preftune import runner
 from preftune.config import ConfigError, load_config
 from preftune.data import TokenizedPair
-from preftune.forward import Batch, SequenceScorer
-from preftune.reference import AdapterDisabledReference
+from preftune.layouts import Batch
+from preftune.model.loading import load_model
+from preftune.model.scorer import SequenceScorer
+from preftune.reference.sources import AdapterDisabledReference
 from preftune.toy import write_toy_model_dir
+from preftune.training import runner
 from test_distributed import TORCHRUN, train_args
 from test_trainer import _crash_after_checkpoint
 from toy_env import (
@@ -65,7 +67,7 @@ def test_reference_is_the_base_model_and_policy_uses_the_adapters(ws, tmp_path) 
     cfg = toy_config(ws, tmp_path, **LORA)
     trainer, _ = runner.build_trainer(cfg, need_train=False)
     assert isinstance(trainer.reference, AdapterDisabledReference)
-    base = SequenceScorer(runner.load_model(ws["model"], cfg)).eval()
+    base = SequenceScorer(load_model(ws["model"], cfg.model)).eval()
     # Dropout in the base model shows that the reference pass runs in eval mode while the policy trains.
     for layer in trainer.model.get_base_model().model.layers:
         layer.self_attn.attention_dropout = 0.5
@@ -259,7 +261,9 @@ def test_moe_aux_loss_with_lora(ws, tmp_path) -> None:
     write_toy_model_dir(model_dir, arch="mixtral", hidden_size=32)
     cfg = toy_config({**ws, "model": str(model_dir)}, tmp_path / "out", **LORA, **{"loss.aux_loss_coef": 0.5})
     trainer, _ = runner.build_trainer(cfg)
-    objective, per_pair, _, fwd, _ = trainer._pair_losses(next(iter(trainer.eval_dataloader)), training=False)
+    objective, per_pair, _, fwd, _ = trainer.micro_batch_losses(
+        next(iter(trainer.eval_dataloader)), training=False
+    )
     assert fwd.aux_loss is not None and float(fwd.aux_loss) > 0
     assert float(objective) == pytest.approx(float(per_pair.mean() + 0.5 * fwd.aux_loss), rel=1e-6)
 

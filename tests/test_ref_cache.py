@@ -12,9 +12,9 @@ import torch
 
 from preftune.config import ConfigError
 from preftune.data import TokenizedPair
-from preftune.forward import SequenceScorer
-from preftune.packing import build_layout
-from preftune.ref_cache import (
+from preftune.layouts import build_layout
+from preftune.model.scorer import SequenceScorer
+from preftune.reference.cache import (
     CachedReference,
     CacheUnusable,
     RefTable,
@@ -25,8 +25,8 @@ from preftune.ref_cache import (
     reference_fingerprint,
     write_cache,
 )
-from preftune.ref_precompute import _check_resume, _score_split, number_pairs
-from preftune.reference import ModelReference, freeze
+from preftune.reference.precompute import check_resume, number_pairs, score_split
+from preftune.reference.sources import ModelReference, freeze
 from preftune.strategy import SingleProcessStrategy
 from preftune.toy import build_toy_model
 
@@ -162,11 +162,18 @@ def test_cache_for_another_key_split_or_size_is_refused(tmp_path) -> None:
 
 
 class CountingStrategy(SingleProcessStrategy):
-    """One process pretending to be ``rank`` of ``world_size`` (its reduction stays the identity)."""
+    """One process pretending to be ``rank`` of ``world_size``: sums stay the identity, and a max over the group
+    answers what the busiest peer would report (``group_max``), as the real collective would."""
 
-    def __init__(self, rank: int, world_size: int) -> None:
+    def __init__(self, rank: int, world_size: int, group_max: dict[str, float] | None = None) -> None:
         super().__init__("cpu")
         self.rank, self.world_size = rank, world_size
+        self.group_max = group_max or {}
+
+    def all_reduce(self, values: dict[str, float], op: str = "sum") -> dict[str, float]:
+        if op == "max":
+            return {key: max(value, self.group_max.get(key, value)) for key, value in values.items()}
+        return super().all_reduce(values, op)
 
 
 @pytest.mark.parametrize("layout_name", ["padded", "packed", "prefix_shared"])
@@ -175,7 +182,7 @@ def test_cached_reference_equals_model_reference_on_random_batches(model, layout
     layout = build_layout(layout_name, pad_token_id=0)
     live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model), chunk_size=7)), layout)
     # The table is scored in batches of 5 in order, the checks below in other, shuffled batches.
-    table = _score_split(pairs, live, layout, SingleProcessStrategy("cpu"), 5, False, "test")
+    table = score_split(pairs, live, layout, SingleProcessStrategy("cpu"), 5, False, "test")
     cached = CachedReference(table, {"train_key": "x"})
     rng = random.Random(0)
     for size in (1, 3, 8):
@@ -194,7 +201,7 @@ def test_cached_reference_refuses_batches_it_cannot_place(model) -> None:
     layout = build_layout("padded", pad_token_id=0)
     live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model))), layout)
     cached = CachedReference(
-        _score_split(pairs, live, layout, SingleProcessStrategy("cpu"), 4, False, "t"), {}
+        score_split(pairs, live, layout, SingleProcessStrategy("cpu"), 4, False, "t"), {}
     )
     unnumbered = copy.deepcopy(pairs[:2])
     for pair in unnumbered:
@@ -205,7 +212,7 @@ def test_cached_reference_refuses_batches_it_cannot_place(model) -> None:
     # responses are longer) are caught by the response token counts.
     pairs[1].chosen_ids = [*pairs[0].chosen_ids, 5]
     cached = CachedReference(
-        _score_split(pairs, live, layout, SingleProcessStrategy("cpu"), 4, False, "t"), {}
+        score_split(pairs, live, layout, SingleProcessStrategy("cpu"), 4, False, "t"), {}
     )
     misplaced = copy.deepcopy(pairs[0])
     misplaced.pair_id = 1
@@ -219,15 +226,16 @@ def test_every_rank_runs_the_same_number_of_forwards(model, n, micro, world) -> 
     pairs = random_pairs(n, seed=5)
     layout = build_layout("padded", pad_token_id=0)
     live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model))), layout)
-    full = _score_split(pairs, live, layout, SingleProcessStrategy("cpu"), micro, False, "t")
+    full = score_split(pairs, live, layout, SingleProcessStrategy("cpu"), micro, False, "t")
     calls = []
     real = live.pair_logps
     live.pair_logps = lambda batch: calls.append(batch.num_pairs) or real(batch)  # type: ignore[method-assign]
     summed = torch.zeros_like(full.values)
     expected_forwards = math.ceil(math.ceil(n / world) / micro)
+    busiest = {"batches": float(max(math.ceil(len(range(r, n, world)) / micro) for r in range(world)))}
     for rank in range(world):
         calls.clear()
-        shard = _score_split(pairs, live, layout, CountingStrategy(rank, world), micro, False, "t")
+        shard = score_split(pairs, live, layout, CountingStrategy(rank, world, busiest), micro, False, "t")
         assert len(calls) == expected_forwards, rank
         summed += shard.values  # what the sum over processes adds up
     torch.testing.assert_close(summed, full.values, rtol=1e-5, atol=1e-6)
@@ -235,10 +243,10 @@ def test_every_rank_runs_the_same_number_of_forwards(model, n, micro, world) -> 
 
 def test_resume_check_names_what_changed() -> None:
     saved = {"reference": "r1", "compute": "c", "train_data": "d", "train_key": cache_key("r1", "c", "d")}
-    _check_resume(saved, dict(saved), Path("ckpt"))  # the same key resumes
-    _check_resume({}, saved, Path("ckpt"))  # a checkpoint trained against a live reference resumes too
+    check_resume(saved, dict(saved), Path("ckpt"))  # the same key resumes
+    check_resume({}, saved, Path("ckpt"))  # a checkpoint trained against a live reference resumes too
     moved = {**saved, "reference": "r2", "train_key": cache_key("r2", "c", "d")}
     with pytest.raises(
         ConfigError, match=r"ckpt\.resume: ckpt .*: the reference weights or model config changed"
     ):
-        _check_resume(saved, moved, Path("ckpt"))
+        check_resume(saved, moved, Path("ckpt"))

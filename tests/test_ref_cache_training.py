@@ -16,11 +16,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from preftune import runner
 from preftune.config import ConfigError
-from preftune.ref_cache import CachedReference, cache_header, read_cache
-from preftune.reference import ModelReference
+from preftune.model import loading
+from preftune.reference.cache import CachedReference, cache_header, read_cache
+from preftune.reference.sources import ModelReference
 from preftune.toy import synthetic_preference_rows
+from preftune.training import runner
 from test_distributed import TORCHRUN, train_args
 from test_trainer import _crash_after_checkpoint
 from toy_env import (
@@ -54,7 +55,7 @@ class Spy:
         self.forwards = 0
         self.loaded: list[weakref.ref] = []
         self.lines: list[str] = []
-        real_forward, real_load = ModelReference.pair_logps, runner.load_model
+        real_forward, real_load = ModelReference.pair_logps, loading.load_model
 
         def forward(ref: ModelReference, batch: Any) -> Any:
             self.forwards += 1
@@ -66,7 +67,7 @@ class Spy:
             return model
 
         monkeypatch.setattr(ModelReference, "pair_logps", forward)
-        monkeypatch.setattr(runner, "load_model", load)
+        monkeypatch.setattr(loading, "load_model", load)
 
     def log(self, line: str) -> None:
         self.lines.append(line)

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from preftune import DPOTrainer, runner
-from preftune.checkpoint import complete_checkpoints
+from preftune import DPOTrainer
 from preftune.config import ConfigError
 from preftune.errors import EXIT_STOPPED, CheckpointError, NonFiniteError
 from preftune.strategy import SingleProcessStrategy
+from preftune.training import runner
+from preftune.training.checkpoint import complete_checkpoints
 from toy_env import assert_close_weights, load_weights, logged_metrics, toy_config, toy_workspace
 
 # 96 steps with a checkpoint after each: about 2.5 s of training after 2-3 s of start-up.
@@ -96,9 +97,9 @@ def test_kill_9_at_random_moments_then_resume(ws, reference_run, tmp_path) -> No
 def test_crash_inside_checkpoint_write_resumes_from_previous(
     ws, reference_run, tmp_path, monkeypatch
 ) -> None:
-    import preftune.checkpoint as ckpt
+    import preftune.training.checkpoint as ckpt
 
-    real_fsync = ckpt._fsync_tree
+    real_fsync = ckpt.fsync_tree
 
     def crash_at_step_5(folder: Path) -> None:
         if folder.name == ".tmp-step-00000005":
@@ -106,10 +107,10 @@ def test_crash_inside_checkpoint_write_resumes_from_previous(
         real_fsync(folder)
 
     out = tmp_path / "crash"
-    monkeypatch.setattr(ckpt, "_fsync_tree", crash_at_step_5)
+    monkeypatch.setattr(ckpt, "fsync_tree", crash_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         runner.train(toy_config(ws, out, **RUN))
-    monkeypatch.setattr(ckpt, "_fsync_tree", real_fsync)
+    monkeypatch.setattr(ckpt, "fsync_tree", real_fsync)
     assert (out / "checkpoints" / ".tmp-step-00000005").exists()
     assert runner.resume_point(toy_config(ws, out, **RUN)).name == "step-00000004"
     runner.train(toy_config(ws, out, **RUN))
@@ -167,22 +168,23 @@ def test_second_signal_exits_at_once_without_corruption(ws, tmp_path) -> None:
     assert latest is not None and (latest / "trainer_state.json").is_file()
 
 
-def _nan_at_steps(monkeypatch, steps: set[int]) -> None:
-    real = DPOTrainer._pair_losses
+def _train_with_nan_gradients_at(cfg, steps: set[int]) -> None:
+    """Train a fresh run as ``preftune train`` does, with every gradient NaN at the given optimizer steps."""
+    trainer, steps_per_epoch = runner.build_trainer(cfg)
 
-    def poisoned(self, batch, training):
-        objective, *rest = real(self, batch, training)
-        if training and self.global_step + 1 in steps:
-            objective = objective * float("nan")
-        return (objective, *rest)
+    def poison(trainer: DPOTrainer) -> None:
+        if trainer.global_step + 1 in steps:
+            for param in trainer.scorer.parameters():
+                if param.grad is not None:
+                    param.grad.fill_(float("nan"))
 
-    monkeypatch.setattr(DPOTrainer, "_pair_losses", poisoned)
+    trainer.on_gradients.append(poison)
+    trainer.fit(cfg, 0, steps_per_epoch)
 
 
-def test_nonfinite_step_is_skipped_and_counted(ws, tmp_path, monkeypatch) -> None:
-    _nan_at_steps(monkeypatch, {2})
+def test_nonfinite_step_is_skipped_and_counted(ws, tmp_path) -> None:
     cfg = toy_config(ws, tmp_path, **{"train.max_steps": 3, "ckpt.save_steps": 1, "ckpt.save_hf": True})
-    runner.train(cfg)
+    _train_with_nan_gradients_at(cfg, {2})
     rows = [r for r in logged_metrics(tmp_path) if "loss" in r]
     assert [r["skipped_steps"] for r in rows] == [0, 1, 0]
     assert math.isfinite(rows[2]["loss"])
@@ -191,11 +193,10 @@ def test_nonfinite_step_is_skipped_and_counted(ws, tmp_path, monkeypatch) -> Non
     assert all(torch.equal(w1[k], w2[k]) for k in w1)  # the poisoned step made no update
 
 
-def test_too_many_nonfinite_steps_stop_the_run(ws, tmp_path, monkeypatch) -> None:
-    _nan_at_steps(monkeypatch, {3, 4})
+def test_too_many_nonfinite_steps_stop_the_run(ws, tmp_path) -> None:
     cfg = toy_config(ws, tmp_path, **{"train.max_nonfinite_steps": 2, "ckpt.save_steps": 2})
     with pytest.raises(NonFiniteError) as info:
-        runner.train(cfg)
+        _train_with_nan_gradients_at(cfg, {3, 4})
     message = str(info.value)
     assert "step 4: non-finite loss or gradients in 2 steps in a row" in message
     assert "train.jsonl row" in message

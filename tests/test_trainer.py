@@ -8,7 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from preftune import DPOTrainer, SingleProcessStrategy, runner
+from preftune import DPOTrainer, SingleProcessStrategy
+from preftune.model.loading import load_model, load_tokenizer
+from preftune.training import runner
 from toy_env import (
     assert_close_weights,
     assert_same_metrics,
@@ -155,8 +157,8 @@ def test_reference_free_loss_trains_without_reference(ws, tmp_path) -> None:
 
 def test_trainer_refuses_missing_reference(ws, tmp_path) -> None:
     cfg = toy_config(ws, tmp_path)
-    model = runner.load_model(ws["model"], cfg)
-    tok = runner.load_tokenizer(ws["model"])
+    model = load_model(ws["model"], cfg.model)
+    tok = load_tokenizer(ws["model"])
     with pytest.raises(ValueError, match="needs a reference model"):
         DPOTrainer(model, None, SingleProcessStrategy("cpu"), tok, None, None, None, None)
 

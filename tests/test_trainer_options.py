@@ -10,8 +10,8 @@ import types
 import pytest
 import torch
 
-from preftune import runner
 from preftune.toy import build_toy_tokenizer, toy_corpus
+from preftune.training import runner
 from toy_env import toy_config, toy_workspace
 
 
@@ -32,7 +32,7 @@ def _first_step_grads(cfg) -> tuple[dict[str, torch.Tensor], int]:
 
     batch = next(iter(trainer.train_dataloader))
     with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
-        objective, *_ = trainer._pair_losses(batch, training=True)
+        objective, *_ = trainer.micro_batch_losses(batch, training=True)
     objective.backward()
     grads = {n: p.grad.clone() for n, p in trainer.scorer.named_parameters() if p.grad is not None}
     return grads, len(saved)
@@ -64,7 +64,7 @@ def test_moe_aux_loss_enters_the_objective(tmp_path) -> None:
             toy_config(ws, tmp_path / f"o{coef}", **{"loss.aux_loss_coef": coef})
         )
         batch = next(iter(trainer.eval_dataloader))
-        objective, per_pair, _, fwd, _ = trainer._pair_losses(batch, training=False)
+        objective, per_pair, _, fwd, _ = trainer.micro_batch_losses(batch, training=False)
         values[coef] = (float(objective.detach()), float(per_pair.detach().mean()), fwd.aux_loss)
     assert values[0.0][2] is None
     aux = float(values[0.5][2].detach())

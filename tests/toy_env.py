@@ -119,16 +119,15 @@ def write_review_corpus(
 
 def fit_recording_grads(cfg: Config) -> tuple[Any, list[dict[str, torch.Tensor]]]:
     """Train as ``preftune train`` does; returns the trainer and the accumulated gradients at each optimizer step."""
-    from preftune import runner
+    from preftune.training import runner
 
     trainer, steps = runner.build_trainer(cfg)
     grads: list[dict[str, torch.Tensor]] = []
-    real_step = trainer.strategy.optimizer_step
 
-    def recording_step(optimizer, module, scheduler, max_norm):
-        grads.append({n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None})
-        return real_step(optimizer, module, scheduler, max_norm)
+    def record(trainer: Any) -> None:
+        named = trainer.scorer.named_parameters()
+        grads.append({n: p.grad.clone() for n, p in named if p.grad is not None})
 
-    trainer.strategy.optimizer_step = recording_step  # type: ignore[method-assign]
+    trainer.on_gradients.append(record)
     trainer.fit(cfg, 0, steps)
     return trainer, grads

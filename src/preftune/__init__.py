@@ -1,11 +1,12 @@
 """preftune: Direct Preference Optimization for Hugging Face causal language models."""
 
 from .config import Config, ConfigError, LossConfig, load_config
-from .forward import Batch, Layout, PaddedLayout, PairForward, SequenceScorer
+from .data.sampler import ResumableSampler
+from .layouts import Batch, Layout, PaddedLayout, PairForward
 from .losses import LOSSES, LossOutput, PairLogps, compute_loss, get_loss, register_loss
-from .sampler import ResumableSampler
+from .model.scorer import SequenceScorer
 from .strategy import SingleProcessStrategy, Strategy
-from .trainer import DPOTrainer
+from .training.trainer import DPOTrainer
 
 __all__ = [
     "LOSSES",

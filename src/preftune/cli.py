@@ -6,9 +6,8 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
-from .config import Config, ConfigError, config_keys, help_lines, load_config
+from .config import ConfigError, config_from_args, help_lines
 
 USAGE = """usage: preftune COMMAND [--config run.yaml] [--section.key VALUE ...]
 
@@ -21,39 +20,6 @@ commands:
           `iterate --demo`: SmolLM2-135M with VADER sentiment as the reward on movie-review prompts
 
 `preftune train --help` lists every configuration key with its default."""
-
-
-def parse_overrides(argv: list[str]) -> tuple[str | None, dict[str, Any]]:
-    """``["--config", "a.yaml", "--loss.beta", "0.2", "--ckpt.save_hf"]`` -> ("a.yaml", {...}).
-
-    A flag with no value (next token is another flag, or none) means true: ``--ckpt.save_hf``.
-    """
-    known = set(config_keys())
-    config_path: str | None = None
-    overrides: dict[str, Any] = {}
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        if not token.startswith("--"):
-            raise ConfigError(f"unexpected argument {token!r}: options look like --section.key VALUE")
-        key, eq, value = token[2:].partition("=")
-        if not eq:
-            has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
-            value = argv[i + 1] if has_value else "true"
-            i += 1 if has_value else 0
-        i += 1
-        if key == "config":
-            config_path = value
-        elif key not in known:
-            raise ConfigError(f"unknown option --{key} (see --help for the list of keys)")
-        else:
-            overrides[key] = value
-    return config_path, overrides
-
-
-def config_from_args(argv: list[str], defaults: dict[str, Any] | None = None) -> Config:
-    config_path, overrides = parse_overrides(argv)
-    return load_config(config_path, {**(defaults or {}), **overrides})
 
 
 def _print_help(command: str) -> None:
@@ -74,7 +40,7 @@ def run(argv: list[str]) -> int:
         _print_help(command)
         return 0
     if command == "demo":
-        from .demo import run_demo
+        from .showcase.toy_demo import run_demo
 
         return run_demo(rest)
     if command == "iterate" and "--demo" in rest:
@@ -86,7 +52,7 @@ def run(argv: list[str]) -> int:
 
         run_iterate(config_from_args(rest))
         return 0
-    from . import runner
+    from .training import runner
 
     cfg = config_from_args(rest)
     is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports

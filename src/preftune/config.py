@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names the dotted key."""
+from .errors import ConfigError as ConfigError  # raised by validation; defined lower so the plan can raise it
+from .losses import LOSSES
+from .reference.plan import plan_reference
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -86,16 +86,9 @@ class DataConfig:
     )
 
 
-LOSS_TYPES = (
-    "sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
-    "apo_zero", "apo_down", "discopop", "sigmoid_norm", "simpo", "orpo",
-)  # fmt: skip
-REFERENCE_FREE_LOSSES = ("simpo", "orpo")
-
-
 @dataclass
 class LossConfig:
-    type: str = _f("sigmoid", "loss variant: " + ", ".join(LOSS_TYPES))
+    type: str = _f("sigmoid", "loss variant, a name in preftune.losses.LOSSES: " + ", ".join(LOSSES))
     beta: float = _f(0.1, "DPO temperature beta (> 0)")
     label_smoothing: float = _f(0.0, "assumed label-flip probability (cDPO / robust / exo_pair), in [0, 0.5)")
     ipo_average: bool = _f(False, "IPO on per-token average log-probs (TRL) instead of sums (OpenRLHF)")
@@ -339,6 +332,39 @@ def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] |
     return cfg
 
 
+def parse_overrides(argv: list[str]) -> tuple[str | None, dict[str, Any]]:
+    """``["--config", "a.yaml", "--loss.beta", "0.2", "--ckpt.save_hf"]`` -> ("a.yaml", {...}).
+
+    A flag with no value (next token is another flag, or none) means true: ``--ckpt.save_hf``.
+    """
+    known = set(config_keys())
+    config_path: str | None = None
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--"):
+            raise ConfigError(f"unexpected argument {token!r}: options look like --section.key VALUE")
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
+            value = argv[i + 1] if has_value else "true"
+            i += 1 if has_value else 0
+        i += 1
+        if key == "config":
+            config_path = value
+        elif key not in known:
+            raise ConfigError(f"unknown option --{key} (see --help for the list of keys)")
+        else:
+            overrides[key] = value
+    return config_path, overrides
+
+
+def config_from_args(argv: list[str], defaults: dict[str, Any] | None = None) -> Config:
+    config_path, overrides = parse_overrides(argv)
+    return load_config(config_path, {**(defaults or {}), **overrides})
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
@@ -347,11 +373,7 @@ def _check(ok: bool, key: str, message: str) -> None:
 def validate(cfg: Config, world_size: int = 1) -> None:
     """Refuse inconsistent values with a message naming the key; cheap, runs before models load."""
     loss = cfg.loss
-    _check(
-        loss.type in LOSS_TYPES,
-        "loss.type",
-        f"unknown loss {loss.type!r}; choose one of {', '.join(LOSS_TYPES)}",
-    )
+    _check(loss.type in LOSSES, "loss.type", f"unknown loss {loss.type!r}; choose one of {', '.join(LOSSES)}")
     _check(loss.beta > 0, "loss.beta", f"must be > 0, got {loss.beta}")
     _check(
         0 <= loss.label_smoothing < 0.5,
@@ -361,11 +383,6 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _check(loss.nll_coef >= 0, "loss.nll_coef", f"must be >= 0, got {loss.nll_coef}")
     _check(loss.aux_loss_coef >= 0, "loss.aux_loss_coef", f"must be >= 0, got {loss.aux_loss_coef}")
     _check(loss.discopop_tau > 0, "loss.discopop_tau", f"must be > 0, got {loss.discopop_tau}")
-    if loss.type in REFERENCE_FREE_LOSSES:
-        _check(cfg.ref.name_or_path is None, "ref.name_or_path",
-               f"loss {loss.type!r} is reference-free; remove the reference model")  # fmt: skip
-        _check(not cfg.ref.precompute, "ref.precompute",
-               f"loss {loss.type!r} is reference-free; there are no reference log-probs to precompute")  # fmt: skip
     t = cfg.train
     _check(t.layout != "prefix_shared" or loss.aux_loss_coef == 0, "train.layout",
            "prefix_shared routes each prompt once, so the MoE balancing loss (loss.aux_loss_coef) would differ "
@@ -417,6 +434,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     )
     _validate_iterate(cfg.iterate)
     _validate_lora(cfg)
+    plan_reference(cfg)  # refuses a combination that leaves no valid reference
 
 
 def _validate_iterate(it: IterateConfig) -> None:
@@ -440,10 +458,6 @@ def _validate_lora(cfg: Config) -> None:
     if lora.rank == 0:
         return
     _check(bool(lora.target_modules), "lora.target_modules", "must name at least one module (or all-linear)")
-    if cfg.loss.type not in REFERENCE_FREE_LOSSES:
-        _check(cfg.ref.name_or_path is None, "ref.name_or_path",
-               "with lora.rank > 0 the reference is the policy with adapters disabled; remove it")  # fmt: skip
-    _check(not cfg.ref.offload, "ref.offload", "with lora.rank > 0 there is no reference copy to offload")
     _check(cfg.strategy.name in ("single", "ddp"), "strategy.name",
            f"LoRA runs with single or ddp, not {cfg.strategy.name} yet")  # fmt: skip
     try:

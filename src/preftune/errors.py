@@ -8,6 +8,10 @@ EXIT_CHECKPOINT = 4  # a checkpoint could not be written (disk full, permissions
 EXIT_STOPPED = 75  # stopped by SIGTERM/SIGINT after writing a checkpoint: rerun the same command to resume
 
 
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the dotted key (exit code 2)."""
+
+
 class RunStopped(Exception):
     """A run ended early for a reason the user can act on; ``exit_code`` is what the CLI returns."""
 

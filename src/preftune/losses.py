@@ -12,8 +12,9 @@ Notation used by every docstring below:
 
 Unless a docstring says otherwise, the implicit rewards are beta*a (chosen) and beta*b (rejected).
 All arithmetic runs in at least float32; outputs come back in the dtype of ``policy_chosen``.
-A new variant is one decorated function: ``@register_loss("name")`` (plus ``reference_free=True``
-when it never reads ``ref_*``) and a name added to ``config.LOSS_TYPES``.
+A new variant is one decorated function: ``@register_loss("name")``, plus ``reference_free=True`` when it never
+reads ``ref_*`` and ``reports_nll=True`` when its loss holds the chosen NLL (logged as ``nll``). Its name is then a
+valid ``loss.type``: the config reads the names and needs from :data:`LOSSES` alone.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import LossConfig
+if TYPE_CHECKING:
+    from .config import LossConfig  # read for its fields only: the config imports this registry
 
 
 @dataclass(frozen=True)
@@ -64,26 +67,31 @@ class LossState:
         self.values = {key: float(value) for key, value in state.items()}
 
 
-LossFn = Callable[[PairLogps, LossConfig, LossState], LossOutput]
+LossFn = Callable[[PairLogps, "LossConfig", LossState], LossOutput]
 
 
 @dataclass(frozen=True)
 class LossSpec:
+    """A registered variant and what it needs from the rest of a run."""
+
     name: str
     fn: LossFn
-    reference_free: bool
+    reference_free: bool  # never reads reference log-probs: no reference is planned or loaded
+    reports_nll: bool = False  # its loss contains the chosen NLL, so the NLL is logged even at nll_coef 0
 
 
 LOSSES: dict[str, LossSpec] = {}
 
 
-def register_loss(name: str, *, reference_free: bool = False) -> Callable[[LossFn], LossFn]:
+def register_loss(
+    name: str, *, reference_free: bool = False, reports_nll: bool = False
+) -> Callable[[LossFn], LossFn]:
     """Decorator adding ``fn`` to :data:`LOSSES` under ``name``; a name can be registered once."""
 
     def register(fn: LossFn) -> LossFn:
         if name in LOSSES:
             raise ValueError(f"loss {name!r} is already registered (by {LOSSES[name].fn.__qualname__})")
-        LOSSES[name] = LossSpec(name=name, fn=fn, reference_free=reference_free)
+        LOSSES[name] = LossSpec(name, fn, reference_free, reports_nll)
         return fn
 
     return register
@@ -331,7 +339,7 @@ def _log1m_exp(v: Tensor) -> Tensor:
     return torch.where(v > -math.log(2), torch.log(-torch.expm1(v)), torch.log1p(-torch.exp(v)))
 
 
-@register_loss("orpo", reference_free=True)
+@register_loss("orpo", reference_free=True, reports_nll=True)
 def orpo_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
     """ORPO (Hong et al. 2024), no reference: SFT NLL on the chosen response plus an odds-ratio term.
 

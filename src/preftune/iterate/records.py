@@ -1,14 +1,8 @@
-"""What ``preftune iterate`` reads and writes: prompt files in, per-round JSON(L) files and a table out.
-
-Files are written under a temporary name and renamed, so a killed run never leaves a half file that a rerun
-would take as finished.
-"""
+"""What ``preftune iterate`` reads and prints: prompt files in, the per-round table out (its JSON(L) files go
+through :mod:`preftune.io`)."""
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 from ..data.errors import DataError
@@ -39,28 +33,6 @@ def read_prompts(path: str, key: str, config_key: str) -> list[str]:
             raise DataError(f"{row.where()}: {key!r} is empty.")
         prompts.append(value)
     return prompts
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, value: Any) -> None:
-    _write_atomic(path, json.dumps(value, indent=2) + "\n")
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    _write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _fmt(value: float | None, width: int) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
-from ..runner import _DTYPES, _loading
+from ..model.loading import DTYPES, load_errors
 from ..strategy.single import default_device
 
 RewardFn = Callable[[list[str], list[str]], Sequence[Any]]
@@ -156,9 +156,9 @@ class RewardModel:
     def __init__(self, folder: str, dtype: str = "float32", batch_size: int = 16) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        with _loading(KEY, folder):
+        with load_errors(KEY, folder):
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
-            self.model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=_DTYPES[dtype])
+            self.model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=DTYPES[dtype])
         labels = self.model.config.num_labels
         if labels != 1:
             raise ConfigError(

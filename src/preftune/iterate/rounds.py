@@ -24,12 +24,16 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .. import runner
-from ..config import REFERENCE_FREE_LOSSES, Config, ConfigError, validate
-from ..generation import SamplingOptions, sample_responses
+from ..config import Config, ConfigError, validate
+from ..io import read_json, read_jsonl, write_json, write_jsonl
+from ..model.generation import SamplingOptions, sample_responses
+from ..model.loading import load_model, load_tokenizer
+from ..reference import plan_reference
 from ..strategy.single import default_device
+from ..training import runner
+from ..training.builder import check_output_dir
 from .pairs import DROP_REASONS, PromptSamples, build_pairs
-from .records import read_json, read_jsonl, read_prompts, round_table, write_json, write_jsonl
+from .records import read_prompts, round_table
 from .reward import RewardFn, load_reward, score
 
 _SEED_STREAM = 1_000_000  # sampling seeds of round r start at seed + r * this; evaluation uses stream 0
@@ -71,7 +75,7 @@ def run_iterate(cfg: Config, log: Any = print) -> list[dict[str, Any]]:
     validate(
         _round_config(cfg, 1, cfg.model.name_or_path)
     )  # a round's training settings fail before sampling
-    out = runner.check_output_dir(cfg.output_dir)
+    out = check_output_dir(cfg.output_dir)
     prompts = read_prompts(it.prompts, it.prompt_key, "iterate.prompts")
     eval_prompts = (
         read_prompts(it.eval_prompts, it.prompt_key, "iterate.eval_prompts") if it.eval_prompts else []
@@ -207,7 +211,7 @@ def sample_and_score(
     data.chat_template), so the pairs are trained on the very context they were sampled in.
     """
     it = cfg.iterate
-    tokenizer = runner.load_tokenizer(model_dir, cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(model_dir, cfg.model.trust_remote_code)
     if cfg.data.chat_template is not None:
         tokenizer.chat_template = cfg.data.chat_template
     if cfg.data.apply_chat_template and not getattr(tokenizer, "chat_template", None):
@@ -216,7 +220,7 @@ def sample_and_score(
         )
     template = cfg.data.input_template
     rendered = [template.replace("{}", p) if template is not None else p for p in prompts]
-    model = runner.load_model(model_dir, cfg)
+    model = load_model(model_dir, cfg.model)
     model.to(default_device())  # type: ignore[arg-type]
     options = SamplingOptions(
         max_new_tokens=it.max_new_tokens,
@@ -255,8 +259,9 @@ def _eval_reward(cfg: Config, model_dir: str, prompts: list[str], reward: Reward
 
 
 def _reference(cfg: Config, start: str) -> str | None:
-    # With LoRA the trainer's reference is the round's starting policy with its adapters off: nothing to load.
-    if cfg.loss.type in REFERENCE_FREE_LOSSES or cfg.lora.rank > 0:
+    """The folder round r's reference loads from; None when the plan loads none (a reference-free loss, or
+    LoRA, whose reference is the round's starting policy with its adapters off)."""
+    if not plan_reference(cfg).loads_model:
         return None
     return start if cfg.iterate.reference == "round" else cfg.model.name_or_path
 

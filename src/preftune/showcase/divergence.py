@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from ..data import TokenizedPair
-from ..forward import SequenceScorer
-from ..generation import Sample
-from ..packing import build_layout
+from ..layouts import build_layout
+from ..model.generation import Sample
+from ..model.scorer import SequenceScorer
 
 
 def _as_pairs(samples: list[list[Sample]]) -> tuple[list[TokenizedPair], list[tuple[int, int]]]:

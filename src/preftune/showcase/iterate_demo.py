@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..io import write_jsonl
 from ..iterate import run_iterate
-from ..iterate.records import write_jsonl
 from .acquire import ROTTEN_TOMATOES_CSV, fetch_packaged_file
 from .movies import movies_with_both, read_reviews, review_prompts, split_by_movie
 from .realdemo import start_demo_run

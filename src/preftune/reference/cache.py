@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .forward import Batch, PairForward
+from ..layouts import Batch, PairForward
+from ..model.lora import base_state_dict, is_peft_model
 
 if TYPE_CHECKING:
-    from .data import TokenizedPair
+    from ..data import TokenizedPair
 
 FORMAT_VERSION = 1
 MAGIC = b"PREFTUNE-REFCACHE\n"
@@ -52,6 +53,7 @@ def reference_fingerprint(model: nn.Module) -> str:
 
     Tied tensors (an LM head sharing the embedding's storage) are hashed once and referred to by name after.
     Bytes are hashed through a uint8 view of the tensor's own storage, so no copy is made of a CPU tensor.
+    A LoRA-wrapped model is hashed by its base weights under their plain names: the adapters-off reference.
     """
     h = _hasher()
     config = getattr(model, "config", None)
@@ -59,7 +61,8 @@ def reference_fingerprint(model: nn.Module) -> str:
         settings = {k: v for k, v in config.to_dict().items() if k not in _CONFIG_NOISE}
         h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     first_name: dict[tuple[int, torch.dtype, tuple[int, ...]], str] = {}
-    for name, tensor in sorted(model.state_dict().items()):
+    weights = base_state_dict(model.state_dict()) if is_peft_model(model) else model.state_dict()
+    for name, tensor in sorted(weights.items()):
         t = tensor.detach()
         h.update(f"\n{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         storage = (t.data_ptr(), t.dtype, tuple(t.shape))

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import runner
-from .cli import config_from_args
-from .iterate.records import read_jsonl, write_jsonl
-from .toy import synthetic_preference_rows, write_toy_model_dir
+from ..config import config_from_args
+from ..io import read_jsonl, write_jsonl
+from ..toy import synthetic_preference_rows, write_toy_model_dir
+from ..training import runner
 
 DEMO_DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/demo",
@@ -31,7 +31,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
 
 def run_demo(argv: list[str]) -> int:
     if "--toy" not in argv:
-        from .showcase.realdemo import run_real_demo
+        from .realdemo import run_real_demo
 
         return run_real_demo(argv)
     cfg = config_from_args([a for a in argv if a != "--toy"], DEMO_DEFAULTS)

@@ -1,11 +1,9 @@
-"""Attention over segments of one long row: what lets the packed and prefix-shared layouts skip padding.
+"""Attention over the segments of one long row: what lets the packed and prefix-shared layouts skip padding.
 
-A :class:`SegmentPlan` tiles a row of tokens into segments. Each segment attends causally to itself and,
-optionally, to every token of an earlier span (its *prefix*): a rejected response sees its prompt but not the
-chosen response laid out between them. The plan reaches the attention function as a keyword argument that
-transformers passes from the decoder's ``forward`` down to ``ALL_ATTENTION_FUNCTIONS``; the function gathers
-the segments into a padded (segments x queries x keys) grid and runs PyTorch's SDPA once over it, so no (T x T)
-mask is built and the linear layers compute no padding.
+The plan (:mod:`preftune.layouts.plan`) reaches the attention function as a keyword argument that transformers
+passes from the decoder's ``forward`` down to ``ALL_ATTENTION_FUNCTIONS``; the function gathers the segments into
+the plan's padded (segments x queries x keys) grid and makes one SDPA call over it with the grid's mask, so no
+(T x T) mask is built and the linear layers compute no padding.
 
 It is registered with transformers' ``AttentionInterface`` (:func:`enable_segment_attention`); calls without a
 plan fall through to the model's previous attention, so generation and padded batches are unchanged.
@@ -13,104 +11,16 @@ plan fall through to the model's previous attention, so generation and padded ba
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .plan import PLAN_KWARG, Segment, SegmentPlan
+
 SEGMENT_ATTENTION = "preftune_segments"
-PLAN_KWARG = "preftune_segment_plan"
-
-
-@dataclass(frozen=True)
-class Segment:
-    start: int  # first query position in the row
-    end: int  # one past the last
-    prefix_start: int = 0  # keys [prefix_start, prefix_end) are visible to every query of the segment
-    prefix_end: int = 0
-
-    @property
-    def has_prefix(self) -> bool:
-        return self.prefix_end > self.prefix_start
-
-
-@dataclass
-class Grid:
-    """A plan gathered into a padded (segments x queries x keys) grid for one batched SDPA call.
-
-    ``query_index`` / ``key_index`` pick each grid cell's row position (padding cells point at position 0 and are
-    masked out); ``mask`` is (segments, 1, queries, keys); ``back_index`` picks, for each row position in order,
-    its cell in the flattened (segments x queries) output.
-    """
-
-    query_index: Tensor
-    key_index: Tensor
-    mask: Tensor
-    back_index: Tensor
-    segments: int
-    queries: int
-    keys: int
-
-
-@dataclass
-class SegmentPlan:
-    """Segments tiling one row left to right, with no gap."""
-
-    segments: list[Segment]
-    calls: int = 0  # attention calls served; the support probe reads it
-    _grids: dict[str, Grid] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        position = 0
-        for seg in self.segments:
-            if seg.start != position or seg.end <= seg.start:
-                raise ValueError(f"segments must tile the row in order; {seg} follows position {position}")
-            if seg.has_prefix and seg.prefix_end > seg.start:
-                raise ValueError(f"a segment's prefix must lie before it: {seg}")
-            position = seg.end
-
-    @property
-    def length(self) -> int:
-        return self.segments[-1].end if self.segments else 0
-
-    def grid(self, device: torch.device) -> Grid:
-        """Built once per plan and device: every layer of a forward, and its backward, reuses it."""
-        if str(device) not in self._grids:
-            self._grids[str(device)] = _grid_to(self._build_grid(), device)
-        return self._grids[str(device)]
-
-    def _build_grid(self) -> Grid:
-        segs = self.segments
-        queries = max(s.end - s.start for s in segs)
-        keys = max(s.end - s.start + s.prefix_end - s.prefix_start for s in segs)
-        query_index = torch.zeros(len(segs), queries, dtype=torch.long)
-        key_index = torch.zeros(len(segs), keys, dtype=torch.long)
-        mask = torch.zeros(len(segs), 1, queries, keys, dtype=torch.bool)
-        back_index = torch.empty(self.length, dtype=torch.long)
-        for i, seg in enumerate(segs):
-            n, p = seg.end - seg.start, seg.prefix_end - seg.prefix_start
-            query_index[i, :n] = torch.arange(seg.start, seg.end)
-            key_index[i, :p] = torch.arange(seg.prefix_start, seg.prefix_end)
-            key_index[i, p : p + n] = torch.arange(seg.start, seg.end)
-            mask[i, 0, :n, :p] = True  # the whole prefix
-            mask[i, 0, :n, p : p + n] = torch.ones(n, n, dtype=torch.bool).tril()  # causal over itself
-            mask[i, 0, n:, 0] = True  # padding queries see one key, so no softmax row is empty (NaN)
-            back_index[seg.start : seg.end] = torch.arange(i * queries, i * queries + n)
-        return Grid(query_index.flatten(), key_index.flatten(), mask, back_index, len(segs), queries, keys)
-
-
-def _grid_to(grid: Grid, device: torch.device) -> Grid:
-    return dataclasses.replace(
-        grid,
-        query_index=grid.query_index.to(device),
-        key_index=grid.key_index.to(device),
-        mask=grid.mask.to(device),
-        back_index=grid.back_index.to(device),
-    )
 
 
 def decoder_of(model: nn.Module) -> nn.Module:
@@ -203,10 +113,16 @@ def disable_segment_attention(model: nn.Module) -> None:
 
 def supports_segments(model: nn.Module) -> bool:
     """True when ``model``'s attention layers receive the plan (they use transformers' attention interface and
-    pass keyword arguments through); remote or older model code may not. Leaves segments enabled if so."""
+    pass keyword arguments through); remote or older model code may not.
+
+    Probes with a 3-token plan and leaves the model's attention as it found it: the one place that switches a
+    model to segment attention is :class:`~preftune.model.scorer.SequenceScorer`, on the first plan it meets.
+    """
     decoder = decoder_of(model)
     plan = SegmentPlan([Segment(0, 2), Segment(2, 3, 0, 1)])
     device = next(model.parameters()).device
+    config: Any = model.config
+    before = config._attn_implementation
     try:
         enable_segment_attention(model)
         with torch.no_grad():
@@ -218,8 +134,7 @@ def supports_segments(model: nn.Module) -> bool:
             )
     except (RuntimeError, TypeError, ValueError, KeyError, AttributeError):
         plan.calls = 0
+    finally:
+        config._attn_implementation = before
     layers = getattr(model.config, "num_hidden_layers", None)
-    supported = plan.calls > 0 and (layers is None or plan.calls == layers)
-    if not supported:
-        disable_segment_attention(model)
-    return supported
+    return plan.calls > 0 and (layers is None or plan.calls == layers)

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CheckpointError
-from .lora import is_peft_model, save_peft
-from .strategy import Strategy
+from ..errors import CheckpointError
+from ..model.lora import is_peft_model, save_peft
+from ..strategy import Strategy
 
 STATE_FILE = "trainer_state.json"
 
@@ -43,6 +43,13 @@ def latest_checkpoint(root: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def saved_reference_state(folder: Path | None) -> dict[str, str]:
+    """The reference state a checkpoint was trained with ({} when none, or not from a cached reference)."""
+    if folder is None or not (folder / STATE_FILE).is_file():
+        return {}
+    return dict(json.loads((folder / STATE_FILE).read_text()).get("reference") or {})
+
+
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
@@ -58,7 +65,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_tree(folder: Path) -> None:
+def fsync_tree(folder: Path) -> None:
     for path in folder.iterdir():
         if path.is_file():
             with path.open("rb") as fh:
@@ -92,7 +99,19 @@ def save_checkpoint(
     final = _step_dir(root, step)
     tmp = root / f".tmp-step-{step:08d}"
     try:
-        _write(tmp, final, root, strategy, module, optimizer, scheduler, trainer_state, keep, export, extra)
+        if strategy.is_main():
+            root.mkdir(parents=True, exist_ok=True)
+            for leftover in [*root.glob(".trash-*"), tmp]:  # from a run killed while deleting or writing
+                shutil.rmtree(leftover, ignore_errors=True)
+            tmp.mkdir()
+        strategy.barrier()
+        strategy.save_state(tmp, module, optimizer, scheduler, trainer_state)
+        if export is not None:
+            export(tmp / "hf")
+        _write(tmp, strategy, trainer_state, extra)
+        if strategy.is_main():
+            _publish(tmp, final, root, keep)
+        strategy.barrier()
     except OSError as exc:
         # Only the temporary folder was touched, so the previous checkpoint is still whole.
         if strategy.is_main():
@@ -106,41 +125,24 @@ def save_checkpoint(
     return final
 
 
-def _write(
-    tmp: Path,
-    final: Path,
-    root: Path,
-    strategy: Strategy,
-    module: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    trainer_state: dict[str, Any],
-    keep: int,
-    export: Any,
-    extra: dict[str, Any] | None,
-) -> None:
-    if strategy.is_main():
-        root.mkdir(parents=True, exist_ok=True)
-        for leftover in [*root.glob(".trash-*"), tmp]:  # from a run killed while deleting or writing
-            shutil.rmtree(leftover, ignore_errors=True)
-        tmp.mkdir()
-    strategy.barrier()
-    strategy.save_state(tmp, module, optimizer, scheduler, trainer_state)
+def _write(tmp: Path, strategy: Strategy, state: dict[str, Any], extra: dict[str, Any] | None) -> None:
+    """Each process's RNG state, then (main process) the trainer's extra state and its state file, which goes
+    last: its presence marks the folder complete even before the rename."""
     torch.save(_rng_state(), tmp / f"rng-rank{strategy.rank}.pt")
-    if export is not None:
-        export(tmp / "hf")
     strategy.barrier()
     if strategy.is_main():
         torch.save(extra or {}, tmp / "trainer_extra.pt")
-        # The trainer state goes last: its presence marks the folder complete even before the rename.
-        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
-        _fsync_tree(tmp)
-        if final.exists():
-            _discard(final)
-        os.replace(tmp, final)
-        for old in complete_checkpoints(root)[:-keep]:
-            _discard(old)
-    strategy.barrier()
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        fsync_tree(tmp)
+
+
+def _publish(tmp: Path, final: Path, root: Path, keep: int) -> None:
+    """Rename the whole folder into place, then drop all but the newest ``keep`` (main process only)."""
+    if final.exists():
+        _discard(final)
+    os.replace(tmp, final)
+    for old in complete_checkpoints(root)[:-keep]:
+        _discard(old)
 
 
 def load_checkpoint(

@@ -80,9 +80,3 @@ def chunked_token_logps(
 def naive_token_logps(logits: Tensor, targets: Tensor) -> Tensor:
     """The plain path that :func:`chunked_token_logps` must equal: full log_softmax, then gather."""
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
-
-
-def sum_per_sequence(token_values: Tensor, sequence_ids: Tensor, num_sequences: int) -> Tensor:
-    """Scatter-add per-token values into per-sequence sums: values (N,), ids (N,) in [0, S) -> (S,)."""
-    out = torch.zeros(num_sequences, dtype=token_values.dtype, device=token_values.device)
-    return out.index_add(0, sequence_ids, token_values)

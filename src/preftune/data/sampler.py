@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
@@ -83,3 +84,17 @@ class ResumableSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return (self.samples_per_epoch - self.skip) // self.world_size
+
+
+def set_sampler_position(dataloader: Any, epoch: int, skip: int) -> None:
+    """Point a resumable sampler at ``epoch`` after ``skip`` consumed samples; plain samplers can't resume."""
+    sampler = getattr(dataloader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        try:
+            sampler.set_epoch(epoch, skip)  # type: ignore[union-attr]
+        except TypeError:
+            if skip:
+                raise ValueError("resuming mid-epoch needs preftune's ResumableSampler") from None
+            sampler.set_epoch(epoch)  # type: ignore[union-attr]
+    elif skip:
+        raise ValueError("resuming mid-epoch needs preftune's ResumableSampler")

@@ -1,5 +1,6 @@
-"""Where reference log-probs come from: a frozen model, or the LoRA policy with its adapters disabled; a
-precomputed cache slots in behind the same two-method seam."""
+"""Reference sources: the two-method seam the trainer reads reference log-probs through, and the live sources
+(a separate frozen model; the LoRA policy with its adapters disabled). A precomputed table
+(:class:`~preftune.reference.cache.CachedReference`) slots in behind the same seam."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from .forward import Batch, Layout, PairForward, SequenceScorer
+from ..layouts import Batch, Layout, PairForward
+from ..model.scorer import SequenceScorer
+from ..strategy import Strategy
 
 
 class ReferenceSource(Protocol):
@@ -51,6 +54,14 @@ class ModelReference:
 
     def state_for_checkpoint(self) -> dict[str, str]:
         return {}
+
+
+def model_reference(
+    model: nn.Module, strategy: Strategy, layout: Layout, lm_head_chunk: int
+) -> ModelReference:
+    """``model`` frozen and placed by the strategy for forward-only use (sharded, offloaded or copied)."""
+    scorer = strategy.prepare_model(freeze(SequenceScorer(model, lm_head_chunk)), trainable=False)
+    return ModelReference(scorer, layout)
 
 
 class AdapterDisabledReference:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from .config import OptimConfig
+from ..config import OptimConfig
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
@@ -46,3 +46,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_st
         _lr_multiplier, kind=cfg.scheduler, warmup=warmup, total=total_steps, min_ratio=cfg.min_lr_ratio
     )
     return LambdaLR(optimizer, fn)
+
+
+def planned_steps(steps_per_epoch: int, max_epochs: int, max_steps: int | None) -> int:
+    """Optimizer steps a run takes: every epoch's, or ``train.max_steps`` if that comes first."""
+    total = steps_per_epoch * max_epochs
+    return total if max_steps is None else min(total, max_steps)

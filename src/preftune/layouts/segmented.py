@@ -8,19 +8,20 @@ Both score exactly the tokens the padded layout scores, from hidden states that 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
-from .forward import Batch, Layout, PaddedLayout, _batch, _sequences
-from .segments import Segment, SegmentPlan, supports_segments
+from .batch import Batch, make_batch, pair_sequences, score_pairs
+from .plan import Segment, SegmentPlan
 
 if TYPE_CHECKING:
-    from .data import TokenizedPair
+    from ..data import TokenizedPair
 
 
-class PackedLayout(PaddedLayout):
+@dataclass(frozen=True)
+class PackedLayout:
     """One row, one causal segment per sequence, position ids restarting at each.
 
     Example, two pairs, prompts [5, 6] / [7], chosen [8] / [3, 2], rejected [9, 2] / [4]:
@@ -31,9 +32,11 @@ class PackedLayout(PaddedLayout):
     """
 
     name = "packed"
+    pad_token_id: int = 0  # taken like every layout's; nothing is padded
+    pair_logps = staticmethod(score_pairs)
 
     def collate(self, pairs: list[TokenizedPair]) -> Batch:
-        responses, sequences = _sequences(pairs)
+        responses, sequences = pair_sequences(pairs)
         row: list[int] = []
         positions: list[int] = []
         segments: list[Segment] = []
@@ -54,7 +57,8 @@ class PackedLayout(PaddedLayout):
         )
 
 
-class PrefixSharedLayout(PaddedLayout):
+@dataclass(frozen=True)
+class PrefixSharedLayout:
     """One row holding prompt + chosen + rejected per pair; the prompt is encoded once per model.
 
     Example, prompt [5, 6], chosen [8], rejected [9, 2]:
@@ -68,9 +72,11 @@ class PrefixSharedLayout(PaddedLayout):
     """
 
     name = "prefix_shared"
+    pad_token_id: int = 0  # taken like every layout's; nothing is padded
+    pair_logps = staticmethod(score_pairs)
 
     def collate(self, pairs: list[TokenizedPair]) -> Batch:
-        _, sequences = _sequences(pairs)
+        _, sequences = pair_sequences(pairs)
         n = len(pairs)
         row: list[int] = []
         positions: list[int] = []
@@ -112,7 +118,7 @@ def _one_row(
     segments: list[Segment],
     scoring: tuple[list[int], list[int], list[int]],
 ) -> Batch:
-    return _batch(
+    return make_batch(
         pairs,
         sequences,
         torch.tensor([row], dtype=torch.long),
@@ -121,27 +127,3 @@ def _one_row(
         scoring,
         SegmentPlan(segments),
     )
-
-
-LAYOUTS: dict[str, type[PaddedLayout]] = {
-    "padded": PaddedLayout,
-    "packed": PackedLayout,
-    "prefix_shared": PrefixSharedLayout,
-}
-LAYOUT_CHOICES = ("auto", *LAYOUTS)
-
-
-def build_layout(
-    name: str, pad_token_id: int, model: nn.Module | None = None, aux_loss: bool = False
-) -> Layout:
-    """The layout named by ``train.layout``. ``auto`` picks the fastest exact one ``model`` supports:
-    prefix_shared, or packed when an MoE balancing loss must see each token once per sequence as padded does,
-    or padded when the model's attention does not take a segment plan (remote or older model code)."""
-    if name == "auto":
-        if model is None or not supports_segments(model):
-            name = "padded"
-        else:
-            name = "packed" if aux_loss else "prefix_shared"
-    if name not in LAYOUTS:
-        raise ValueError(f"train.layout: unknown layout {name!r}; choose one of {', '.join(LAYOUT_CHOICES)}")
-    return LAYOUTS[name](pad_token_id)

@@ -1,7 +1,7 @@
 """LoRA through peft: wrapping the policy, and exporting it merged or as an adapter folder.
 
 With LoRA the base weights stay frozen, so the reference is the policy itself with its adapters switched off
-(:class:`~preftune.reference.AdapterDisabledReference`): no second copy of the model.
+(:class:`~preftune.reference.sources.AdapterDisabledReference`): no second copy of the model.
 peft is an optional dependency, imported only here and only when ``lora.rank > 0``.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from torch import Tensor, nn
 
-from .config import ConfigError, LoraConfig
+from ..config import ConfigError, LoraConfig
 
 ADAPTER = "default"  # peft's name for the one adapter get_peft_model creates
 
@@ -63,6 +63,15 @@ def wrap_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
     return wrapped
 
 
+def base_state_dict(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A PeftModel's state dict reduced to its base model's: adapters dropped, the base model's own key names."""
+    return {
+        key.removeprefix("base_model.model.").replace(".base_layer.", "."): value
+        for key, value in weights.items()
+        if ".lora_" not in key
+    }
+
+
 def save_peft(model: Any, weights: dict[str, Tensor], folder: Path, mode: str) -> None:
     """Write ``model`` (a PeftModel) to ``folder`` from its full state dict ``weights`` (peft's key names).
 
@@ -74,11 +83,7 @@ def save_peft(model: Any, weights: dict[str, Tensor], folder: Path, mode: str) -
     if mode == "adapter":
         model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
         return
-    merged = {
-        key.removeprefix("base_model.model.").replace(".base_layer.", "."): value
-        for key, value in weights.items()
-        if ".lora_" not in key
-    }
+    merged = base_state_dict(weights)
     from peft.tuners.lora import LoraLayer
 
     for name, layer in model.named_modules():

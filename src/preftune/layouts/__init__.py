@@ -1,0 +1,56 @@
+"""Batch layouts: how (prompt, chosen, rejected) pairs become one forward pass, all exact.
+
+- :mod:`.batch`: the seam (:class:`Batch`, :class:`PairForward`, :class:`Layout`) and the functions every layout
+  shares to build a batch and score it.
+- :mod:`.padded`: ``padded``, the plain reference.
+- :mod:`.segmented`: ``packed`` and ``prefix_shared``, one row per micro-batch under a segment plan.
+- :mod:`.plan` and :mod:`.attention`: the segment plan and the attention function that reads it.
+
+:func:`build_layout` is the one place a layout is chosen.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .attention import supports_segments
+from .batch import Batch, Layout, PairForward, score_pairs
+from .padded import PaddedLayout
+from .segmented import PackedLayout, PrefixSharedLayout
+
+LAYOUTS: dict[str, type[PaddedLayout] | type[PackedLayout] | type[PrefixSharedLayout]] = {
+    "padded": PaddedLayout,
+    "packed": PackedLayout,
+    "prefix_shared": PrefixSharedLayout,
+}
+LAYOUT_CHOICES = ("auto", *LAYOUTS)
+
+
+def build_layout(
+    name: str, pad_token_id: int, model: nn.Module | None = None, aux_loss: bool = False
+) -> Layout:
+    """The layout named by ``train.layout``. ``auto`` picks the fastest exact one ``model`` supports:
+    prefix_shared, or packed when an MoE balancing loss must see each token once per sequence as padded does,
+    or padded when the model's attention does not take a segment plan (remote or older model code)."""
+    if name == "auto":
+        if model is None or not supports_segments(model):
+            name = "padded"
+        else:
+            name = "packed" if aux_loss else "prefix_shared"
+    if name not in LAYOUTS:
+        raise ValueError(f"train.layout: unknown layout {name!r}; choose one of {', '.join(LAYOUT_CHOICES)}")
+    return LAYOUTS[name](pad_token_id)
+
+
+__all__ = [
+    "LAYOUTS",
+    "LAYOUT_CHOICES",
+    "Batch",
+    "Layout",
+    "PackedLayout",
+    "PaddedLayout",
+    "PairForward",
+    "PrefixSharedLayout",
+    "build_layout",
+    "score_pairs",
+]

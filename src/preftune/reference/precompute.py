@@ -1,0 +1,190 @@
+"""``ref.precompute``: one pass of the reference over the train and eval pairs before training, cached on disk.
+
+Order of work: hash the reference weights and the tokenised pairs into one key per split; check a resumed
+checkpoint trained against the same key; reuse the split's cache file when it is whole, else score every pair
+with a live reference (each process a disjoint shard, combined by a sum over processes) and write the file on
+the main process. The caller (:func:`~preftune.reference.build.build_reference`) then frees the live model, so
+training holds only the policy and the tables.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..layouts import Layout
+from ..strategy import Strategy, lockstep
+from .cache import (
+    CachedReference,
+    CacheUnusable,
+    RefTable,
+    cache_key,
+    cache_path,
+    pairs_fingerprint,
+    read_cache,
+    reference_fingerprint,
+    write_cache,
+)
+from .sources import ReferenceSource
+
+if TYPE_CHECKING:
+    from ..data import TokenizedPair
+
+
+def number_pairs(train_pairs: list[TokenizedPair], eval_pairs: list[TokenizedPair]) -> None:
+    """Give every pair its slot in the run's table: train pairs 0..N-1, then eval pairs N..N+M-1."""
+    for pair_id, pair in enumerate([*train_pairs, *eval_pairs]):
+        pair.pair_id = pair_id
+
+
+@dataclass
+class PrecomputeSetup:
+    """What the pass scores and how, besides the reference itself."""
+
+    splits: dict[str, list[TokenizedPair]]  # non-empty splits, numbered by number_pairs
+    layout: Layout
+    compute: str  # StrategyOptions.compute_precision: part of the cache key
+    micro_batch: int  # pairs per forward (the eval micro batch size)
+    resume: tuple[Path, dict[str, str]] | None = None  # a checkpoint to resume, and its saved reference state
+    progress: bool = True
+
+
+def check_resume(saved: dict[str, str], current: dict[str, str], folder: Path | None) -> None:
+    """Refuse to resume a checkpoint trained against another reference cache key, saying what changed."""
+    if not saved.get("train_key") or saved.get("train_key") == current.get("train_key"):
+        return
+    changed = [
+        what
+        for field, what in (
+            ("reference", "the reference weights or model config"),
+            ("compute", "the reference's compute precision"),
+            ("train_data", "the tokenised training data"),
+        )
+        if saved.get(field) != current.get(field)
+    ]
+    raise ConfigError(
+        f"ckpt.resume: {folder} was trained against reference cache key {saved['train_key'][:16]}, this run "
+        f"gives {current['train_key'][:16]}: {' and '.join(changed) or 'the cache format'} changed since; "
+        "resume with the same data and reference, or start a new output_dir"
+    )
+
+
+def score_split(
+    pairs: Sequence[TokenizedPair],
+    reference: ReferenceSource,
+    layout: Layout,
+    strategy: Strategy,
+    micro_batch: int,
+    progress: bool,
+    desc: str,
+) -> RefTable:
+    """Every pair's reference results; each process scores pairs rank, rank+W, ... and a sum combines them
+    (every process runs the same number of forwards: :func:`~preftune.strategy.lockstep`)."""
+    from tqdm.auto import tqdm
+
+    table = RefTable.empty(len(pairs))
+    mine = list(range(strategy.rank, len(pairs), strategy.world_size))
+    batches = [mine[i : i + micro_batch] for i in range(0, len(mine), micro_batch)]
+    bar = tqdm(total=len(pairs), desc=desc, disable=not (progress and strategy.is_main()), dynamic_ncols=True)
+    # A process with no pair of its own (fewer pairs than processes) still runs its forwards, on pair 0.
+    for positions, real in lockstep(strategy, batches, filler=[0]):
+        out = reference.pair_logps(layout.collate([pairs[i] for i in positions]).to(strategy.device))
+        if real:
+            table.put(torch.tensor(positions), out)
+            bar.update(min(len(positions) * strategy.world_size, len(pairs) - bar.n))
+    bar.close()
+    values = strategy.all_reduce_tensor(table.values)  # each value is non-zero on exactly one process
+    return RefTable(values, table.dtype)
+
+
+def _cache_state(weights: nn.Module, setup: PrecomputeSetup, log: Callable[[str], Any]) -> dict[str, str]:
+    """The hashes and per-split keys the cache files are named by; saved into every checkpoint."""
+    started = time.perf_counter()
+    state = {"reference": reference_fingerprint(weights), "compute": setup.compute}
+    log(f"reference log-probs: weights hashed in {time.perf_counter() - started:.2f} s")
+    for split, pairs in setup.splits.items():
+        state[f"{split}_data"] = pairs_fingerprint(pairs)
+        state[f"{split}_key"] = cache_key(state["reference"], setup.compute, state[f"{split}_data"])
+    return state
+
+
+def _reusable_tables(
+    state: dict[str, str],
+    setup: PrecomputeSetup,
+    cache_dir: Path,
+    strategy: Strategy,
+    log: Callable[[str], Any],
+) -> dict[str, RefTable]:
+    tables: dict[str, RefTable] = {}
+    for split, pairs in setup.splits.items():
+        key, path = state[f"{split}_key"], cache_path(cache_dir, split, state[f"{split}_key"])
+        try:
+            tables[split] = read_cache(path, key, split, len(pairs))
+        except FileNotFoundError:
+            pass
+        except CacheUnusable as why:
+            log(f"reference log-probs: cache {path} is unusable ({why}); recomputing")
+        # All processes reuse, or all compute: a forward of a sharded reference needs every one of them.
+        if strategy.all_reduce({"ok": float(split in tables)})["ok"] == strategy.world_size:
+            log(f"reference log-probs: reusing cache {path} (key {key[:16]}, {len(pairs)} {split} pairs)")
+        else:
+            tables.pop(split, None)
+    return tables
+
+
+def _save_table(path: Path, table: RefTable, header: dict[str, str], strategy: Strategy) -> None:
+    failed = ""
+    if strategy.is_main():
+        try:
+            write_cache(path, table, header)
+        except OSError as exc:
+            failed = f"ref.cache_dir: cannot write {path}: {exc.strerror or exc}"
+    # A reduction rather than a barrier, so every process stops when the main one could not write.
+    if strategy.all_reduce({"failed": float(bool(failed))})["failed"]:
+        raise ConfigError(failed or f"ref.cache_dir: the main process could not write {path}")
+
+
+def precompute_reference(
+    weights: nn.Module,
+    live: Callable[[], ReferenceSource],
+    strategy: Strategy,
+    setup: PrecomputeSetup,
+    cache_dir: Path,
+    log: Callable[[str], Any],
+) -> CachedReference:
+    """A :class:`CachedReference` over ``setup.splits``, read from ``cache_dir`` or computed.
+
+    ``weights`` is the module whose weights are the reference (hashed for the key); ``live`` makes the live
+    reference source that scores what the cache lacks, called only then, so a run that reuses the cache never
+    loads a second model.
+    """
+    state = _cache_state(weights, setup, log)
+    if setup.resume is not None:
+        check_resume(setup.resume[1], state, setup.resume[0])
+    tables = _reusable_tables(state, setup, cache_dir, strategy, log)
+    missing = [split for split in setup.splits if split not in tables]
+    source = live() if missing else None
+    for split in missing:
+        assert source is not None
+        started = time.perf_counter()
+        key, path = state[f"{split}_key"], cache_path(cache_dir, split, state[f"{split}_key"])
+        pairs = setup.splits[split]
+        tables[split] = score_split(
+            pairs, source, setup.layout, strategy, setup.micro_batch, setup.progress, f"reference {split}"
+        )
+        header = {"key": key, "split": split, "reference": state["reference"], "compute": setup.compute,
+                  "data": state[f"{split}_data"]}  # fmt: skip
+        _save_table(path, tables[split], header, strategy)
+        log(
+            f"reference log-probs: computed {len(pairs)} {split} pairs in {time.perf_counter() - started:.1f} s, saved {path}"
+        )
+    joined = [tables[split] for split in setup.splits]
+    values = torch.cat([t.values for t in joined], dim=1) if joined else RefTable.empty(0).values
+    return CachedReference(RefTable(values, joined[0].dtype if joined else torch.float32), state)

@@ -1,0 +1,112 @@
+"""From data to the trainer's dataloaders: the run's splits (loaded, checked, numbered, reported) and the
+train and eval loaders over them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import Config, ConfigError
+from ..data import TokenizedPair, load_pairs, write_data_report
+from ..data.sampler import ResumableSampler
+from ..layouts import Layout
+from ..reference.precompute import number_pairs
+from ..strategy import Strategy
+
+
+def load_splits(
+    cfg: Config, tokenizer: Any, out: Path, need_train: bool, log: Any, strategy: Strategy
+) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
+    """The run's train and eval pairs, numbered for the reference table, with a data report written and every
+    size this run cannot train on refused (naming the key)."""
+    train_pairs, eval_pairs = _read_splits(cfg, tokenizer, out, need_train, log, strategy.is_main())
+    if 0 < len(eval_pairs) < strategy.world_size:
+        raise ConfigError(
+            f"data.eval: {len(eval_pairs)} usable evaluation pairs for {strategy.world_size} processes; "
+            "each process needs at least one"
+        )
+    if need_train and len(train_pairs) < cfg.train.batch_size:
+        raise ConfigError(
+            f"train.batch_size: {len(train_pairs)} usable training pairs are fewer than one batch of "
+            f"{cfg.train.batch_size} (see {out / 'data_report.json'})"
+        )
+    number_pairs(train_pairs, eval_pairs)
+    left_out = len(train_pairs) % cfg.train.batch_size
+    if need_train and left_out:
+        log(
+            f"data train: {left_out} pairs per epoch do not fill a last batch of {cfg.train.batch_size} and are "
+            "left out of that epoch (a different few each epoch when data.shuffle is on)"
+        )
+    return train_pairs, eval_pairs
+
+
+def _read_splits(
+    cfg: Config, tokenizer: Any, out: Path, need_train: bool, log: Any, is_main: bool
+) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
+    reports = {}
+    train_pairs: list[TokenizedPair] = []
+    if need_train:
+        if not cfg.data.train:
+            raise ConfigError("data.train: no training source given")
+        train_pairs, reports["train"] = load_pairs(cfg.data, tokenizer, "train", cfg.seed)
+    eval_pairs: list[TokenizedPair] = []
+    if cfg.data.eval:
+        eval_pairs, reports["eval"] = load_pairs(cfg.data, tokenizer, "eval", cfg.seed)
+    if not is_main:
+        return train_pairs, eval_pairs
+    path = write_data_report(reports, out)
+    for split, report in reports.items():
+        drops = ", ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items())) or "none"
+        log(f"data {split}: {report.rows_read} rows, {report.kept} kept, dropped: {drops} (details: {path})")
+    return train_pairs, eval_pairs
+
+
+def make_train_loader(
+    pairs: list[TokenizedPair], layout: Layout, cfg: Config, strategy: Strategy
+) -> DataLoader:
+    # A padded row is as wide as its prompt plus its longer response.
+    lengths = (
+        [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]
+        if cfg.data.group_by_length
+        else None
+    )
+    sampler = ResumableSampler(
+        len(pairs),
+        cfg.train.batch_size,
+        cfg.seed,
+        cfg.data.shuffle,
+        strategy.rank,
+        strategy.world_size,
+        lengths,
+    )
+    dataset: Any = pairs  # a list is a valid map-style dataset; torch's stubs only admit Dataset
+    return DataLoader(
+        dataset,
+        batch_size=cfg.train.micro_batch_size,
+        sampler=sampler,
+        collate_fn=layout.collate,
+        generator=_private_generator(),
+    )
+
+
+def _private_generator() -> torch.Generator:
+    """A generator of the loader's own: each new iterator draws a seed from it, and drawing from the global
+    RNG instead would shift dropout masks whenever iterators are made at other points (a resumed run makes
+    one mid-epoch), so a resumed run with dropout would no longer equal the uninterrupted one."""
+    return torch.Generator().manual_seed(0)
+
+
+def make_eval_loader(
+    pairs: list[TokenizedPair], layout: Layout, cfg: Config, strategy: Strategy
+) -> DataLoader | None:
+    if not pairs:
+        return None
+    size = cfg.train.eval_micro_batch_size or cfg.train.micro_batch_size
+    # Disjoint shards with no padding or repeats: metric sums over processes then cover each pair once.
+    dataset: Any = pairs[strategy.rank :: strategy.world_size]
+    return DataLoader(
+        dataset, batch_size=size, shuffle=False, collate_fn=layout.collate, generator=_private_generator()
+    )

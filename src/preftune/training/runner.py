@@ -1,0 +1,41 @@
+"""``preftune train`` and ``preftune eval`` as functions: build (:mod:`.builder`), resume, fit or evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, ConfigError
+from .builder import build_trainer, check_output_dir, resume_point
+from .signals import GracefulStop
+
+__all__ = ["build_trainer", "check_output_dir", "evaluate", "resume_point", "train"]
+
+
+def train(cfg: Config, log: Any = print) -> Path:
+    """Run ``preftune train``; returns the folder of the exported Hugging Face model."""
+    # Handlers go in first: under torchrun a signal may arrive while a process is still building, and the
+    # default action would kill it and strand its peers; now it means "stop after the first step" instead.
+    with GracefulStop() as stop:
+        trainer, steps_per_epoch = build_trainer(cfg, need_train=True, log=log)
+        consumed = 0
+        ckpt = resume_point(cfg)
+        if ckpt is not None:
+            consumed = trainer.load_checkpoint(ckpt)
+            trainer.strategy.print(
+                f"resuming from {ckpt} at step {trainer.global_step} ({consumed} pairs consumed)"
+            )
+        trainer.should_stop = stop
+        trainer.fit(cfg, consumed_samples=consumed, num_update_steps_per_epoch=steps_per_epoch)
+    trainer.strategy.close()
+    return Path(cfg.output_dir) / "final"
+
+
+def evaluate(cfg: Config, log: Any = print) -> dict[str, float]:
+    """Run ``preftune eval``: DPO loss, reward accuracy and margins of the model against the reference."""
+    if not cfg.data.eval:
+        raise ConfigError("data.eval: no evaluation source given")
+    trainer, _ = build_trainer(cfg, need_train=False, log=log)
+    metrics = trainer.evaluate()
+    trainer.strategy.close()
+    return metrics

@@ -1,0 +1,298 @@
+"""DPOTrainer: OpenRLHF's interface, one readable loop over a callable step, no distributed code (the strategy
+does that)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import Config, LossConfig
+from ..data.sampler import set_sampler_position
+from ..errors import NonFiniteError, StopRequested
+from ..layouts import Batch, Layout, PaddedLayout
+from ..losses import LossState, PairLogps, compute_loss, get_loss
+from ..model.scorer import SequenceScorer
+from ..reference.build import trainer_reference
+from ..reference.sources import ReferenceSource
+from ..strategy import Strategy, lockstep
+from .checkpoint import export_hf, load_checkpoint, save_checkpoint
+from .metrics import PairStats, Sinks, StepWindow, build_sinks
+from .optim import planned_steps
+from .step import MicroBatchLosses, StepResult, nonfinite_message, step_groups
+
+DEFAULT_BETA = 0.01  # OpenRLHF's default, used when neither beta nor loss_config gives one
+
+
+class DPOTrainer:
+    """Direct Preference Optimization of ``model`` against a frozen reference.
+
+    ``model`` is a Hugging Face causal LM trained in place; ``ref_model`` the frozen reference, or None when
+    ``reference`` supplies log-probs another way, for a reference-free loss, or for a peft LoRA ``model`` (its
+    reference is itself with adapters disabled). ``beta`` and ``loss_config.beta`` must agree when both are
+    given. Dataloaders yield :class:`~preftune.layouts.Batch` objects made by ``layout.collate``.
+
+    Hooks: ``on_gradients`` callables get the trainer once a step's gradients are accumulated, before clipping
+    and the update; ``on_step_end`` callables get the trainer and the :class:`StepResult` after it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        ref_model: nn.Module | None,
+        strategy: Strategy,
+        tokenizer: Any,
+        optim: torch.optim.Optimizer | None,
+        train_dataloader: Any,
+        eval_dataloader: Any,
+        scheduler: Any,
+        max_norm: float = 0.5,
+        beta: float | None = None,
+        max_epochs: int = 2,
+        save_hf_ckpt: bool = False,
+        disable_ds_ckpt: bool = False,
+        *,
+        loss_config: LossConfig | None = None,
+        layout: Layout | None = None,
+        reference: ReferenceSource | None = None,
+        lm_head_chunk: int = 1024,
+    ) -> None:
+        self.strategy = strategy
+        self.tokenizer = tokenizer
+        self.optimizer = optim
+        self.train_dataloader = train_dataloader
+        self.eval_dataloader = eval_dataloader
+        self.scheduler = scheduler
+        self.max_norm = max_norm
+        self.max_epochs = max_epochs
+        self.save_hf_ckpt = save_hf_ckpt
+        self.disable_ds_ckpt = disable_ds_ckpt
+        self.loss_config = _agreed_loss_config(beta, loss_config)
+        self.loss_spec = get_loss(self.loss_config.type)
+        self.loss_state = LossState()
+        self.layout = layout or PaddedLayout(tokenizer.pad_token_id)
+        self.model = model
+        if optim is not None:
+            strategy.attach_optimizer(optim)
+        self.scorer = strategy.prepare_model(SequenceScorer(model, lm_head_chunk), trainable=True)
+        self.reference = trainer_reference(
+            self.loss_spec, model, ref_model, reference, strategy, self.layout, lm_head_chunk
+        )
+        self.global_step = 0
+        # Polled after every optimizer step (e.g. a SIGTERM handler); the runner installs one.
+        self.should_stop: Callable[[], bool] = lambda: False
+        self.on_gradients: list[Callable[[DPOTrainer], None]] = []
+        self.on_step_end: list[Callable[[DPOTrainer, StepResult], None]] = []
+
+    # ------------------------------------------------------------------ one micro-batch, shared by train and eval
+
+    def micro_batch_losses(self, batch: Batch, training: bool) -> MicroBatchLosses:
+        """The policy (and reference) forward of one micro-batch and its losses; ``training`` lets a stateful
+        loss update its statistics."""
+        cfg = self.loss_config
+        want_aux = cfg.aux_loss_coef > 0
+        fwd = self.layout.pair_logps(self.scorer, batch, want_aux=want_aux)
+        ref = self.reference.pair_logps(batch) if self.reference is not None else None
+        logps = PairLogps(
+            policy_chosen=fwd.chosen_logps,
+            policy_rejected=fwd.rejected_logps,
+            ref_chosen=ref.chosen_logps if ref is not None else None,
+            ref_rejected=ref.rejected_logps if ref is not None else None,
+            chosen_tokens=fwd.chosen_tokens,
+            rejected_tokens=fwd.rejected_tokens,
+        )
+        self.loss_state.update = training
+        out = compute_loss(logps, cfg, self.loss_state)
+        # Per-token NLL of each chosen response, averaged per pair, so micro-batch means compose exactly.
+        nll = -fwd.chosen_logps / fwd.chosen_tokens.clamp(min=1)
+        per_pair = out.losses + cfg.nll_coef * nll if cfg.nll_coef > 0 else out.losses
+        objective = per_pair.mean()
+        if want_aux and fwd.aux_loss is not None:
+            objective = objective + cfg.aux_loss_coef * fwd.aux_loss
+        return MicroBatchLosses(objective, per_pair, out, fwd, nll)
+
+    def _reduced_means(self, stats: PairStats) -> dict[str, float]:
+        means = stats.means(self.strategy.all_reduce(stats.sums))
+        if self.loss_config.nll_coef == 0 and not self.loss_spec.reports_nll:
+            means.pop("nll")
+        return means
+
+    # ------------------------------------------------------------------ training
+
+    def train_step(self, micro_batches: Sequence[Batch]) -> StepResult:
+        """One optimizer step: forward and backward of each micro-batch (``strategy.accumulation_steps`` of
+        them, gradients synchronised on the last), then clip, update and advance the schedule."""
+        strategy = self.strategy
+        if self.optimizer is None:
+            raise ValueError("train_step() needs an optimizer")
+        if len(micro_batches) != strategy.accumulation_steps:
+            raise ValueError(
+                f"a step takes {strategy.accumulation_steps} micro-batches, got {len(micro_batches)}"
+            )
+        stats, rows = PairStats(), []
+        for i, batch in enumerate(micro_batches):
+            batch = batch.to(strategy.device)
+            with strategy.accumulate(self.scorer, i == len(micro_batches) - 1):
+                losses = self.micro_batch_losses(batch, training=True)
+                strategy.backward(losses.objective, self.scorer, self.optimizer)
+            stats.add(losses.per_pair, losses.loss, losses.policy, losses.nll, batch.num_tokens)
+            rows += batch.rows
+        for hook in self.on_gradients:
+            hook(self)
+        lr = self.optimizer.param_groups[0]["lr"]
+        # A non-finite norm means the strategy dropped the gradients: no update this step.
+        grad_norm = strategy.optimizer_step(self.optimizer, self.scorer, self.scheduler, self.max_norm)
+        self.global_step += 1
+        result = StepResult(self.global_step, stats, grad_norm, lr, rows)
+        for end_hook in self.on_step_end:
+            end_hook(self, result)
+        return result
+
+    def fit(
+        self, args: Config, consumed_samples: int = 0, num_update_steps_per_epoch: int | None = None
+    ) -> None:
+        """Train for ``max_epochs`` (or ``args.train.max_steps``), starting after ``consumed_samples`` pairs."""
+        if self.optimizer is None or self.train_dataloader is None:
+            raise ValueError("fit() needs an optimizer and a train_dataloader")
+        accumulation, global_batch = self.strategy.accumulation_steps, args.train.batch_size
+        steps_per_epoch = num_update_steps_per_epoch or len(self.train_dataloader) // accumulation
+        if steps_per_epoch < 1:
+            raise ValueError(f"the training set is smaller than one batch of {global_batch} pairs")
+        total_steps = planned_steps(steps_per_epoch, self.max_epochs, args.train.max_steps)
+        output_dir = Path(args.output_dir)
+        self.global_step = consumed_samples // global_batch
+        sinks = build_sinks(args, output_dir, total_steps, self.global_step, self.strategy.is_main())
+        if self.strategy.is_main():
+            (output_dir / "config.yaml").write_text(args.to_yaml())
+        if args.train.eval_at_start and self.global_step == 0 and (before := self.evaluate()):
+            sinks.log(0, before)
+        start_epoch = self.global_step // steps_per_epoch
+        window, nonfinite_in_row = StepWindow(), 0
+        for epoch in range(start_epoch, self.max_epochs):
+            if self.global_step >= total_steps:
+                break
+            skip = consumed_samples - epoch * steps_per_epoch * global_batch if epoch == start_epoch else 0
+            set_sampler_position(self.train_dataloader, epoch, skip)
+            self.scorer.train()
+            for micro_batches in step_groups(self.train_dataloader, accumulation):
+                result = self.train_step(micro_batches)
+                consumed_samples += global_batch
+                window.add(result.stats, result.grad_norm)
+                nonfinite_in_row = nonfinite_in_row + 1 if result.skipped else 0
+                if nonfinite_in_row >= args.train.max_nonfinite_steps:
+                    sinks.close()
+                    raise NonFiniteError(nonfinite_message(result, nonfinite_in_row, output_dir))
+                if self.global_step % args.train.logging_steps == 0:
+                    sinks.log(
+                        self.global_step,
+                        self._window_metrics(window, result, steps_per_epoch, consumed_samples),
+                    )
+                    window = StepWindow()
+                done = self.global_step >= total_steps
+                self._evaluate_and_save(args, sinks, steps_per_epoch, done, consumed_samples)
+                if done:
+                    break
+        sinks.close()
+        self._export(output_dir / "final", args, args.to_yaml())
+
+    def _window_metrics(
+        self, window: StepWindow, last: StepResult, steps_per_epoch: int, consumed_samples: int
+    ) -> dict[str, float]:
+        metrics = self._reduced_means(window.stats)
+        metrics["lr"] = last.lr
+        metrics.update(window.rates(metrics["tokens"]))
+        metrics.update(epoch=self.global_step / steps_per_epoch, consumed_samples=consumed_samples)
+        return metrics
+
+    def _evaluate_and_save(
+        self, args: Config, sinks: Sinks, steps_per_epoch: int, done: bool, consumed_samples: int
+    ) -> None:
+        """After a step: evaluate every ``train.eval_steps``, at each epoch's end and at the end; checkpoint every
+        ``ckpt.save_steps`` and at the end; on a stop signal, checkpoint and raise :class:`StopRequested`."""
+        step, eval_steps, save_steps = self.global_step, args.train.eval_steps, args.ckpt.save_steps
+        if (eval_steps and step % eval_steps == 0) or step % steps_per_epoch == 0 or done:
+            if eval_metrics := self.evaluate():
+                sinks.log(step, eval_metrics)
+            self.scorer.train()
+        stopping = self._stop_requested()
+        saved = None
+        if (save_steps and (step % save_steps == 0 or done)) or stopping:
+            saved = self.save_checkpoint(args, consumed_samples)
+        if stopping:
+            sinks.close()
+            where = (
+                f"checkpoint written to {saved}; rerun the same command to resume"
+                if saved is not None
+                else "no checkpoint written (ckpt.disable is set)"
+            )
+            raise StopRequested(f"stopped by a signal after step {step}; {where}")
+
+    def _stop_requested(self) -> bool:
+        """True on every process once any process got a stop signal, so all of them stop at the same step."""
+        flag = 1.0 if self.should_stop() else 0.0
+        return self.strategy.all_reduce({"stop": flag}, op="max")["stop"] > 0
+
+    def evaluate(self) -> dict[str, float]:
+        """Exact pair-weighted means over the whole eval set, keyed ``eval/...``; empty without eval data."""
+        if self.eval_dataloader is None:
+            return {}
+        self.scorer.eval()
+        stats = PairStats()
+        with torch.no_grad():
+            for batch, real in lockstep(self.strategy, self.eval_dataloader):
+                batch = batch.to(self.strategy.device)
+                losses = self.micro_batch_losses(batch, training=False)
+                if real:
+                    stats.add(losses.per_pair, losses.loss, losses.policy, losses.nll, batch.num_tokens)
+        means = self._reduced_means(stats)
+        means.pop("skipped_steps")
+        return {f"eval/{key}": value for key, value in means.items()}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, args: Config, consumed_samples: int) -> Path | None:
+        if self.disable_ds_ckpt:
+            return None
+        assert self.optimizer is not None, "checkpoints are written while training"
+        state = {
+            "global_step": self.global_step,
+            "consumed_samples": consumed_samples,
+            "reference": self.reference.state_for_checkpoint() if self.reference is not None else {},
+            "config": args.to_dict(),  # the resolved config this checkpoint was trained with
+        }
+        export = None
+        if self.save_hf_ckpt:
+
+            def export(folder: Path) -> None:
+                self._export(folder, args, None)
+
+        return save_checkpoint(
+            Path(args.output_dir) / "checkpoints", self.global_step, self.strategy, self.scorer, self.optimizer,
+            self.scheduler, state, keep=args.ckpt.keep, export=export, extra={"loss_state": self.loss_state.state_dict()},
+        )  # fmt: skip
+
+    def _export(self, folder: Path, args: Config, config_yaml: str | None) -> None:
+        export_hf(
+            folder, self.strategy, self.scorer, self.model, self.tokenizer, config_yaml, args.lora.export
+        )
+
+    def load_checkpoint(self, folder: Path) -> int:
+        """Restore weights, optimizer, scheduler, RNG and loss state; returns the consumed samples to resume at."""
+        state = load_checkpoint(folder, self.strategy, self.scorer, self.optimizer, self.scheduler)
+        self.loss_state.load_state_dict(state["extra"].get("loss_state", {}))
+        self.global_step = state["global_step"]
+        return int(state["consumed_samples"])
+
+
+def _agreed_loss_config(beta: float | None, loss_config: LossConfig | None) -> LossConfig:
+    """OpenRLHF's ``beta`` argument and ``loss_config.beta`` name one value: a conflict is refused, not resolved."""
+    if loss_config is None:
+        return LossConfig(beta=DEFAULT_BETA if beta is None else beta)
+    if beta is not None and beta != loss_config.beta:
+        raise ValueError(
+            f"beta={beta} and loss_config.beta={loss_config.beta} disagree; give one of them, or the same value"
+        )
+    return loss_config
