@@ -43,7 +43,10 @@ def test_train_learns_the_synthetic_preference(ws, tmp_path) -> None:
     assert evals[-1]["eval/rewards/accuracies"] >= 0.9, evals
     assert evals[-1]["eval/rewards/margins"] > 0
     assert (out / "final" / "model.safetensors").is_file()
-    assert "done: Hugging Face model written to" in result.stdout
+    summary = result.stdout[result.stdout.index("done in ") :]
+    assert summary.splitlines()[0].endswith(": 32 steps (2.00 epochs, 512 pairs)")
+    assert "held-out (step 32)" in summary and "reward accuracy" in summary
+    assert f"model        {out / 'final'}" in summary and f"metrics      {out / 'metrics.jsonl'}" in summary
 
 
 def test_eval_command_reports_metrics(ws, tmp_path) -> None:
@@ -54,6 +57,19 @@ def test_eval_command_reports_metrics(ws, tmp_path) -> None:
     metrics = json.loads((tmp_path / "eval_metrics.json").read_text())
     assert metrics["eval/loss"] == pytest.approx(0.6931471805599453, rel=1e-6)  # policy == reference: ln 2
     assert metrics["eval/pairs"] == 64
+    assert f"wrote {tmp_path / 'eval_metrics.json'}" in result.stdout
+
+
+def test_eval_checks_only_what_it_uses(ws, tmp_path) -> None:
+    """A micro batch bigger than the (unused) training batch is fine for evaluation; the default output
+    folder is named when it is the one written to."""
+    result = _cli(
+        "eval", "--model.name_or_path", ws["model"], "--data.eval", ws["eval"], "--train.micro_batch_size", "16",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(the default output_dir; --output_dir sets another)" in result.stdout
+    assert (tmp_path / "runs" / "preftune" / "eval_metrics.json").is_file()
 
 
 @pytest.mark.parametrize(
@@ -81,6 +97,24 @@ def test_help_lists_keys() -> None:
     assert result.returncode == 0
     assert "--loss.beta float (default: 0.1)" in result.stdout
     assert "--ckpt.save_steps" in result.stdout
+    assert "--model.dtype {float32,bfloat16,float16} (default: 'float32')" in result.stdout
+    assert "--iterate." not in result.stdout  # train reads no iterate.* key
+    assert "--iterate.rounds" in _cli("iterate", "--help").stdout
+
+
+def test_help_into_a_closed_pipe_is_quiet() -> None:
+    shell = f"{sys.executable} -m preftune eval --help | head -3"
+    result = subprocess.run(shell, shell=True, capture_output=True, text=True, timeout=120)
+    assert len(result.stdout.splitlines()) == 3
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr
+
+
+def test_a_missing_model_folder_is_named_as_a_folder(tmp_path) -> None:
+    result = _cli("train", "--model.name_or_path", "./nope", "--data.train", "x.jsonl", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "preftune: error: model.name_or_path: no folder './nope' exists (and it is not a Hub name either)"
+    )
 
 
 def test_demo_runs_end_to_end(tmp_path) -> None:

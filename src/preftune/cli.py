@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
-from .config import ConfigError, config_from_args, help_lines
+from .config import Config, ConfigError, config_from_args, help_lines
 
 USAGE = """usage: preftune COMMAND [--config run.yaml] [--section.key VALUE ...]
 
@@ -24,7 +25,7 @@ commands:
 
 def _print_help(command: str) -> None:
     print(f"usage: preftune {command} [--config run.yaml] [--section.key VALUE ...]\n\nconfiguration keys:")
-    print("\n".join(help_lines()))
+    print("\n".join(help_lines(command)))
 
 
 def run(argv: list[str]) -> int:
@@ -52,20 +53,41 @@ def run(argv: list[str]) -> int:
 
         run_iterate(config_from_args(rest))
         return 0
+    return _train(rest) if command == "train" else _evaluate(rest)
+
+
+def _train(argv: list[str]) -> int:
+    from .training import runner
+    from .training.summary import run_summary
+
+    cfg = config_from_args(argv)
+    started = time.perf_counter()
+    runner.train(cfg)
+    if _is_main():
+        print(run_summary(Path(cfg.output_dir), time.perf_counter() - started))
+    return 0
+
+
+def _evaluate(argv: list[str]) -> int:
     from .training import runner
 
-    cfg = config_from_args(rest)
-    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
-    if command == "train":
-        final = runner.train(cfg)
-        if is_main:
-            print(f"done: Hugging Face model written to {final}")
-    else:
-        metrics = runner.evaluate(cfg)
-        if is_main:
-            print(json.dumps(metrics, indent=2))
-            Path(cfg.output_dir, "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
+    cfg = config_from_args(argv, training=False)
+    metrics = runner.evaluate(cfg)
+    if _is_main():
+        path = Path(cfg.output_dir, "eval_metrics.json")
+        path.write_text(json.dumps(metrics, indent=2))
+        print(json.dumps(metrics, indent=2))
+        default = (
+            " (the default output_dir; --output_dir sets another)"
+            if cfg.output_dir == Config().output_dir
+            else ""
+        )
+        print(f"wrote {path} and {path.with_name('data_report.json')}{default}")
     return 0
+
+
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
 
 
 def _exit_now_under_torchrun(code: int) -> int:
@@ -90,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         code = run(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:
+        # The reader went away (`preftune eval --help | head -3`): stop quietly, as other tools do; stdout goes
+        # to devnull so the interpreter's final flush cannot raise the same error again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141  # 128 + SIGPIPE
     except (ConfigError, DataError) as exc:
         print(f"preftune: error: {exc}", file=sys.stderr)
         code = EXIT_BAD_INPUT

@@ -311,8 +311,11 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
     setattr(target, name, _coerce(key, tp, value))
 
 
-def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Build a validated :class:`Config` from an optional YAML file, then dotted overrides."""
+def load_config(
+    yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None, training: bool = True
+) -> Config:
+    """Build a validated :class:`Config` from an optional YAML file, then dotted overrides (``training``: see
+    :func:`validate`)."""
     cfg = Config()
     if yaml_path is not None:
         path = Path(yaml_path)
@@ -328,7 +331,7 @@ def load_config(yaml_path: str | Path | None = None, overrides: dict[str, Any] |
             set_value(cfg, key, value)
     for key, value in (overrides or {}).items():
         set_value(cfg, key, value)
-    validate(cfg)
+    validate(cfg, training=training)
     return cfg
 
 
@@ -360,9 +363,11 @@ def parse_overrides(argv: list[str]) -> tuple[str | None, dict[str, Any]]:
     return config_path, overrides
 
 
-def config_from_args(argv: list[str], defaults: dict[str, Any] | None = None) -> Config:
+def config_from_args(
+    argv: list[str], defaults: dict[str, Any] | None = None, training: bool = True
+) -> Config:
     config_path, overrides = parse_overrides(argv)
-    return load_config(config_path, {**(defaults or {}), **overrides})
+    return load_config(config_path, {**(defaults or {}), **overrides}, training)
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -370,9 +375,31 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-def validate(cfg: Config, world_size: int = 1) -> None:
-    """Refuse inconsistent values with a message naming the key; cheap, runs before models load."""
-    loss = cfg.loss
+def validate(cfg: Config, world_size: int = 1, training: bool = True) -> None:
+    """Refuse inconsistent values with a message naming the key; cheap, runs before models load.
+
+    ``training`` False (``preftune eval``) leaves out what only training reads: the optimizer, checkpoints and
+    the batch arithmetic of optimizer steps.
+    """
+    _validate_loss(cfg.loss)
+    _validate_train(cfg.train, cfg.loss, world_size, training)
+    _validate_data(cfg.data)
+    z = cfg.strategy.zero_stage
+    _check(z is None or 0 <= z <= 3, "strategy.zero_stage", f"must be 0, 1, 2 or 3, got {z}")
+    if training:
+        _validate_optim(cfg.optim)
+        _check(cfg.ckpt.keep >= 1, "ckpt.keep", f"must be >= 1, got {cfg.ckpt.keep}")
+        _check(
+            cfg.ckpt.save_steps is None or cfg.ckpt.save_steps >= 1,
+            "ckpt.save_steps",
+            f"must be >= 1, got {cfg.ckpt.save_steps}",
+        )
+    _validate_iterate(cfg.iterate)
+    _validate_lora(cfg)
+    plan_reference(cfg)  # refuses a combination that leaves no valid reference
+
+
+def _validate_loss(loss: LossConfig) -> None:
     _check(loss.type in LOSSES, "loss.type", f"unknown loss {loss.type!r}; choose one of {', '.join(LOSSES)}")
     _check(loss.beta > 0, "loss.beta", f"must be > 0, got {loss.beta}")
     _check(
@@ -383,11 +410,16 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _check(loss.nll_coef >= 0, "loss.nll_coef", f"must be >= 0, got {loss.nll_coef}")
     _check(loss.aux_loss_coef >= 0, "loss.aux_loss_coef", f"must be >= 0, got {loss.aux_loss_coef}")
     _check(loss.discopop_tau > 0, "loss.discopop_tau", f"must be > 0, got {loss.discopop_tau}")
-    t = cfg.train
+
+
+def _validate_train(t: TrainConfig, loss: LossConfig, world_size: int, training: bool) -> None:
     _check(t.layout != "prefix_shared" or loss.aux_loss_coef == 0, "train.layout",
            "prefix_shared routes each prompt once, so the MoE balancing loss (loss.aux_loss_coef) would differ "
            "from padded; use packed")  # fmt: skip
     _check(t.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1, got {t.micro_batch_size}")
+    _check(t.lm_head_chunk >= 1, "train.lm_head_chunk", f"must be >= 1, got {t.lm_head_chunk}")
+    if not training:
+        return
     _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
     per_step = t.micro_batch_size * world_size
     _check(t.batch_size % per_step == 0, "train.batch_size",
@@ -399,15 +431,18 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", f"must be >= 1, got {t.max_nonfinite_steps}"
     )
     _check(t.logging_steps >= 1, "train.logging_steps", f"must be >= 1, got {t.logging_steps}")
-    _check(t.lm_head_chunk >= 1, "train.lm_head_chunk", f"must be >= 1, got {t.lm_head_chunk}")
-    o = cfg.optim
+
+
+def _validate_optim(o: OptimConfig) -> None:
     _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     _check(o.max_norm >= 0, "optim.max_norm", f"must be >= 0, got {o.max_norm}")
     _check(len(o.adam_betas) == 2 and all(0 <= b < 1 for b in o.adam_betas), "optim.adam_betas",
            f"must be two numbers in [0, 1), got {o.adam_betas}")  # fmt: skip
     _check(0 <= o.warmup_ratio < 1, "optim.warmup_ratio", f"must be in [0, 1), got {o.warmup_ratio}")
     _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
-    d = cfg.data
+
+
+def _validate_data(d: DataConfig) -> None:
     _check(d.max_len >= 2, "data.max_len", f"must be >= 2, got {d.max_len}")
     _check(
         d.max_prompt_len is None or d.max_prompt_len >= 1,
@@ -424,17 +459,6 @@ def validate(cfg: Config, world_size: int = 1) -> None:
                f"has {len(d.train_probs)} values for {len(d.train)} sources")  # fmt: skip
         _check(all(p >= 0 for p in d.train_probs) and sum(d.train_probs) > 0, "data.train_probs",
                "must be non-negative with a positive sum")  # fmt: skip
-    z = cfg.strategy.zero_stage
-    _check(z is None or 0 <= z <= 3, "strategy.zero_stage", f"must be 0, 1, 2 or 3, got {z}")
-    _check(cfg.ckpt.keep >= 1, "ckpt.keep", f"must be >= 1, got {cfg.ckpt.keep}")
-    _check(
-        cfg.ckpt.save_steps is None or cfg.ckpt.save_steps >= 1,
-        "ckpt.save_steps",
-        f"must be >= 1, got {cfg.ckpt.save_steps}",
-    )
-    _validate_iterate(cfg.iterate)
-    _validate_lora(cfg)
-    plan_reference(cfg)  # refuses a combination that leaves no valid reference
 
 
 def _validate_iterate(it: IterateConfig) -> None:
@@ -466,13 +490,36 @@ def _validate_lora(cfg: Config) -> None:
         raise ConfigError("lora.rank: LoRA needs peft: pip install 'preftune[lora]'") from None
 
 
-def help_lines() -> list[str]:
-    """One line per key: ``--section.key TYPE (default: X)  help``."""
+# The sections each command reads; ``preftune COMMAND --help`` lists their keys only.
+COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
+    "train": ("", "model", "ref", "data", "loss", "optim", "train", "ckpt", "log", "strategy", "lora"),
+    "eval": ("", "model", "ref", "data", "loss", "train", "log", "strategy", "lora"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    """``int``, ``float | None``, or a Literal's choices as ``{a,b,c}``."""
+    if typing.get_origin(tp) is Literal:
+        return "{" + ",".join(str(choice) for choice in typing.get_args(tp)) + "}"
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])} (comma-separated)"
+    return "none" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def help_lines(command: str | None = None) -> list[str]:
+    """One line per key that ``command`` reads (every key without one): ``--section.key TYPE (default: X)  help``."""
+    sections = COMMAND_SECTIONS.get(command or "")
     lines = []
     defaults = _flatten(Config().to_dict())
     for key, (_, tp, f) in _leaf_fields().items():
-        tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-        lines.append(f"  --{key} {tname} (default: {defaults[key]!r})\n      {f.metadata.get('help', '')}")
+        section = key.rpartition(".")[0]
+        if sections is not None and section not in sections:
+            continue
+        lines.append(
+            f"  --{key} {_type_name(tp)} (default: {defaults[key]!r})\n      {f.metadata.get('help', '')}"
+        )
     return lines
 
 

@@ -86,4 +86,6 @@ def load_pairs(
             report.truncated += 1
         pairs.append(TokenizedPair(p, c, r, row.source, row.index))
     report.kept = len(pairs)
+    if convert.has_template:
+        report.untemplated_prompts = sum(text.prompt_special_tokens for _, text in texts)
     return pairs, report

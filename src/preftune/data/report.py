@@ -30,6 +30,9 @@ class DataReport:
     rows_read: int = 0
     kept: int = 0
     truncated: int = 0
+    # Plain-string prompts used as plain text although a chat template was there to render them: a hint for
+    # the terminal (data.apply_chat_template), not a loss of data, so data_report.json leaves it out.
+    untemplated_prompts: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,14 +16,31 @@ from ..config import ConfigError, ModelConfig
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def _looks_like_a_path(name: str) -> bool:
+    """A Hub name is ``name`` or ``org/name``; anything else is meant as a folder."""
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+
+
 @contextlib.contextmanager
 def load_errors(key: str, name_or_path: str) -> Iterator[None]:
-    """Turn a load failure (missing folder, no network for a Hub name) into a one-line error naming the key."""
+    """Turn a load failure (missing folder, no network for a Hub name) into a one-line error naming the key.
+
+    A name that is no existing folder says so first: the library's own message would be about Hub repo ids
+    (``Repo id must use alphanumeric chars``) for what the user meant as a path.
+    """
     try:
         yield
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"{key}: cannot load {name_or_path!r}: {first}") from None
+        if Path(name_or_path).expanduser().exists():
+            raise ConfigError(f"{key}: cannot load {name_or_path!r}: {first}") from None
+        if _looks_like_a_path(name_or_path):
+            raise ConfigError(
+                f"{key}: no folder {name_or_path!r} exists (and it is not a Hub name either)"
+            ) from None
+        raise ConfigError(
+            f"{key}: no folder {name_or_path!r} exists, and loading it as a Hub name failed: {first}"
+        ) from None
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 from pathlib import Path
@@ -68,7 +69,11 @@ def _quiet(*_: Any) -> None:
 def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tuple[DPOTrainer, int]:
     """Everything ``preftune train`` builds, in order; returns the trainer and its steps per epoch."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    validate(cfg, world_size)
+    validate(cfg, world_size, training=need_train)
+    if not need_train:
+        # Evaluation makes no optimizer step: one micro-batch per process is all a strategy is set up for.
+        cfg = copy.deepcopy(cfg)
+        cfg.train.batch_size = cfg.train.micro_batch_size * world_size
     if not cfg.model.name_or_path:
         raise ConfigError("model.name_or_path: no policy model given")
     out = check_output_dir(cfg.output_dir)

@@ -60,7 +60,15 @@ def _read_splits(
     path = write_data_report(reports, out)
     for split, report in reports.items():
         drops = ", ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items())) or "none"
-        log(f"data {split}: {report.rows_read} rows, {report.kept} kept, dropped: {drops} (details: {path})")
+        log(
+            f"data {split}: {report.rows_read} rows, {report.kept} kept ({report.truncated} of them truncated), "
+            f"dropped: {drops} (details: {path})"
+        )
+        if report.untemplated_prompts:
+            log(
+                f"data {split}: {report.untemplated_prompts} plain-string prompts are used as plain text, though the "
+                "tokenizer has a chat template; --data.apply_chat_template true renders each as a user turn"
+            )
     return train_pairs, eval_pairs
 
 
