@@ -182,3 +182,13 @@ def test_calls_without_a_plan_keep_the_models_own_attention(attn: str) -> None:
         strict=True,
     ):
         assert a[0].response_ids == b[0].response_ids
+
+
+def test_a_plan_reaches_every_layer_through_fsdp2_input_casting() -> None:
+    """FSDP2's mixed precision rebuilds dataclasses among forward inputs to cast them; the plan must pass
+    through as the same object, or its call count and cached grid would be a copy's."""
+    from torch.distributed.utils import _apply_to_tensors
+
+    plan = SegmentPlan([Segment(0, 2)])
+    args = _apply_to_tensors(lambda t: t.to(torch.bfloat16), (torch.ones(2), plan))
+    assert args[1] is plan

@@ -10,7 +10,7 @@ chosen response laid out between them. The segment layouts make a plan per batch
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -49,22 +49,28 @@ class Grid:
     keys: int
 
 
-@dataclass
 class SegmentPlan:
-    """Segments tiling one row left to right, with no gap."""
+    """Segments tiling one row left to right, with no gap.
 
-    segments: list[Segment]
-    calls: int = 0  # attention calls served; the support probe reads it
-    _grids: dict[str, Grid] = field(default_factory=dict, repr=False)
+    A plain class on purpose, not a dataclass: FSDP2's mixed precision rebuilds every dataclass among a
+    module's forward inputs to cast its tensors, which would hand each layer a copy, so the call count below
+    (and the cached grid) would never reach the plan the scorer holds.
+    """
 
-    def __post_init__(self) -> None:
+    def __init__(self, segments: list[Segment]) -> None:
+        self.segments = segments
+        self.calls = 0  # attention calls served; the scorer and the support probe read it
+        self._grids: dict[str, Grid] = {}
         position = 0
-        for seg in self.segments:
+        for seg in segments:
             if seg.start != position or seg.end <= seg.start:
                 raise ValueError(f"segments must tile the row in order; {seg} follows position {position}")
             if seg.has_prefix and seg.prefix_end > seg.start:
                 raise ValueError(f"a segment's prefix must lie before it: {seg}")
             position = seg.end
+
+    def __repr__(self) -> str:
+        return f"SegmentPlan({self.segments!r})"
 
     @property
     def length(self) -> int:
