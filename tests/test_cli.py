@@ -131,3 +131,5 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "held-out pairs" in result.stdout
     assert (tmp_path / "demo" / "final" / "config.json").is_file()
+    # the run report: log.report is on by default
+    assert f"report: {tmp_path / 'demo' / 'report.html'}" in result.stdout

@@ -54,6 +54,7 @@ def test_real_demo_pipeline_end_to_end_on_a_toy_model(tmp_path) -> None:
     assert len(results["examples"]) == 3
     page = (out / "report.html").read_text()
     assert all((out / name).is_file() and name in page for name in ("training.png", "sentiment.png"))
+    assert not list(out.glob("report-*.png"))  # the run report stays off: the demo's page takes its name
     assert (out / "final" / "config.json").is_file()
 
 

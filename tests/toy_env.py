@@ -44,6 +44,8 @@ def toy_config(ws: dict[str, str], output_dir: Path, **overrides: Any) -> Config
         "train.batch_size": 8,
         "train.max_epochs": 1,
         "log.progress": False,
+        # Drawing report.html adds about a second of plotting to every run; test_run_report turns it on.
+        "log.report": False,
     }
     base.update(overrides)
     return load_config(None, base)

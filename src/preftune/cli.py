@@ -1,4 +1,5 @@
-"""``preftune train | eval | demo``: parse -> validate -> build -> run. Errors the user can fix are one line."""
+"""``preftune train | eval | demo | iterate | report``: parse -> validate -> build -> run. Errors the user can
+fix are one line."""
 
 from __future__ import annotations
 
@@ -19,13 +20,50 @@ commands:
           `demo --toy`: a tiny random model on a generated task, no download
   iterate iterative DPO: rounds of sampling, scoring with iterate.reward, pairing best/worst, training;
           `iterate --demo`: SmolLM2-135M with VADER sentiment as the reward on movie-review prompts
+  report  `report RUN [RUN ...] [--output PATH]`: one HTML page of the runs' curves, settings and data
 
 `preftune train --help` lists every configuration key with its default."""
+
+REPORT_USAGE = """usage: preftune report RUN [RUN ...] [--output PATH]
+
+Writes one HTML page (default <first RUN>/report.html; its PNG plots beside it) from each RUN folder's
+metrics.jsonl, config.yaml and data_report.json: loss, accuracy, margins, rewards, log-probs, learning rate
+and gradient norm over steps (training and held-out in the same plot, runs overlaid), final metrics, the
+settings that differ between the runs (all of them for one run) and each run's data report. Needs matplotlib."""
+
+COMMANDS = ("train", "eval", "demo", "iterate", "report")
 
 
 def _print_help(command: str) -> None:
     print(f"usage: preftune {command} [--config run.yaml] [--section.key VALUE ...]\n\nconfiguration keys:")
     print("\n".join(help_lines(command)))
+
+
+def _report(argv: list[str]) -> int:
+    """``preftune report RUN [RUN ...] [--output PATH]`` (also ``--output=PATH``)."""
+    from .training.report import write_run_report
+
+    runs: list[str] = []
+    output: str | None = None
+    i = 0
+    while i < len(argv):
+        flag, eq, value = argv[i].partition("=")
+        if flag == "--output":
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ConfigError("--output: missing value")
+                i += 1
+                value = argv[i]
+            output = value
+        elif argv[i].startswith("-"):
+            raise ConfigError(f"unknown option {flag} for report; see preftune report --help")
+        else:
+            runs.append(argv[i])
+        i += 1
+    if not runs:
+        raise ConfigError("report: give at least one run folder: preftune report RUN [RUN ...]")
+    print(f"report: {write_run_report(runs, output)}")
+    return 0
 
 
 def run(argv: list[str]) -> int:
@@ -35,11 +73,16 @@ def run(argv: list[str]) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    if command not in ("train", "eval", "demo", "iterate"):
-        raise ConfigError(f"unknown command {command!r}; choose train, eval, demo or iterate")
+    if command not in COMMANDS:
+        raise ConfigError(f"unknown command {command!r}; choose {', '.join(COMMANDS[:-1])} or {COMMANDS[-1]}")
     if "-h" in rest or "--help" in rest:
-        _print_help(command)
+        if command == "report":
+            print(REPORT_USAGE)
+        else:
+            _print_help(command)
         return 0
+    if command == "report":
+        return _report(rest)
     if command == "demo":
         from .showcase.toy_demo import run_demo
 

@@ -146,6 +146,7 @@ class LogConfig:
     wandb: bool = _f(False, "log to Weights & Biases")
     wandb_project: str = _f("preftune", "W&B project")
     wandb_mode: Literal["offline", "online"] = _f("offline", "W&B mode (offline needs no network)")
+    report: bool = _f(True, "write report.html (plots, settings, data report) at the end of every train run")
 
 
 @dataclass
@@ -289,11 +290,12 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - schema bug
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"loss": {"beta": 0.1}}`` -> ``{"loss.beta": 0.1}``: the dotted keys the command line uses."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict) and not k.startswith("_"):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[prefix + str(k)] = v
     return out
@@ -327,7 +329,7 @@ def load_config(
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        for key, value in _flatten(raw).items():
+        for key, value in flatten(raw).items():
             set_value(cfg, key, value)
     for key, value in (overrides or {}).items():
         set_value(cfg, key, value)
@@ -512,7 +514,7 @@ def help_lines(command: str | None = None) -> list[str]:
     """One line per key that ``command`` reads (every key without one): ``--section.key TYPE (default: X)  help``."""
     sections = COMMAND_SECTIONS.get(command or "")
     lines = []
-    defaults = _flatten(Config().to_dict())
+    defaults = flatten(Config().to_dict())
     for key, (_, tp, f) in _leaf_fields().items():
         section = key.rpartition(".")[0]
         if sections is not None and section not in sections:

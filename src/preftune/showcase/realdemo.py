@@ -44,6 +44,8 @@ REAL_DEMO_DEFAULTS: dict[str, Any] = {
     "train.eval_steps": 16,
     "train.eval_at_start": True,
     "train.eval_micro_batch_size": 8,
+    # The demo writes its own report.html (before/after generations, sentiment, KL) where the run report would go.
+    "log.report": False,
 }
 
 

@@ -1,6 +1,7 @@
-"""The demo's report: PNG plots (matplotlib, Agg backend: no display needed) and one self-contained HTML page.
+"""The demo's report: PNG plots (matplotlib's Agg renderer: no display needed) and one self-contained HTML page.
 
 Inputs are the training run's ``metrics.jsonl`` rows and a :class:`DemoResults`; nothing here computes a metric.
+The page's table, style and plotting library come from the run report (:mod:`preftune.training.report`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from ..training.report import PAGE_STYLE, figure_class, html_table, series
 
 
 @dataclass
@@ -46,35 +47,20 @@ ROWS = (  # (results key, label, format)
 )
 
 
-def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    picked = [(r["step"], r[key]) for r in rows if key in r]
-    return [s for s, _ in picked], [v for _, v in picked]
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError:
-        raise ConfigError("the demo report needs matplotlib: pip install 'preftune[demo]'") from None
-    matplotlib.use("Agg")  # files only; works without a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def write_plots(rows: list[dict[str, Any]], results: DemoResults, out: Path) -> list[Path]:
     """training.png (loss, accuracy, margins over steps, training and held-out) and sentiment.png."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    figure = figure_class("the demo report")
+    fig = figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 3)
     panels = (
         ("loss", "DPO loss"),
         ("rewards/accuracies", "preference accuracy"),
         ("rewards/margins", "reward margin"),
     )
     for ax, (key, title) in zip(axes, panels, strict=True):
-        steps, values = _series(rows, key)
+        steps, values = series(rows, key)
         ax.plot(steps, values, color="#9ab", lw=1, label="training batch")
-        steps, values = _series(rows, f"eval/{key}")
+        steps, values = series(rows, f"eval/{key}")
         ax.plot(steps, values, "o-", color="#c33", label="held-out movies")
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
@@ -83,9 +69,9 @@ def write_plots(rows: list[dict[str, Any]], results: DemoResults, out: Path) -> 
     fig.tight_layout()
     training = out / "training.png"
     fig.savefig(training, dpi=110)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    fig = figure(figsize=(6.5, 3.6))
+    ax = fig.subplots()
     bins = [i / 10 for i in range(-10, 11)]
     ax.hist(
         results.before_sentiments,
@@ -106,7 +92,6 @@ def write_plots(rows: list[dict[str, Any]], results: DemoResults, out: Path) -> 
     fig.tight_layout()
     sentiment = out / "sentiment.png"
     fig.savefig(sentiment, dpi=110)
-    plt.close(fig)
     return [training, sentiment]
 
 
@@ -119,27 +104,14 @@ def summary_rows(results: DemoResults) -> list[tuple[str, str, str]]:
     ]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-_STYLE = (
-    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
-    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
-    "th{background:#f3f3f3}img{max-width:100%}"
-)
-
-
 def write_report(out: Path, rows: list[dict[str, Any]], results: DemoResults) -> Path:
     """``out/report.html`` with the plots of the training metrics ``rows`` beside it and ``out/results.json``;
     returns the HTML path."""
     images = write_plots(rows, results, out)
     (out / "results.json").write_text(results.to_json())
     esc = html.escape
-    summary = _table(["", "before", "after"], [[esc(a), b, c] for a, b, c in summary_rows(results)])
-    examples = _table(
+    summary = html_table(["", "before", "after"], [[esc(a), b, c] for a, b, c in summary_rows(results)])
+    examples = html_table(
         ["prompt", "before training", "after training"],
         [
             [esc(e.prompt), f"{esc(e.before)}<br><i>sentiment {e.before_sentiment:+.2f}</i>",
@@ -147,11 +119,11 @@ def write_report(out: Path, rows: list[dict[str, Any]], results: DemoResults) ->
             for e in results.examples
         ],
     )  # fmt: skip
-    settings = _table(["setting", "value"], [[esc(k), esc(str(v))] for k, v in results.settings.items()])
-    timing = _table(["phase", "seconds"], [[esc(k), f"{v:.1f}"] for k, v in results.seconds.items()])
+    settings = html_table(["setting", "value"], [[esc(k), esc(str(v))] for k, v in results.settings.items()])
+    timing = html_table(["phase", "seconds"], [[esc(k), f"{v:.1f}"] for k, v in results.seconds.items()])
     plots = "".join(f'<p><img src="{esc(p.name)}" alt="{esc(p.stem)}"></p>' for p in images)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>preftune demo</title>
-<style>{_STYLE}</style></head><body>
+<style>{PAGE_STYLE}</style></head><body>
 <h1>preftune demo: DPO on Rotten Tomatoes reviews</h1>
 <p>Model <code>{esc(results.model)}</code>, trained to prefer a fresh (positive) critic snippet over a rotten one
 for the same movie, evaluated on movies never seen in training. Accuracy counts held-out pairs whose chosen reward

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..config import Config, ConfigError
 from .builder import build_trainer, check_output_dir, resume_point
+from .report import PlottingUnavailable, write_run_report
 from .signals import GracefulStop
 
 __all__ = ["build_trainer", "check_output_dir", "evaluate", "resume_point", "train"]
@@ -27,8 +28,21 @@ def train(cfg: Config, log: Any = print) -> Path:
             )
         trainer.should_stop = stop
         trainer.fit(cfg, consumed_samples=consumed, num_update_steps_per_epoch=steps_per_epoch)
+    if cfg.log.report and trainer.strategy.is_main():
+        _write_report(Path(cfg.output_dir), log)
     trainer.strategy.close()
     return Path(cfg.output_dir) / "final"
+
+
+def _write_report(output_dir: Path, log: Any) -> None:
+    """The report is drawn from files the run has already written, so a missing plotting library costs the
+    page, never the trained model: the run still succeeds, and ``preftune report`` can draw it later."""
+    try:
+        page = write_run_report([output_dir])
+    except PlottingUnavailable as exc:
+        log(f"report.html skipped: {exc} (--log.report false silences this)")
+        return
+    log(f"report: {page}")
 
 
 def evaluate(cfg: Config, log: Any = print) -> dict[str, float]:
