@@ -4,6 +4,7 @@ drifts from the CLI fails here."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -17,7 +18,8 @@ import torch
 
 from preftune.showcase.acquire import ROTTEN_TOMATOES_CSV
 from preftune.toy import synthetic_preference_rows
-from toy_env import toy_workspace, write_jsonl, write_review_corpus
+from preftune.training import runner
+from toy_env import toy_config, toy_workspace, write_jsonl, write_review_corpus
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 RUNS_PREFTUNE = re.compile(r"(^|\s)(\S*preftune|torchrun|deepspeed)\s")
@@ -72,6 +74,10 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     folder = cache / "files" / f"{ROTTEN_TOMATOES_CSV.package}-{ROTTEN_TOMATOES_CSV.version}"
     folder.mkdir(parents=True)
     write_review_corpus(folder / Path(ROTTEN_TOMATOES_CSV.member).name)
+    for beta in ("0.1", "0.5"):  # the runs the README's report examples compare
+        runner.train(
+            toy_config(ws, root / "runs" / f"beta-{beta}", **{"loss.beta": beta, "train.max_steps": 2})
+        )
     return {"root": root, "model": Path(ws["model"]), "cache": cache}
 
 
@@ -84,13 +90,15 @@ def _as_run(command: str, ws: dict[str, Path]) -> list[str]:
         "torchrun": [sys.executable, "-m", "torch.distributed.run"],
         "deepspeed": [str(Path(sys.executable).parent / "deepspeed")],
     }
+    # A shell would expand the globs (runs/beta-*); subprocess without a shell does not.
+    argv = [match for arg in argv for match in (sorted(glob.glob(arg, root_dir=ws["root"])) or [arg])]
     name = Path(argv[0]).name
     head = launchers.get(name, [sys.executable, "-m", "preftune"])
     rest = argv[1:]
     for flag in ("--nproc_per_node", "--num_gpus"):
         if flag in rest:
             rest[rest.index(flag) + 1] = str(min(2, int(rest[rest.index(flag) + 1])))
-    if "--help" in rest:
+    if "--help" in rest or rest[:1] == ["report"]:
         return [*head, *rest]
     extra = list(FAST)
     if "demo" in rest:
