@@ -44,6 +44,9 @@ def test_train_learns_the_synthetic_preference(ws, tmp_path) -> None:
     assert evals[-1]["eval/rewards/margins"] > 0
     assert (out / "final" / "model.safetensors").is_file()
     assert "done: Hugging Face model written to" in result.stdout
+    # With deepspeed installed, loading the model imports it (through accelerate); without CUDA its accelerator
+    # probe warned "Setting accelerator to CPU ..." in every run until the CLI set DS_ACCELERATOR=cpu first.
+    assert "unable to detect it" not in result.stdout + result.stderr  # deepspeed logs to stdout
 
 
 def test_eval_command_reports_metrics(ws, tmp_path) -> None:
