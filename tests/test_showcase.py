@@ -4,6 +4,8 @@ Rotten Tomatoes pair building, VADER, the KL estimate's log-probs and the report
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 import zipfile
 from pathlib import Path
@@ -135,6 +137,20 @@ def test_gguf_conversion_gives_a_normal_folder_with_the_same_logits_and_tokenize
     stamp = (out / "model.safetensors").stat().st_mtime_ns
     assert convert_gguf(gguf_path, out) == out
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_converted_folder_gets_the_umask_mode_and_leaves_no_temporary_folder(tmp_path) -> None:
+    (tmp_path / "src").mkdir()
+    gguf_path = write_tiny_gguf(tmp_path / "src" / "tiny.gguf")
+    models = tmp_path / "cache" / "models"
+    previous = os.umask(0o027)  # not the usual 022, so neither mkdtemp's 0700 nor a fixed 0755 would pass
+    try:
+        out = convert_gguf(gguf_path, models / "tiny")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750
+    assert stat.S_IMODE((out / "config.json").stat().st_mode) == 0o640
+    assert [p.name for p in models.iterdir()] == ["tiny"]
 
 
 def _fake_wheel(dest: Path, member: str, payload: bytes) -> Path:

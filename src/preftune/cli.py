@@ -147,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     from .allocator import keep_freed_memory
     from .data import DataError
     from .errors import EXIT_BAD_INPUT, RunStopped
+    from .strategy.deepspeed_strategy import default_cpu_accelerator
 
     keep_freed_memory()
+    default_cpu_accelerator()  # before transformers can import deepspeed (see there)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-file load/save bars drown the training progress bar

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import uuid
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,7 +127,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    # A plain mkdir under a unique name, not tempfile.mkdtemp: mkdtemp makes the folder 0700 and the rename
+    # keeps that, so the cached model would be private to one user; mkdir honours the umask (0755 under 022).
+    partial = out_dir.parent / f".{out_dir.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    partial.mkdir()
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     partial.rename(out_dir)

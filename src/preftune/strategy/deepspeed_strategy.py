@@ -20,9 +20,20 @@ from .distributed import DDPStrategy
 CHECKPOINT_TAG = "deepspeed"
 
 
-def import_deepspeed() -> Any:
+def default_cpu_accelerator() -> None:
+    """Without CUDA, DeepSpeed runs on CPU (``DS_ACCELERATOR=cpu``) unless the environment already says otherwise.
+
+    Call it before anything imports deepspeed: the import probes for an accelerator and, finding none, warns
+    "Setting accelerator to CPU ... we were unable to detect it". Transformers' model loading imports deepspeed
+    (through accelerate) whenever both are installed, so without this every command printed that warning,
+    DeepSpeed strategy or not; the CLI calls it first thing.
+    """
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def import_deepspeed() -> Any:
+    default_cpu_accelerator()
     try:
         import deepspeed
     except ImportError:
