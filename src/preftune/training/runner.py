@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError
+from ..data import DataError
 from .builder import build_trainer, check_output_dir, resume_point
 from .report import PlottingUnavailable, write_run_report
 from .signals import GracefulStop
@@ -35,11 +36,12 @@ def train(cfg: Config, log: Any = print) -> Path:
 
 
 def _write_report(output_dir: Path, log: Any) -> None:
-    """The report is drawn from files the run has already written, so a missing plotting library costs the
-    page, never the trained model: the run still succeeds, and ``preftune report`` can draw it later."""
+    """The report is drawn from files the run has already written, so a missing plotting library or a run
+    with nothing to plot (one resumed at its last step only exports) costs the page, never the trained model:
+    the run still succeeds, and ``preftune report`` can draw it later."""
     try:
         page = write_run_report([output_dir])
-    except PlottingUnavailable as exc:
+    except (PlottingUnavailable, DataError) as exc:
         log(f"report.html skipped: {exc} (--log.report false silences this)")
         return
     log(f"report: {page}")
