@@ -4,7 +4,7 @@ Entry points: :func:`load_pairs` (one split, as :class:`TokenizedPair` lists) an
 """
 
 from .errors import DataError
-from .load import TokenizedPair, load_pairs
+from .load import TokenizedGroup, TokenizedPair, load_pairs
 from .report import DataReport, write_data_report
 
-__all__ = ["DataError", "DataReport", "TokenizedPair", "load_pairs", "write_data_report"]
+__all__ = ["DataError", "DataReport", "TokenizedGroup", "TokenizedPair", "load_pairs", "write_data_report"]

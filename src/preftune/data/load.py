@@ -37,6 +37,23 @@ class TokenizedPair:
     pair_id: int = -1
 
 
+@dataclass
+class TokenizedGroup:
+    """One prompt with K >= 2 responses as token ids, and their scores (higher is better; ties allowed).
+
+    The model sees ``prompt_ids + responses[k]`` for each k and scores only the response part; a pair is the
+    group ``[chosen, rejected]`` with scores ``[1, 0]``. ``group_id`` is its slot in the run's table (-1: not
+    numbered), like :attr:`TokenizedPair.pair_id`.
+    """
+
+    prompt_ids: list[int]
+    responses: list[list[int]]
+    scores: list[float]
+    source: str
+    index: int
+    group_id: int = -1
+
+
 def load_pairs(
     cfg: DataConfig, tokenizer: Any, split: Literal["train", "eval"], seed: int
 ) -> tuple[list[TokenizedPair], DataReport]:

@@ -7,12 +7,14 @@ A layout owns two things: ``collate`` (pairs -> :class:`Batch`) and ``pair_logps
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from ..data.load import TokenizedGroup
 from .plan import SegmentPlan
 
 if TYPE_CHECKING:
@@ -21,10 +23,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class Batch:
-    """Model inputs for 2B sequences (B chosen then B rejected) plus the token bookkeeping to score them.
+    """Model inputs for S sequences (prompt + one response each) plus the token bookkeeping to score them.
 
+    A batch of B pairs has S = 2B: B chosen, then B rejected. A batch of prompt groups (a prompt with K_g
+    responses) numbers its sequences group by group: group 0's responses, then group 1's, ...
     ``score_from`` indexes the flattened (rows x T) hidden states that predict each scored token,
-    ``score_targets`` holds those tokens and ``score_sequence`` the sequence (0..2B-1) each one belongs to.
+    ``score_targets`` holds those tokens and ``score_sequence`` the sequence (0..S-1) each one belongs to.
     """
 
     input_ids: Tensor
@@ -41,6 +45,12 @@ class Batch:
     # Segment layouts lay every sequence in one row and say here which tokens attend to which.
     attention_plan: SegmentPlan | None = None
     pair_ids: Tensor | None = None  # (B,) each pair's TokenizedPair.pair_id, for a precomputed reference
+    # Group batches only: (S,) the group each sequence answers (pair batches leave it None).
+    sequence_group: Tensor | None = None
+
+    @property
+    def num_sequences(self) -> int:
+        return 2 * self.num_pairs if self.sequence_group is None else int(self.sequence_group.numel())
 
     def to(self, device: torch.device) -> Batch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -61,57 +71,111 @@ class PairForward:
     aux_loss: Tensor | None = None
 
 
+@dataclass
+class ResponseForward:
+    """Per-sequence results of one forward, in sequence order."""
+
+    logps: Tensor  # (S,) summed response log-probs
+    tokens: Tensor  # (S,) response token counts
+    aux_loss: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class PromptGroup:
+    """One prompt with the responses a layout lays out after it, and each response's sequence number."""
+
+    prompt: list[int]
+    responses: list[list[int]]
+    sequences: list[int]
+
+
 class Layout(Protocol):
-    """How pairs become one forward: ``collate`` (pairs -> :class:`Batch`) and ``pair_logps`` (scorer + batch ->
-    :class:`PairForward`). Every layout is exact: the same per-pair log-probs as ``padded``."""
+    """How pairs (or prompt groups) become one forward: ``collate`` (pairs -> :class:`Batch`),
+    ``collate_groups`` (prompts with K responses each -> :class:`Batch`), ``pair_logps`` (scorer + batch ->
+    :class:`PairForward`). Every layout is exact: the same per-response log-probs as ``padded``."""
 
     name: str
 
     def collate(self, pairs: list[TokenizedPair]) -> Batch: ...
 
+    def collate_groups(self, groups: list[TokenizedGroup]) -> Batch: ...
+
     def pair_logps(self, scorer: nn.Module, batch: Batch, want_aux: bool = False) -> PairForward: ...
 
 
-def split_pairs(seq_logps: Tensor, seq_tokens: Tensor, num_pairs: int, aux: Tensor | None) -> PairForward:
-    return PairForward(
-        chosen_logps=seq_logps[:num_pairs],
-        rejected_logps=seq_logps[num_pairs:],
-        chosen_tokens=seq_tokens[:num_pairs],
-        rejected_tokens=seq_tokens[num_pairs:],
-        aux_loss=aux,
-    )
+def pair_groups(pairs: list[TokenizedPair]) -> list[PromptGroup]:
+    """Each pair as a group of two: its chosen response is sequence b, its rejected one sequence B + b."""
+    n = len(pairs)
+    return [
+        PromptGroup(p.prompt_ids, [p.chosen_ids, p.rejected_ids], [b, n + b]) for b, p in enumerate(pairs)
+    ]
 
 
-def pair_sequences(pairs: list[TokenizedPair]) -> tuple[list[list[int]], list[list[int]]]:
-    """(responses, full sequences) of the 2B sequences: chosen ones first, then rejected, each after its prompt."""
-    prompts = [p.prompt_ids for p in pairs]
-    responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
-    return responses, [prompt + resp for prompt, resp in zip(prompts + prompts, responses, strict=True)]
+def response_groups(groups: list[TokenizedGroup]) -> list[PromptGroup]:
+    """Each group's responses numbered in order, group after group."""
+    laid, start = [], 0
+    for group in groups:
+        k = len(group.responses)
+        laid.append(PromptGroup(group.prompt_ids, group.responses, list(range(start, start + k))))
+        start += k
+    return laid
+
+
+def in_sequence_order(groups: list[PromptGroup]) -> list[tuple[list[int], list[int]]]:
+    """(prompt, response) of every sequence, by sequence number."""
+    numbered = {s: (g.prompt, r) for g in groups for s, r in zip(g.sequences, g.responses, strict=True)}
+    return [numbered[s] for s in range(len(numbered))]
+
+
+@dataclass
+class Scoring:
+    """Which hidden state predicts each scored token, the token, and its sequence; filled in any order."""
+
+    score_from: dict[int, list[int]] = field(default_factory=dict)
+    targets: dict[int, list[int]] = field(default_factory=dict)
+
+    def add(self, sequence: int, predicted_from: list[int], response: list[int]) -> None:
+        self.score_from[sequence], self.targets[sequence] = predicted_from, response
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Listed by sequence number, as every consumer of ``score_sequence`` expects."""
+        order = sorted(self.targets)
+        return (
+            torch.tensor([i for s in order for i in self.score_from[s]], dtype=torch.long),
+            torch.tensor([t for s in order for t in self.targets[s]], dtype=torch.long),
+            torch.tensor([s for s in order for _ in self.targets[s]], dtype=torch.long),
+        )
 
 
 def make_batch(
-    pairs: list[TokenizedPair],
-    sequences: list[list[int]],
-    input_ids: Tensor,
-    attention_mask: Tensor | None,
-    position_ids: Tensor | None,
-    scoring: tuple[list[int], list[int], list[int]],
+    items: Sequence[TokenizedPair | TokenizedGroup],
+    groups: list[PromptGroup],
+    inputs: tuple[Tensor, Tensor | None, Tensor | None],
+    scoring: Scoring,
     attention_plan: SegmentPlan | None = None,
 ) -> Batch:
-    score_from, score_targets, score_sequence = scoring
+    """A batch of ``items`` (pairs or groups) laid out as ``groups``; ``inputs`` = (ids, mask, positions)."""
+    score_from, score_targets, score_sequence = scoring.tensors()
+    sequence_group = None
+    if items and isinstance(items[0], TokenizedGroup):  # prompt groups: say which group each sequence answers
+        owner = {s: g for g, group in enumerate(groups) for s in group.sequences}
+        sequence_group = torch.tensor([owner[s] for s in range(len(owner))], dtype=torch.long)
     return Batch(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        score_from=torch.tensor(score_from, dtype=torch.long),
-        score_targets=torch.tensor(score_targets, dtype=torch.long),
-        score_sequence=torch.tensor(score_sequence, dtype=torch.long),
-        num_pairs=len(pairs),
-        num_tokens=sum(len(s) for s in sequences),
-        rows=[(p.source, p.index) for p in pairs],
+        input_ids=inputs[0],
+        attention_mask=inputs[1],
+        position_ids=inputs[2],
+        score_from=score_from,
+        score_targets=score_targets,
+        score_sequence=score_sequence,
+        num_pairs=len(items),
+        num_tokens=sum(len(g.prompt) * len(g.responses) + sum(map(len, g.responses)) for g in groups),
+        rows=[(p.source, p.index) for p in items],
         attention_plan=attention_plan,
-        # Pair-like objects without an id (e.g. built by hand) get -1: only a cached reference needs one.
-        pair_ids=torch.tensor([getattr(p, "pair_id", -1) for p in pairs], dtype=torch.long),
+        # Items without an id (e.g. built by hand) get -1: only a cached reference needs one.
+        pair_ids=torch.tensor(
+            [getattr(p, "pair_id", getattr(p, "group_id", -1)) for p in items], dtype=torch.long
+        ),
+        sequence_group=sequence_group,
     )
 
 
@@ -121,9 +185,9 @@ def sum_per_sequence(token_values: Tensor, sequence_ids: Tensor, num_sequences: 
     return out.index_add(0, sequence_ids, token_values)
 
 
-def score_pairs(scorer: nn.Module, batch: Batch, want_aux: bool = False) -> PairForward:
-    """Per-pair summed log-probs and token counts of a batch of any layout: the batch says which hidden state
-    predicts each scored token (``score_from``) and which sequence it belongs to (``score_sequence``)."""
+def score_responses(scorer: nn.Module, batch: Batch, want_aux: bool = False) -> ResponseForward:
+    """Per-sequence summed log-probs and token counts of a batch of any layout: the batch says which hidden
+    state predicts each scored token (``score_from``) and which sequence it belongs to (``score_sequence``)."""
     token_logps, aux = scorer(
         batch.input_ids,
         batch.attention_mask,
@@ -133,7 +197,15 @@ def score_pairs(scorer: nn.Module, batch: Batch, want_aux: bool = False) -> Pair
         want_aux,
         batch.attention_plan,
     )
-    num_seqs = 2 * batch.num_pairs
+    num_seqs = batch.num_sequences
     seq_logps = sum_per_sequence(token_logps, batch.score_sequence, num_seqs)
     seq_tokens = sum_per_sequence(torch.ones_like(token_logps), batch.score_sequence, num_seqs)
-    return split_pairs(seq_logps, seq_tokens, batch.num_pairs, aux)
+    return ResponseForward(seq_logps, seq_tokens, aux)
+
+
+def score_pairs(scorer: nn.Module, batch: Batch, want_aux: bool = False) -> PairForward:
+    """:func:`score_responses` of a pair batch, split into its chosen and rejected halves."""
+    if batch.sequence_group is not None:
+        raise ValueError("a batch of prompt groups has no chosen/rejected halves; use score_responses")
+    out, b = score_responses(scorer, batch, want_aux), batch.num_pairs
+    return PairForward(out.logps[:b], out.logps[b:], out.tokens[:b], out.tokens[b:], out.aux_loss)

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from .batch import Batch, make_batch, pair_sequences, score_pairs
+from .batch import (
+    Batch,
+    PromptGroup,
+    Scoring,
+    in_sequence_order,
+    make_batch,
+    pair_groups,
+    response_groups,
+    score_pairs,
+)
 
 if TYPE_CHECKING:
-    from ..data import TokenizedPair
+    from ..data import TokenizedGroup, TokenizedPair
 
 
 @dataclass(frozen=True)
@@ -33,19 +43,21 @@ class PaddedLayout:
     pair_logps = staticmethod(score_pairs)
 
     def collate(self, pairs: list[TokenizedPair]) -> Batch:
-        responses, sequences = pair_sequences(pairs)
-        width = max(len(s) for s in sequences)
+        return self._lay_out(pairs, pair_groups(pairs))
+
+    def collate_groups(self, groups: list[TokenizedGroup]) -> Batch:
+        return self._lay_out(groups, response_groups(groups))
+
+    def _lay_out(self, items: Sequence[TokenizedPair | TokenizedGroup], groups: list[PromptGroup]) -> Batch:
+        sequences = in_sequence_order(groups)
+        width = max(len(prompt) + len(resp) for prompt, resp in sequences)
         input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        score_from: list[int] = []
-        score_targets: list[int] = []
-        score_sequence: list[int] = []
-        for row, (seq, resp) in enumerate(zip(sequences, responses, strict=True)):
-            input_ids[row, : len(seq)] = torch.tensor(seq)
-            attention_mask[row, : len(seq)] = 1
-            first = len(seq) - len(resp)
-            score_from.extend(range(row * width + first - 1, row * width + len(seq) - 1))
-            score_targets.extend(resp)
-            score_sequence.extend([row] * len(resp))
-        scoring = (score_from, score_targets, score_sequence)
-        return make_batch(pairs, sequences, input_ids, attention_mask, None, scoring)
+        scoring = Scoring()
+        for row, (prompt, resp) in enumerate(sequences):
+            length = len(prompt) + len(resp)
+            input_ids[row, :length] = torch.tensor(prompt + resp)
+            attention_mask[row, :length] = 1
+            first = row * width + len(prompt)  # flat position of the first response token
+            scoring.add(row, list(range(first - 1, first - 1 + len(resp))), resp)
+        return make_batch(items, groups, (input_ids, attention_mask, None), scoring)

@@ -1,23 +1,34 @@
 """Padding-free layouts: every sequence of a micro-batch in one row, attention confined by a segment plan.
 
-``packed`` lays the 2B sequences (prompt + chosen, prompt + rejected) end to end. ``prefix_shared`` lays each
-pair out once as prompt + chosen + rejected: the rejected response attends to the prompt but not to the chosen
-response, and its positions continue from the prompt's end, so the prompt is encoded once instead of twice.
+``packed`` lays the sequences (prompt + one response each) end to end. ``prefix_shared`` lays each prompt out once
+with all its responses after it (a pair: prompt + chosen + rejected; a group: prompt + r1 + ... + rK): every
+response after the first attends to the prompt but not to the responses laid out between them, and its
+positions continue from the prompt's end, so the prompt is encoded once instead of once per response.
 Both score exactly the tokens the padded layout scores, from hidden states that saw exactly the same context.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from .batch import Batch, make_batch, pair_sequences, score_pairs
+from .batch import (
+    Batch,
+    PromptGroup,
+    Scoring,
+    in_sequence_order,
+    make_batch,
+    pair_groups,
+    response_groups,
+    score_pairs,
+)
 from .plan import Segment, SegmentPlan
 
 if TYPE_CHECKING:
-    from ..data import TokenizedPair
+    from ..data import TokenizedGroup, TokenizedPair
 
 
 @dataclass(frozen=True)
@@ -36,30 +47,30 @@ class PackedLayout:
     pair_logps = staticmethod(score_pairs)
 
     def collate(self, pairs: list[TokenizedPair]) -> Batch:
-        responses, sequences = pair_sequences(pairs)
-        row: list[int] = []
-        positions: list[int] = []
-        segments: list[Segment] = []
-        score_from: list[int] = []
-        score_targets: list[int] = []
-        score_sequence: list[int] = []
-        for i, (seq, resp) in enumerate(zip(sequences, responses, strict=True)):
-            start = len(row)
-            segments.append(Segment(start, start + len(seq)))
-            first = start + len(seq) - len(resp)  # position of the first response token
-            score_from.extend(range(first - 1, first - 1 + len(resp)))
-            score_targets.extend(resp)
-            score_sequence.extend([i] * len(resp))
-            row.extend(seq)
-            positions.extend(range(len(seq)))
-        return _one_row(
-            pairs, sequences, row, positions, segments, (score_from, score_targets, score_sequence)
-        )
+        return _packed(pairs, pair_groups(pairs))
+
+    def collate_groups(self, groups: list[TokenizedGroup]) -> Batch:
+        return _packed(groups, response_groups(groups))
+
+
+def _packed(items: Sequence[TokenizedPair | TokenizedGroup], groups: list[PromptGroup]) -> Batch:
+    row: list[int] = []
+    positions: list[int] = []
+    segments: list[Segment] = []
+    scoring = Scoring()
+    for sequence, (prompt, resp) in enumerate(in_sequence_order(groups)):
+        start = len(row)
+        segments.append(Segment(start, start + len(prompt) + len(resp)))
+        first = start + len(prompt)  # position of the first response token
+        scoring.add(sequence, list(range(first - 1, first - 1 + len(resp))), resp)
+        row.extend(prompt + resp)
+        positions.extend(range(len(prompt) + len(resp)))
+    return _one_row(items, groups, row, positions, segments, scoring)
 
 
 @dataclass(frozen=True)
 class PrefixSharedLayout:
-    """One row holding prompt + chosen + rejected per pair; the prompt is encoded once per model.
+    """One row holding each prompt once, then its responses; the prompt is encoded once per model.
 
     Example, prompt [5, 6], chosen [8], rejected [9, 2]:
 
@@ -67,8 +78,9 @@ class PrefixSharedLayout:
         position_ids = [[0, 1, 2, 2, 3]]       rejected continues from the prompt's end, like in its own sequence
         segments     = [0, 3) causal;  [3, 5) causal over itself, plus all of the prompt [0, 2)
 
-    Both responses' first tokens are predicted from the prompt's last position (index 1 here); the rest from the
-    previous token of the same response.
+    Every response's first token is predicted from the prompt's last position (index 1 here); the rest from the
+    previous token of the same response. A group lays out prompt, r1, ..., rK the same way: r2..rK each see the
+    prompt and themselves only.
     """
 
     name = "prefix_shared"
@@ -76,54 +88,43 @@ class PrefixSharedLayout:
     pair_logps = staticmethod(score_pairs)
 
     def collate(self, pairs: list[TokenizedPair]) -> Batch:
-        _, sequences = pair_sequences(pairs)
-        n = len(pairs)
-        row: list[int] = []
-        positions: list[int] = []
-        segments: list[Segment] = []
-        scored: list[tuple[list[int], list[int], list[int]]] = [([], [], []) for _ in range(2 * n)]
-        for k, pair in enumerate(pairs):
-            prompt, chosen, rejected = pair.prompt_ids, pair.chosen_ids, pair.rejected_ids
-            if not prompt:
-                raise ValueError(
-                    f"{pair.source} row {pair.index}: empty prompt; prefix_shared needs one token"
-                )
-            start = len(row)
-            last_prompt = start + len(prompt) - 1
-            rejected_start = start + len(prompt) + len(chosen)
-            segments.append(Segment(start, rejected_start))
-            segments.append(Segment(rejected_start, rejected_start + len(rejected), start, last_prompt + 1))
-            from_chosen = list(range(last_prompt, last_prompt + len(chosen)))
-            from_rejected = [last_prompt, *range(rejected_start, rejected_start + len(rejected) - 1)]
-            scored[k] = (from_chosen, chosen, [k] * len(chosen))
-            scored[n + k] = (from_rejected, rejected, [n + k] * len(rejected))
-            row.extend(prompt + chosen + rejected)
-            positions.extend(
-                [*range(len(prompt) + len(chosen)), *range(len(prompt), len(prompt) + len(rejected))]
-            )
-        # Scores are listed chosen sequences first, then rejected, as every layout's score_sequence expects.
-        score_from = [i for s in scored for i in s[0]]
-        score_targets = [t for s in scored for t in s[1]]
-        score_sequence = [q for s in scored for q in s[2]]
-        return _one_row(
-            pairs, sequences, row, positions, segments, (score_from, score_targets, score_sequence)
-        )
+        return _prefix_shared(pairs, pair_groups(pairs))
+
+    def collate_groups(self, groups: list[TokenizedGroup]) -> Batch:
+        return _prefix_shared(groups, response_groups(groups))
+
+
+def _prefix_shared(items: Sequence[TokenizedPair | TokenizedGroup], groups: list[PromptGroup]) -> Batch:
+    row: list[int] = []
+    positions: list[int] = []
+    segments: list[Segment] = []
+    scoring = Scoring()
+    for item, group in zip(items, groups, strict=True):
+        prompt = group.prompt
+        if not prompt:
+            raise ValueError(f"{item.source} row {item.index}: empty prompt; prefix_shared needs one token")
+        start, last_prompt = len(row), len(row) + len(prompt) - 1
+        for k, (sequence, resp) in enumerate(zip(group.sequences, group.responses, strict=True)):
+            if k == 0:  # the prompt and the first response form one causal segment
+                row.extend(prompt)
+                positions.extend(range(len(prompt)))
+                segments.append(Segment(start, len(row) + len(resp)))
+            else:  # a later response sees the whole prompt, then itself causally
+                segments.append(Segment(len(row), len(row) + len(resp), start, last_prompt + 1))
+            begin = len(row)  # where this response's tokens go
+            scoring.add(sequence, [last_prompt, *range(begin, begin + len(resp) - 1)], resp)
+            row.extend(resp)
+            positions.extend(range(len(prompt), len(prompt) + len(resp)))
+    return _one_row(items, groups, row, positions, segments, scoring)
 
 
 def _one_row(
-    pairs: list[TokenizedPair],
-    sequences: list[list[int]],
+    items: Sequence[TokenizedPair | TokenizedGroup],
+    groups: list[PromptGroup],
     row: list[int],
     positions: list[int],
     segments: list[Segment],
-    scoring: tuple[list[int], list[int], list[int]],
+    scoring: Scoring,
 ) -> Batch:
-    return make_batch(
-        pairs,
-        sequences,
-        torch.tensor([row], dtype=torch.long),
-        None,
-        torch.tensor([positions], dtype=torch.long),
-        scoring,
-        SegmentPlan(segments),
-    )
+    inputs = (torch.tensor([row], dtype=torch.long), None, torch.tensor([positions], dtype=torch.long))
+    return make_batch(items, groups, inputs, scoring, SegmentPlan(segments))
