@@ -31,6 +31,7 @@ LOSS_TYPES = (
     "sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
     "apo_zero", "apo_down", "discopop", "sigmoid_norm", "simpo", "orpo",
 )  # fmt: skip
+LISTWISE_LOSSES = ("plackett_luce", "multi_negative")  # prompt groups only: tests/test_losses_groups.py
 REFERENCE_FREE_LOSSES = ("simpo", "orpo")
 REFERENCE_BASED = sorted(set(LOSS_TYPES) - set(REFERENCE_FREE_LOSSES))
 
@@ -84,7 +85,8 @@ def point(**overrides: list[float] | None) -> PairLogps:
 
 
 def test_registry_matches_config() -> None:
-    assert set(LOSSES) == set(LOSS_TYPES)
+    assert set(LOSSES) == set(LOSS_TYPES) | set(LISTWISE_LOSSES)
+    assert {name for name, spec in LOSSES.items() if spec.listwise} == set(LISTWISE_LOSSES)
     assert {name for name, spec in LOSSES.items() if spec.reference_free} == set(REFERENCE_FREE_LOSSES)
     assert all(spec.name == name for name, spec in LOSSES.items())
 

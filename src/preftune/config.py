@@ -96,6 +96,18 @@ class LossConfig:
     aux_loss_coef: float = _f(0.0, "weight of the MoE load-balancing auxiliary loss")
     simpo_gamma: float = _f(0.5, "SimPO target reward margin gamma")
     discopop_tau: float = _f(0.05, "DiscoPOP modulation temperature tau")
+    pairs: Literal["all", "best_vs_rest", "best_vs_worst"] = _f(
+        "best_vs_worst",
+        "prompt groups with a pairwise loss.type: which pairs (better, worse) of each group's responses train; "
+        "all = every pair with different scores, best_vs_rest = the top-scored against each lower one, "
+        "best_vs_worst = top against bottom (one pair, as pair data trains); tied scores never make a pair; "
+        "listwise losses (plackett_luce, multi_negative) read the whole group and ignore this",
+    )
+    pair_weighting: Literal["uniform", "gap"] = _f(
+        "uniform",
+        "weight of each pair in its group's loss (a weighted mean over the group's pairs): uniform, or gap = "
+        "the better response's score minus the worse one's",
+    )
 
 
 @dataclass
@@ -412,6 +424,14 @@ def _validate_loss(loss: LossConfig) -> None:
     _check(loss.nll_coef >= 0, "loss.nll_coef", f"must be >= 0, got {loss.nll_coef}")
     _check(loss.aux_loss_coef >= 0, "loss.aux_loss_coef", f"must be >= 0, got {loss.aux_loss_coef}")
     _check(loss.discopop_tau > 0, "loss.discopop_tau", f"must be > 0, got {loss.discopop_tau}")
+    for key in ("pairs", "pair_weighting"):  # set directly on a LossConfig, a value skips _coerce's check
+        choices = typing.get_args(typing.get_type_hints(LossConfig)[key])
+        value = getattr(loss, key)
+        _check(value in choices, f"loss.{key}", f"{value!r} is not one of {', '.join(choices)}")
+    # Until the trainer trains on prompt groups, a listwise loss would fail after the models load: refuse it here.
+    _check(not LOSSES[loss.type].listwise, "loss.type",
+           f"{loss.type!r} is listwise (it trains on prompt groups of K responses), which preftune train "
+           "does not do yet; pick a pairwise loss")  # fmt: skip
 
 
 def _validate_train(t: TrainConfig, loss: LossConfig, world_size: int, training: bool) -> None:

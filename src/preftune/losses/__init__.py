@@ -1,14 +1,20 @@
 """DPO losses: a registry of small pure functions, one per variant, looked up by ``loss.type``.
 
 - :mod:`.registry`: the input/output types, :class:`LossSpec`, :data:`LOSSES`, :func:`compute_loss` (pairs);
-- :mod:`.pairwise`: the pairwise variants (sigmoid DPO, IPO, SimPO, ...), one function each.
+- :mod:`.pairwise`: the pairwise variants (sigmoid DPO, IPO, SimPO, ...), one function each;
+- :mod:`.groups`: prompt groups of K responses: the listwise variants (plackett_luce, multi_negative), every
+  pairwise variant over a group's response pairs, and :func:`compute_group_loss`.
 
 Importing this package registers every built-in variant, so :data:`LOSSES` is complete for whoever reads it.
 """
 
-from . import pairwise as pairwise  # registers the pairwise variants
+from . import pairwise as pairwise  # registers the pairwise variants (first: they keep the registry's order)
+from .groups import compute_group_loss, expand_pairs
 from .registry import (
     LOSSES,
+    GroupLogps,
+    GroupLossFn,
+    GroupLossOutput,
     LossFn,
     LossOutput,
     LossSpec,
@@ -16,17 +22,24 @@ from .registry import (
     PairLogps,
     compute_loss,
     get_loss,
+    register_group_loss,
     register_loss,
 )
 
 __all__ = [
     "LOSSES",
+    "GroupLogps",
+    "GroupLossFn",
+    "GroupLossOutput",
     "LossFn",
     "LossOutput",
     "LossSpec",
     "LossState",
     "PairLogps",
+    "compute_group_loss",
     "compute_loss",
+    "expand_pairs",
     "get_loss",
+    "register_group_loss",
     "register_loss",
 ]

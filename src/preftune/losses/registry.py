@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from torch import Tensor
 
@@ -54,7 +54,33 @@ class LossState:
         self.values = {key: float(value) for key, value in state.items()}
 
 
+@dataclass(frozen=True)
+class GroupLogps:
+    """A micro-batch of G prompt groups, S responses in all, in sequence order group after group.
+
+    Two prompts, the first with 3 responses, the second with 2 (S = 5, G = 2)::
+
+        policy = [-10., -12., -11., -7., -9.]    ref = [...] (5,) or None
+        tokens = [4, 6, 5, 3, 3]                 scores = [3., 1., 2., 0.5, 0.]   (higher is better; ties allowed)
+        group  = [0, 0, 0, 1, 1]                 num_groups = 2
+    """
+
+    policy: Tensor  # (S,) sum over response tokens of log p(token | prompt, earlier tokens), policy
+    ref: Tensor | None  # (S,) the same under the frozen reference; None for reference-free losses
+    tokens: Tensor  # (S,) number of response tokens scored (float or int)
+    scores: Tensor  # (S,) the responses' scores, higher is better
+    group: Tensor  # (S,) long, the group index 0..G-1 of each response
+    num_groups: int  # G
+
+
+@dataclass
+class GroupLossOutput:
+    losses: Tensor  # (G,) per-group loss, differentiable; the trainer takes the mean
+    rewards: Tensor  # (S,) detached implicit reward of each response (as the variant defines it)
+
+
 LossFn = Callable[[PairLogps, "LossConfig", LossState], LossOutput]
+GroupLossFn = Callable[[GroupLogps, "LossConfig"], GroupLossOutput]
 
 
 @dataclass(frozen=True)
@@ -62,9 +88,12 @@ class LossSpec:
     """A registered variant and what it needs from the rest of a run."""
 
     name: str
-    fn: LossFn
+    fn: LossFn | GroupLossFn  # a LossFn, or a GroupLossFn when listwise
     reference_free: bool  # never reads reference log-probs: no reference is planned or loaded
     reports_nll: bool = False  # its loss contains the chosen NLL, so the NLL is logged even at nll_coef 0
+    # Scores a whole prompt group at once (fn is a GroupLossFn), so it needs groups, not pairs. A pairwise
+    # variant also trains on groups, over the pairs loss.pairs expands them into (see losses.groups).
+    listwise: bool = False
 
 
 LOSSES: dict[str, LossSpec] = {}
@@ -76,12 +105,27 @@ def register_loss(
     """Decorator adding ``fn`` to :data:`LOSSES` under ``name``; a name can be registered once."""
 
     def register(fn: LossFn) -> LossFn:
-        if name in LOSSES:
-            raise ValueError(f"loss {name!r} is already registered (by {LOSSES[name].fn.__qualname__})")
+        _check_new(name)
         LOSSES[name] = LossSpec(name, fn, reference_free, reports_nll)
         return fn
 
     return register
+
+
+def register_group_loss(name: str) -> Callable[[GroupLossFn], GroupLossFn]:
+    """Decorator adding a listwise ``fn`` (a whole prompt group per loss term) to :data:`LOSSES`."""
+
+    def register(fn: GroupLossFn) -> GroupLossFn:
+        _check_new(name)
+        LOSSES[name] = LossSpec(name, fn, reference_free=False, listwise=True)
+        return fn
+
+    return register
+
+
+def _check_new(name: str) -> None:
+    if name in LOSSES:
+        raise ValueError(f"loss {name!r} is already registered (by {LOSSES[name].fn.__qualname__})")
 
 
 def get_loss(name: str) -> LossSpec:
@@ -94,10 +138,15 @@ def get_loss(name: str) -> LossSpec:
 def compute_loss(logps: PairLogps, cfg: LossConfig, state: LossState | None = None) -> LossOutput:
     """Per-pair loss and detached rewards of the variant named by ``cfg.type``."""
     spec = get_loss(cfg.type)
+    if spec.listwise:
+        raise ValueError(
+            f"loss {spec.name!r} is listwise: it scores prompt groups, not pairs; use compute_group_loss"
+        )
     if not spec.reference_free and (logps.ref_chosen is None or logps.ref_rejected is None):
         free = ", ".join(name for name, s in LOSSES.items() if s.reference_free)
         raise ValueError(
             f"loss {spec.name!r} needs reference log-probs but ref_chosen/ref_rejected is None; "
             f"give a reference model, or pick a reference-free loss ({free})"
         )
-    return spec.fn(logps, cfg, state if state is not None else LossState())
+    fn = cast(LossFn, spec.fn)  # not listwise, so a pairwise LossFn
+    return fn(logps, cfg, state if state is not None else LossState())

@@ -1,0 +1,199 @@
+"""Losses over prompt groups: one prompt, K responses ranked by score, one loss per group.
+
+Notation used by every docstring below, for the responses j, k of one group:
+
+    h_k = policy_k - ref_k    (the response's log-ratio; log-probs summed over its tokens)
+    z_k = beta h_k            (its implicit reward)
+    s_k                       its score, higher is better; ties allowed
+    ls(x) = log(sigmoid(x))
+
+:func:`compute_group_loss` runs the variant named by ``cfg.type``: a listwise one (registered here with
+:func:`register_group_loss`) reads each whole group; any pairwise one (:mod:`.pairwise`) runs over the response
+pairs ``loss.pairs`` picks, weighted by ``loss.pair_weighting``. Every variant gives K = 2 (two responses with
+different scores) exactly as the pairwise sigmoid DPO loss on (better, worse) when cfg.type is sigmoid or listwise.
+All arithmetic runs in at least float32; outputs come back in the dtype of ``policy``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+import torch
+from torch import Tensor
+
+from .pairwise import _wide
+from .registry import (
+    GroupLogps,
+    GroupLossFn,
+    GroupLossOutput,
+    LossFn,
+    LossState,
+    PairLogps,
+    get_loss,
+    register_group_loss,
+)
+
+if TYPE_CHECKING:
+    from ..config import LossConfig
+
+
+def compute_group_loss(logps: GroupLogps, cfg: LossConfig, state: LossState | None = None) -> GroupLossOutput:
+    """Per-group loss and per-response detached rewards of ``cfg.type`` over a micro-batch of prompt groups."""
+    spec = get_loss(cfg.type)
+    if not spec.reference_free and logps.ref is None:
+        raise ValueError(
+            f"loss {spec.name!r} needs reference log-probs but ref is None; give a reference model"
+        )
+    if spec.listwise:
+        return cast(GroupLossFn, spec.fn)(logps, cfg)
+    return pairwise_group_loss(logps, cfg, cast(LossFn, spec.fn), state if state is not None else LossState())
+
+
+# ---------------------------------------------------------------- shared pieces
+
+
+def _rewards(x: GroupLogps, cfg: LossConfig) -> Tensor:
+    """z = beta (policy - ref), wide."""
+    if x.ref is None:
+        raise ValueError("this loss needs reference log-probs (ref)")
+    return cfg.beta * (_wide(x.policy) - _wide(x.ref))
+
+
+def _same_group(x: GroupLogps) -> Tensor:
+    """(S, S) bool: [k, j] is True when responses k and j answer the same prompt."""
+    return x.group[:, None] == x.group[None, :]
+
+
+def _at_group_extreme(x: GroupLogps, reduce: str) -> Tensor:
+    """(S,) bool: the response's score is its group's top (reduce "amax") or bottom ("amin") score."""
+    scores = _wide(x.scores)
+    extreme = scores.new_zeros(x.num_groups).scatter_reduce(0, x.group, scores, reduce, include_self=False)
+    return scores == extreme[x.group]
+
+
+def _sum_per_group(values: Tensor, group: Tensor, num_groups: int) -> Tensor:
+    """(G,) sums of ``values`` (one per response, or per pair) over the group index ``group`` of each."""
+    return values.new_zeros(num_groups).index_add(0, group, values)
+
+
+def _logsumexp_rows(z: Tensor, mask: Tensor) -> Tensor:
+    """(S,) log sum_j exp(z_j) over the j where mask[k, j]; every row holds its own k, so none is empty."""
+    return torch.logsumexp(z[None, :].expand_as(mask).masked_fill(~mask, float("-inf")), dim=1)
+
+
+def _output(x: GroupLogps, losses: Tensor, rewards: Tensor) -> GroupLossOutput:
+    dtype = x.policy.dtype
+    return GroupLossOutput(losses.to(dtype), rewards.detach().to(dtype))
+
+
+# ---------------------------------------------------------------- listwise variants
+
+
+@register_group_loss("plackett_luce")
+def plackett_luce_loss(x: GroupLogps, cfg: LossConfig) -> GroupLossOutput:
+    """Listwise DPO (Rafailov et al. 2023, appendix A.3): the Plackett-Luce loss of the ranking by score, summed.
+
+        loss = sum_k [ log sum_{j: s_j <= s_k} exp(z_j) - z_k ]   = -sum_k log( e^{z_k} / sum_{j: s_j <= s_k} e^{z_j} )
+
+    With distinct scores this is -log of the Plackett-Luce probability of the ranking (its last term is log 1 =
+    0), and K = 2 is -ls(z_better - z_worse): sigmoid DPO exactly. Summed over k, not averaged, so that K = 2 is
+    the pairwise loss; a group with more responses weighs more. Ties: equal scores form one rank, and each
+    member's denominator runs over its own rank and every lower one (Breslow's rule for ties in Cox's partial
+    likelihood): no order is asserted inside a tie, each term treats the tied members alike. At z = 0 the loss
+    is sum_k log n_k, n_k = #{j : s_j <= s_k} (log K! with distinct scores). Rewards: z_k.
+    """
+    z = _rewards(x, cfg)
+    scores = _wide(x.scores)
+    at_or_below = _same_group(x) & (scores[None, :] <= scores[:, None])  # [k, j]: j is in k's denominator
+    terms = _logsumexp_rows(z, at_or_below) - z
+    return _output(x, _sum_per_group(terms, x.group, x.num_groups), z)
+
+
+@register_group_loss("multi_negative")
+def multi_negative_loss(x: GroupLogps, cfg: LossConfig) -> GroupLossOutput:
+    """The best response against all the others: -log softmax of z over [best, others...].
+
+        loss = log( e^{z_b} + sum_{j: s_j < s_b} e^{z_j} ) - z_b,   averaged over the b tied for the top score
+
+    K = 2 is -ls(z_better - z_worse): sigmoid DPO exactly. Ties for best: each response tied for the top score
+    is the best in turn, against every lower-scored response and never against another top one (no order is
+    asserted inside the tie); the group's loss is the mean over them. At z = 0 the loss is log(1 + K - m), m the
+    number tied for the top. Rewards: z_k.
+    """
+    z = _rewards(x, cfg)
+    best = _at_group_extreme(x, "amax")
+    rivals = _same_group(x) & (~best[None, :] | torch.eye(len(z), dtype=torch.bool, device=z.device))
+    terms = _logsumexp_rows(z, rivals) - z  # read only where k is a best response
+    weights = best.to(z.dtype)
+    per_group = _sum_per_group(terms * weights, x.group, x.num_groups)
+    return _output(x, per_group / _sum_per_group(weights, x.group, x.num_groups), z)
+
+
+# ---------------------------------------------------------------- every pairwise variant over response pairs
+
+
+def expand_pairs(x: GroupLogps, pairs: str) -> tuple[Tensor, Tensor]:
+    """Index tensors (i, j), each (P,), of the pairs with s_i > s_j in one group that ``loss.pairs`` picks.
+
+        all            every pair with different scores: K(K-1)/2 with distinct scores
+        best_vs_rest   i tied for the group's top score, j any lower-scored response
+        best_vs_worst  i tied for the top, j tied for the bottom: one pair when both are unique
+
+    Tied scores never make a pair. One group with scores [3, 1, 2]: all -> i = [0, 0, 2], j = [1, 2, 1];
+    best_vs_rest -> i = [0, 0], j = [1, 2]; best_vs_worst -> i = [0], j = [1]. Pairs come in (i, j) order.
+    """
+    scores = _wide(x.scores)
+    chosen = _same_group(x) & (scores[:, None] > scores[None, :])  # [i, j]: i beats j
+    if pairs == "best_vs_rest":
+        chosen &= _at_group_extreme(x, "amax")[:, None]
+    elif pairs == "best_vs_worst":
+        chosen &= _at_group_extreme(x, "amax")[:, None] & _at_group_extreme(x, "amin")[None, :]
+    elif pairs != "all":
+        raise ValueError(
+            f"loss.pairs: unknown pair selection {pairs!r}; choose all, best_vs_rest or best_vs_worst"
+        )
+    i, j = chosen.nonzero(as_tuple=True)
+    return i, j
+
+
+def _pair_weights(x: GroupLogps, i: Tensor, j: Tensor, weighting: str) -> Tensor:
+    gap = _wide(x.scores[i]) - _wide(x.scores[j])  # > 0: every pair's better response comes first
+    if weighting == "gap":
+        return gap
+    if weighting == "uniform":
+        return torch.ones_like(gap)
+    raise ValueError(f"loss.pair_weighting: unknown weighting {weighting!r}; choose uniform or gap")
+
+
+def pairwise_group_loss(x: GroupLogps, cfg: LossConfig, fn: LossFn, state: LossState) -> GroupLossOutput:
+    """A pairwise variant ``fn`` over each group's pairs (:func:`expand_pairs`), as a weighted mean per group:
+
+        loss_g = sum_p w_p loss(i_p, j_p) / sum_p w_p     over the pairs p of group g
+
+    w_p = 1 (loss.pair_weighting uniform) or s_i - s_j (gap). loss(i, j) is the registry's own function on the
+    pair (chosen i, rejected j), so no formula is copied here; a stateful variant (bco_pair) sees every pair of
+    the micro-batch as one batch. Rewards: the variant's reward of each response, which depends on that response
+    alone (read as the chosen side of a pair of the response with itself, with a copy of the state that is not
+    updated). A group with no two different scores has no pair, and is refused.
+    """
+    i, j = expand_pairs(x, cfg.pairs)
+    ref = x.ref
+    pair_logps = PairLogps(
+        policy_chosen=x.policy[i],
+        policy_rejected=x.policy[j],
+        ref_chosen=None if ref is None else ref[i],
+        ref_rejected=None if ref is None else ref[j],
+        chosen_tokens=x.tokens[i],
+        rejected_tokens=x.tokens[j],
+    )
+    per_pair = _wide(fn(pair_logps, cfg, state).losses)
+    weights = _pair_weights(x, i, j, cfg.pair_weighting).to(per_pair.dtype)
+    pair_group = x.group[i]
+    total = _sum_per_group(weights, pair_group, x.num_groups)
+    if bool((total == 0).any()):
+        empty = (total == 0).nonzero().flatten().tolist()
+        raise ValueError(f"prompt groups {empty} have no two responses with different scores, so no pair")
+    losses = _sum_per_group(weights * per_pair, pair_group, x.num_groups) / total
+    itself = PairLogps(x.policy, x.policy, ref, ref, x.tokens, x.tokens)
+    rewards = fn(itself, cfg, LossState(dict(state.values), update=False)).chosen_rewards
+    return _output(x, losses, rewards)
