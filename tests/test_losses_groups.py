@@ -156,6 +156,21 @@ def test_k2_is_sigmoid_dpo_exactly(name: str, pairs: str) -> None:
     assert out.losses.tolist() == pytest.approx(pairwise.losses.tolist(), rel=1e-12)
 
 
+@pytest.mark.parametrize("name", PAIRWISE)
+@pytest.mark.parametrize("pairs", ["all", "best_vs_rest", "best_vs_worst"])
+def test_k2_every_pairwise_variant_is_itself(name: str, pairs: str) -> None:
+    x = groups(
+        [-10.0, -15.0, -9.0, -4.0],
+        [-12.0, -14.0, -7.0, -5.0],
+        [1.0, 0.0, 0.0, 5.0],
+        [0, 0, 1, 1],
+        [4, 5, 3, 6],
+    )
+    out = run(name, x, pairs=pairs, pair_weighting="gap")  # one pair per group: its weight divides out
+    pairwise = compute_loss(pair_logps(x, [(0, 1), (3, 2)]), LossConfig(type=name))
+    assert out.losses.tolist() == pytest.approx(pairwise.losses.tolist(), rel=1e-12)
+
+
 # ---------------------------------------------------------------- pairwise variants over response pairs
 
 

@@ -9,8 +9,8 @@ Notation used by every docstring below, for the responses j, k of one group:
 
 :func:`compute_group_loss` runs the variant named by ``cfg.type``: a listwise one (registered here with
 :func:`register_group_loss`) reads each whole group; any pairwise one (:mod:`.pairwise`) runs over the response
-pairs ``loss.pairs`` picks, weighted by ``loss.pair_weighting``. Every variant gives K = 2 (two responses with
-different scores) exactly as the pairwise sigmoid DPO loss on (better, worse) when cfg.type is sigmoid or listwise.
+pairs ``loss.pairs`` picks, weighted by ``loss.pair_weighting``. With K = 2 (two different scores) a listwise
+variant is sigmoid DPO on (better, worse) exactly, and a pairwise one is itself on that pair, for any loss.pairs.
 All arithmetic runs in at least float32; outputs come back in the dtype of ``policy``.
 """
 
