@@ -72,7 +72,7 @@ class DataConfig:
     max_responses: int | None = _f(
         None,
         "keep at most this many responses per prompt: the best, the worst, and the rest spread evenly by "
-        "score rank between them (ranks round(i(K-1)/(max-1)); ties in row order)",
+        "score rank between them (ranks i(K-1)/(max-1), i = 0..max-1, rounded half up; tied scores in row order)",
     )
     input_template: str | None = _f(None, "format for plain-string prompts; '{}' marks where the prompt goes")
     apply_chat_template: bool = _f(False, "render plain-string prompts as a user turn with the chat template")
