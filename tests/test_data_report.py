@@ -68,6 +68,7 @@ def test_report_written_as_json(tmp_path: Path, toy_tokenizer) -> None:
         "rows_read": 3,
         "kept": 1,
         "truncated": 0,
+        "merged_responses": 0,
         "dropped": {"empty_field": 2},
         "examples": {
             "empty_field": [
@@ -82,5 +83,6 @@ def test_report_written_as_json(tmp_path: Path, toy_tokenizer) -> None:
 
 def test_empty_report() -> None:
     assert DataReport(split="eval").to_dict() == {
-        "split": "eval", "sources": {}, "rows_read": 0, "kept": 0, "truncated": 0, "dropped": {}, "examples": {},
+        "split": "eval", "sources": {}, "rows_read": 0, "kept": 0, "truncated": 0, "merged_responses": 0,
+        "dropped": {}, "examples": {},
     }  # fmt: skip

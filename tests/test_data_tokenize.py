@@ -85,7 +85,8 @@ REJECTED = [31, 32, 33]
 
 
 def cut(prompt: list[int] = PROMPT, bos: int | None = BOS, **cfg: Any) -> tuple[list[int], ...]:
-    return truncate(prompt, CHOSEN, REJECTED, DataConfig(**cfg), bos)
+    kept, (chosen, rejected) = truncate(prompt, [CHOSEN, REJECTED], DataConfig(**cfg), bos)
+    return kept, chosen, rejected
 
 
 def test_fits_untouched() -> None:

@@ -66,7 +66,14 @@ class DataConfig:
     eval_max_samples: int | None = _f(None, "keep at most this many evaluation rows")
     prompt_key: str = _f("prompt", "row key holding the prompt (string or message list)")
     chosen_key: str = _f("chosen", "row key holding the preferred response")
-    rejected_key: str = _f("rejected", "row key holding the dispreferred response")
+    rejected_key: str = _f("rejected", "row key holding the dispreferred response (or a list of them)")
+    responses_key: str = _f("responses", "row key holding a prompt's K responses (strings or message lists)")
+    scores_key: str = _f("scores", "row key holding one score per response (higher is better; ties allowed)")
+    max_responses: int | None = _f(
+        None,
+        "keep at most this many responses per prompt: the best, the worst, and the rest spread evenly by "
+        "score rank between them (ranks i(K-1)/(max-1), i = 0..max-1, rounded half up; tied scores in row order)",
+    )
     input_template: str | None = _f(None, "format for plain-string prompts; '{}' marks where the prompt goes")
     apply_chat_template: bool = _f(False, "render plain-string prompts as a user turn with the chat template")
     chat_template: str | None = _f(None, "Jinja chat template overriding the tokenizer's own")
@@ -474,6 +481,8 @@ def _validate_data(d: DataConfig) -> None:
     _check(
         d.max_samples is None or d.max_samples >= 1, "data.max_samples", f"must be >= 1, got {d.max_samples}"
     )
+    _check(d.max_responses is None or d.max_responses >= 2, "data.max_responses",
+           f"must be >= 2 (a best and a worst response), got {d.max_responses}")  # fmt: skip
     _check(d.input_template is None or "{}" in d.input_template, "data.input_template",
            "must contain '{}' where the prompt goes")  # fmt: skip
     if d.train_probs is not None:

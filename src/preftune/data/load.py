@@ -1,21 +1,23 @@
-"""``load_pairs``: configured sources in, tokenised pairs and a report out.
+"""``load_pairs`` / ``load_groups``: configured sources in, tokenised pairs or prompt groups and a report out.
 
 Order of work: read every source, mix/select rows, turn each row into texts (shape rules in rows.py),
-tokenise all texts in batches, truncate. A row that fails a per-row check is counted under its reason in the
+tokenise all texts in batches, truncate. Both entry points run this one pipeline on groups (a pair is the
+group ``[chosen, rejected]`` with scores [1, 0]); they differ only in which row shapes they accept. A row that fails a per-row check is counted under its reason in the
 report; a problem with the files or the configuration raises :class:`DataError`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..config import DataConfig
 from .errors import DataError, DropRow
 from .report import DataReport
-from .rows import PairText, RowConverter
+from .rows import GroupText, RowConverter
 from .sources import RawRow, read_source, select_rows
-from .tokenize import encode_pairs, truncate
+from .tokenize import encode_groups, fit_group
 
 
 @dataclass
@@ -60,8 +62,65 @@ def load_pairs(
     """Tokenised pairs for ``split`` and the report of what was read, kept and dropped.
 
     "train" uses data.train / train_probs / train_split / max_samples; "eval" uses data.eval / eval_split /
-    eval_max_samples and never mixes by probability.
+    eval_max_samples and never mixes by probability. Only pair rows: a row with K responses is read as a
+    pair row (and so refused or dropped); :func:`load_groups` reads those.
     """
+    groups, report = _load(cfg, tokenizer, split, seed, lambda convert, row: GroupText.of_pair(convert(row)))
+    # A kept pair is never merged (that leaves one response, a drop), so responses stay [chosen, rejected].
+    pairs = [TokenizedPair(g.prompt_ids, g.responses[0], g.responses[1], g.source, g.index) for g in groups]
+    return pairs, report
+
+
+def load_groups(
+    cfg: DataConfig, tokenizer: Any, split: Literal["train", "eval"], seed: int
+) -> tuple[list[TokenizedGroup], DataReport]:
+    """Tokenised prompt groups for ``split`` from any mix of group rows and pair rows, and the report.
+
+    Same sources, mixing and limits as :func:`load_pairs`. A pair row gives the group ``[chosen, rejected]``
+    with scores [1.0, 0.0] and the same ids load_pairs gives it; a group row keeps its response order, less
+    merged duplicates and what data.max_responses leaves out. ``report.merged_responses`` counts the merges.
+    """
+    return _load(cfg, tokenizer, split, seed, RowConverter.group)
+
+
+def _load(
+    cfg: DataConfig,
+    tokenizer: Any,
+    split: Literal["train", "eval"],
+    seed: int,
+    to_group: Callable[[RowConverter, RawRow], GroupText],
+) -> tuple[list[TokenizedGroup], DataReport]:
+    rows, report = _read_rows(cfg, split, seed)
+    convert = RowConverter(cfg, tokenizer)
+    texts: list[tuple[RawRow, GroupText]] = []
+    for row in rows:
+        try:
+            texts.append((row, to_group(convert, row)))
+        except DropRow as drop:
+            report.drop(drop.reason, row.source, row.index, row.data)
+
+    groups: list[TokenizedGroup] = []
+    bos = getattr(tokenizer, "bos_token_id", None)
+    encoded = encode_groups([text for _, text in texts], tokenizer)
+    for (row, text), (prompt, responses) in zip(texts, encoded, strict=True):
+        try:
+            p, cut, scores, truncated = fit_group(prompt, responses, text.scores, cfg, bos)
+        except DropRow as drop:
+            report.drop(drop.reason, row.source, row.index, row.data)
+            continue
+        report.truncated += truncated
+        report.merged_responses += text.merged + len(responses) - len(cut)
+        groups.append(TokenizedGroup(p, cut, scores, row.source, row.index))
+    report.kept = len(groups)
+    if convert.has_template:
+        report.untemplated_prompts = sum(text.prompt_special_tokens for _, text in texts)
+    return groups, report
+
+
+def _read_rows(
+    cfg: DataConfig, split: Literal["train", "eval"], seed: int
+) -> tuple[list[RawRow], DataReport]:
+    """The split's rows after mixing and limits, and a report that has counted them."""
     if split == "train":
         names, probs, hf_split, limit = cfg.train, cfg.train_probs, cfg.train_split, cfg.max_samples
     else:
@@ -78,31 +137,6 @@ def load_pairs(
         raise DataError(f"data.train_probs: has {len(probs)} values for {len(names)} sources.")
     sources = [read_source(name, hf_split) for name in names]
     rows, counts = select_rows(sources, names, probs, limit, seed)
-    report = DataReport(split=split, max_examples=cfg.report_examples, sources=counts, rows_read=len(rows))
-
-    convert = RowConverter(cfg, tokenizer)
-    texts: list[tuple[RawRow, PairText]] = []
-    for row in rows:
-        try:
-            texts.append((row, convert(row)))
-        except DropRow as drop:
-            report.drop(drop.reason, row.source, row.index, row.data)
-
-    pairs: list[TokenizedPair] = []
-    bos = getattr(tokenizer, "bos_token_id", None)
-    encoded = encode_pairs([text for _, text in texts], tokenizer)
-    for (row, _), (prompt, chosen, rejected) in zip(texts, encoded, strict=True):
-        try:
-            p, c, r = truncate(prompt, chosen, rejected, cfg, bos)
-            if c == r:  # cut to a shared prefix: the pair no longer tells the two answers apart
-                raise DropRow("identical_after_truncation")
-        except DropRow as drop:
-            report.drop(drop.reason, row.source, row.index, row.data)
-            continue
-        if (len(p), len(c), len(r)) != (len(prompt), len(chosen), len(rejected)):
-            report.truncated += 1
-        pairs.append(TokenizedPair(p, c, r, row.source, row.index))
-    report.kept = len(pairs)
-    if convert.has_template:
-        report.untemplated_prompts = sum(text.prompt_special_tokens for _, text in texts)
-    return pairs, report
+    return rows, DataReport(
+        split=split, max_examples=cfg.report_examples, sources=counts, rows_read=len(rows)
+    )

@@ -19,7 +19,7 @@ class DataReport:
 
         {"split": "train",
          "sources": {"a.jsonl": {"rows": 10, "used": 15, "repeated": 5}},
-         "rows_read": 15, "kept": 14, "truncated": 2,
+         "rows_read": 15, "kept": 14, "truncated": 2, "merged_responses": 0,
          "dropped": {"empty_field": 1},
          "examples": {"empty_field": [{"source": "a.jsonl", "index": 7, "row": "{'prompt': '', ...}"}]}}
     """
@@ -30,6 +30,9 @@ class DataReport:
     rows_read: int = 0
     kept: int = 0
     truncated: int = 0
+    # Responses of kept groups merged into another response of the same prompt: the same text, or the same
+    # ids once truncated (the merged one keeps the highest score). Pairs never add to it.
+    merged_responses: int = 0
     # Plain-string prompts used as plain text although a chat template was there to render them: a hint for
     # the terminal (data.apply_chat_template), not a loss of data, so data_report.json leaves it out.
     untemplated_prompts: int = 0
@@ -52,6 +55,7 @@ class DataReport:
             "rows_read": self.rows_read,
             "kept": self.kept,
             "truncated": self.truncated,
+            "merged_responses": self.merged_responses,
             "dropped": dict(self.dropped),
             "examples": {reason: [dict(e) for e in rows] for reason, rows in self.examples.items()},
         }

@@ -15,10 +15,23 @@ Shapes accepted (key names set by data.prompt_key / data.chosen_key / data.rejec
 For conversations each response is the text the template adds after the rendered prompt. With the toy
 template, prompt ``[user "hi"]`` renders ``"<s><|user|>hi</s><|assistant|>"`` and prompt + ``[assistant "yo"]``
 renders ``"<s><|user|>hi</s><|assistant|>yo</s>"``, so the chosen text is ``"yo</s>"``.
+
+Group shapes (one prompt, K responses; read by :meth:`RowConverter.group`, key names data.responses_key /
+data.scores_key), rendered by the same rules as the pair shapes above:
+
+4. Scored: ``{"prompt": "2+2?", "responses": [" 4", " 5", " four"], "scores": [1, 0, 1]}`` (higher is
+   better, ties allowed); conversational with message-list responses, the prompt explicit or, when absent,
+   the leading messages all responses share.
+5. Several rejected: ``{"prompt": "2+2?", "chosen": " 4", "rejected": [" 5", " 3"]}``, scores [1, 0, 0];
+   conversational when chosen and each rejected are message lists.
+
+A pair row read as a group is ``[chosen, rejected]`` with scores [1, 0].
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +54,28 @@ class PairText:
     prompt_special_tokens: bool
 
 
+@dataclass
+class GroupText:
+    """One prompt and K >= 2 distinct response texts with their scores (higher is better; ties allowed).
+
+    ``merged`` counts responses of the row that repeated another one's text and were merged into it (the
+    merged response keeps the highest score of its copies).
+    """
+
+    prompt: str
+    responses: list[str]
+    scores: list[float]
+    prompt_special_tokens: bool
+    merged: int = 0
+
+    @classmethod
+    def of_pair(cls, pair: PairText) -> GroupText:
+        return cls(pair.prompt, [pair.chosen, pair.rejected], [1.0, 0.0], pair.prompt_special_tokens)
+
+
 class RowConverter:
-    """Turns one :class:`RawRow` into a :class:`PairText`; raises :class:`DropRow` or :class:`DataError`."""
+    """Turns one :class:`RawRow` into a :class:`PairText` (``__call__``) or a :class:`GroupText`
+    (:meth:`group`); raises :class:`DropRow` or :class:`DataError`."""
 
     def __init__(self, cfg: DataConfig, tokenizer: Any) -> None:
         self.cfg = cfg
@@ -52,14 +85,63 @@ class RowConverter:
     def __call__(self, row: RawRow) -> PairText:
         chosen = self._require(row, "chosen_key")
         rejected = self._require(row, "rejected_key")
-        if isinstance(chosen, list) or isinstance(rejected, list):
-            text = self._conversation(row, chosen, rejected)
+        prompt, (chosen, rejected), special = self._texts(row, [chosen, rejected], distinct=True)
+        return PairText(prompt, chosen, rejected, special)
+
+    def group(self, row: RawRow) -> GroupText:
+        """Any row shape as a group; identical responses are merged, and data.max_responses applied."""
+        fields = self._group_fields(row)
+        if fields is None:
+            return GroupText.of_pair(self(row))
+        responses, scores = fields
+        prompt, texts, special = self._texts(row, responses, distinct=False)
+        keep, scores = merge_duplicates(texts, scores)
+        if len(keep) < 2:
+            raise DropRow("too_few_responses")
+        if min(scores) == max(scores):
+            raise DropRow("tied_scores")
+        capped = spread_by_rank(scores, self.cfg.max_responses)
+        return GroupText(
+            prompt,
+            [texts[keep[i]] for i in capped],
+            [scores[i] for i in capped],
+            special,
+            len(texts) - len(keep),
+        )
+
+    def _group_fields(self, row: RawRow) -> tuple[list[Any], list[float]] | None:
+        """The raw responses and scores of a group row, or None for a pair row."""
+        key = self.cfg.responses_key
+        if key in row.data:
+            responses = row.data[key]
+            if not isinstance(responses, list):
+                raise DataError(
+                    f"{row.where()}: key {key!r} (data.responses_key) holds {type(responses).__name__}, not a "
+                    "list; give the responses as a list (strings or message lists), with their scores in "
+                    f"{self.cfg.scores_key!r} (data.scores_key)."
+                )
+            if len(responses) < 2:
+                raise DropRow("too_few_responses")
+            return responses, _scores(row.data.get(self.cfg.scores_key), len(responses))
+        rejected = row.data.get(self.cfg.rejected_key)
+        # A list of strings or of message lists is several rejected responses; a list of messages (dicts) is
+        # one conversational rejected response, i.e. a pair row.
+        if isinstance(rejected, list) and rejected and all(isinstance(r, (str, list)) for r in rejected):
+            chosen = self._require(row, "chosen_key")
+            return [chosen, *rejected], [1.0] + [0.0] * len(rejected)
+        return None
+
+    def _texts(self, row: RawRow, responses: list[Any], distinct: bool) -> tuple[str, list[str], bool]:
+        """``(prompt text, response texts, prompt_special_tokens)``; ``distinct``: a repeated response drops
+        the row (a pair) instead of being left for the caller to merge (a group)."""
+        if any(isinstance(r, list) for r in responses):
+            prompt, texts, special = self._conversation(row, responses, distinct)
         else:
-            text = self._strings(row, self._require(row, "prompt_key"), chosen, rejected)
+            prompt, texts, special = self._strings(row, self._require(row, "prompt_key"), responses, distinct)
         # JSON's "\ud800" escape gives a lone surrogate, which no tokenizer can encode (it raises TypeError).
-        if not all(_is_utf8(t) for t in (text.prompt, text.chosen, text.rejected)):
+        if not all(_is_utf8(t) for t in (prompt, *texts)):
             raise DropRow("invalid_unicode")
-        return text
+        return prompt, texts, special
 
     def _require(self, row: RawRow, field: str) -> Any:
         key = getattr(self.cfg, field)
@@ -71,36 +153,38 @@ class RowConverter:
             )
         return row.data[key]
 
-    def _strings(self, row: RawRow, prompt: Any, chosen: Any, rejected: Any) -> PairText:
-        for value in (chosen, rejected) if isinstance(prompt, list) else (prompt, chosen, rejected):
+    def _strings(
+        self, row: RawRow, prompt: Any, responses: list[Any], distinct: bool
+    ) -> tuple[str, list[str], bool]:
+        for value in responses if isinstance(prompt, list) else (prompt, *responses):
             if not isinstance(value, str):
                 raise DropRow("not_a_string")
-        if not chosen.strip() or not rejected.strip():
+        if not all(r.strip() for r in responses):
             raise DropRow("empty_field")
-        if chosen == rejected:
+        if distinct and len(set(responses)) < len(responses):
             raise DropRow("identical_responses")
         if isinstance(prompt, list):
             if not any(m["content"].strip() for m in _check_messages(prompt)):
                 raise DropRow("empty_field")
-            return PairText(self._render(row, prompt, True), chosen, rejected, False)
+            return self._render(row, prompt, True), responses, False
         if not prompt.strip():
             raise DropRow("empty_field")
         if self.cfg.input_template is not None:
             # str.replace, not str.format: braces in the user's own text must survive untouched.
             prompt = self.cfg.input_template.replace("{}", prompt)
         if not self.cfg.apply_chat_template:
-            return PairText(prompt, chosen, rejected, True)
-        rendered = self._render(row, [{"role": "user", "content": prompt}], True)
-        return PairText(rendered, chosen, rejected, False)
+            return prompt, responses, True
+        return self._render(row, [{"role": "user", "content": prompt}], True), responses, False
 
-    def _conversation(self, row: RawRow, chosen: Any, rejected: Any) -> PairText:
-        chosen, rejected = _check_messages(chosen), _check_messages(rejected)
+    def _conversation(self, row: RawRow, responses: list[Any], distinct: bool) -> tuple[str, list[str], bool]:
+        sides = [_check_messages(r) for r in responses]
         prompt = row.data.get(self.cfg.prompt_key)
         if prompt is None:
-            shared = _shared_prefix(chosen, rejected)
-            if shared == 0 or shared in (len(chosen), len(rejected)):
+            # The prompt shared by all responses is the shortest of their prefixes shared with the first.
+            shared = min(_shared_prefix(sides[0], side) for side in sides[1:])
+            if shared == 0 or any(shared == len(side) for side in sides):
                 raise DropRow("no_shared_prompt")
-            prompt_msgs = chosen[:shared]
+            prompt_msgs = sides[0][:shared]
         elif isinstance(prompt, str):
             prompt_msgs = [{"role": "user", "content": prompt}]
         elif isinstance(prompt, list):
@@ -108,26 +192,25 @@ class RowConverter:
         else:
             raise DropRow("not_a_string")
         n = len(prompt_msgs)
-        repeats = (chosen[:n] == prompt_msgs, rejected[:n] == prompt_msgs)
+        repeats = [side[:n] == prompt_msgs for side in sides]
         if all(repeats):
-            chosen, rejected = chosen[n:], rejected[n:]
+            sides = [side[n:] for side in sides]
         elif any(repeats):
-            # One side starts with the prompt and the other with something else: the two conversations answer
-            # different prompts, so the pair compares nothing.
+            # Some responses start with the prompt and others with something else: they answer different
+            # prompts, so the row compares nothing.
             raise DropRow("prompt_mismatch")
         if not any(m["content"].strip() for m in prompt_msgs):
             raise DropRow("empty_field")
-        for side in (chosen, rejected):
+        for side in sides:
             if not side or not any(m["content"].strip() for m in side):
                 raise DropRow("empty_field")
             if not any(m["role"] == "assistant" for m in side):
                 raise DropRow("no_assistant_turn")
         prompt_text = self._render(row, prompt_msgs, True)
-        chosen_text = self._response(row, prompt_text, prompt_msgs + chosen)
-        rejected_text = self._response(row, prompt_text, prompt_msgs + rejected)
-        if chosen_text == rejected_text:
+        texts = [self._response(row, prompt_text, prompt_msgs + side) for side in sides]
+        if distinct and len(set(texts)) < len(texts):
             raise DropRow("identical_responses")
-        return PairText(prompt_text, chosen_text, rejected_text, False)
+        return prompt_text, texts, False
 
     def _response(self, row: RawRow, prompt_text: str, messages: Messages) -> str:
         full = self._render(row, messages, False)
@@ -192,3 +275,56 @@ def _shared_prefix(a: Messages, b: Messages) -> int:
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return n
+
+
+def _scores(value: Any, count: int) -> list[float]:
+    """A group row's scores as floats; missing, not a list of ``count`` finite numbers -> ``bad_scores``."""
+    if not isinstance(value, list) or len(value) != count:
+        raise DropRow("bad_scores")
+    out = []
+    for score in value:
+        # bool is an int to Python, but true/false is not a score; float() of a huge JSON int overflows.
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise DropRow("bad_scores")
+        try:
+            number = float(score)
+        except OverflowError:
+            raise DropRow("bad_scores") from None
+        if not math.isfinite(number):
+            raise DropRow("bad_scores")
+        out.append(number)
+    return out
+
+
+def merge_duplicates(keys: Sequence[Hashable], scores: Sequence[float]) -> tuple[list[int], list[float]]:
+    """Identical responses merged into their first copy: ``(indices kept, in order; their scores)``, each
+    score the highest among the copies, since the best judgement of that text is what the row says of it.
+
+    ``keys ["a", "b", "a"], scores [0, 2, 3]`` -> ``([0, 1], [3.0, 2.0])``.
+    """
+    slot: dict[Hashable, int] = {}
+    kept: list[int] = []
+    best: list[float] = []
+    for i, (key, score) in enumerate(zip(keys, scores, strict=True)):
+        if key in slot:
+            best[slot[key]] = max(best[slot[key]], score)
+            continue
+        slot[key] = len(kept)
+        kept.append(i)
+        best.append(float(score))
+    return kept, best
+
+
+def spread_by_rank(scores: Sequence[float], cap: int | None) -> list[int]:
+    """Indices (in row order) of the responses data.max_responses = ``cap`` keeps out of K = len(scores).
+
+    Rank the responses by score, best first (ties keep row order), and keep ranks round(i (K-1) / (cap-1)),
+    i = 0..cap-1, rounding halves up: the best (rank 0), the worst (rank K-1) and the rest evenly between.
+    K 8, cap 4: ranks 0, 7/3 = 2.33 -> 2, 14/3 = 4.67 -> 5, and 7.
+    """
+    k = len(scores)
+    if cap is None or k <= cap:
+        return list(range(k))
+    ranked = sorted(range(k), key=lambda i: -scores[i])  # sorted() is stable: ties stay in row order
+    # floor(x + 1/2) in integers; steps of (K-1)/(cap-1) >= 1 never pick the same rank twice.
+    return sorted(ranked[(2 * i * (k - 1) + cap - 1) // (2 * (cap - 1))] for i in range(cap))

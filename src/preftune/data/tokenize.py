@@ -8,11 +8,12 @@ response no token of its own and shifting what gets scored.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..config import DataConfig
 from .errors import DropRow
-from .rows import PairText
+from .rows import GroupText, merge_duplicates
 
 Ids = list[int]
 _BATCH = 1000  # texts per tokenizer call: fast tokenizers parallelise within a call
@@ -26,8 +27,8 @@ def encode_texts(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> 
     return out
 
 
-def encode_pairs(texts: list[PairText], tokenizer: Any) -> list[tuple[Ids, Ids, Ids]]:
-    """``(prompt_ids, chosen_ids, rejected_ids)`` per pair, untruncated.
+def encode_groups(texts: Sequence[GroupText], tokenizer: Any) -> list[tuple[Ids, list[Ids]]]:
+    """``(prompt_ids, [response_ids, ...])`` per group (a pair: ``[chosen, rejected]``), untruncated.
 
     Toy tokenizer, string row ``{"prompt": "hi", "chosen": " yo", ...}``: prompt_ids = [BOS, ids("hi")],
     chosen_ids = ids(" yo") + [EOS]. Chat-rendered prompt ``"<s><|user|>hi</s><|assistant|>"``: prompt_ids =
@@ -42,23 +43,25 @@ def encode_pairs(texts: list[PairText], tokenizer: Any) -> list[tuple[Ids, Ids, 
         for i, ids in zip(which, encoded, strict=True):
             # A prompt text that itself starts with the BOS string would otherwise get a second one.
             prompts[i] = ids[1:] if bos is not None and ids[:2] == [bos, bos] else ids
-    responses = encode_texts(
-        tokenizer, [t.chosen for t in texts] + [t.rejected for t in texts], add_special_tokens=False
-    )
+    # All responses of all groups in one flat list, so that the tokenizer batches across groups.
+    flat = encode_texts(tokenizer, [r for t in texts for r in t.responses], add_special_tokens=False)
     if eos is not None:
-        for ids in responses:
+        for ids in flat:
             if not ids or ids[-1] != eos:
                 ids.append(eos)
-    n = len(texts)
-    return [(prompts[i], responses[i], responses[n + i]) for i in range(n)]
+    out: list[tuple[Ids, list[Ids]]] = []
+    start = 0
+    for prompt, text in zip(prompts, texts, strict=True):
+        out.append((prompt, flat[start : start + len(text.responses)]))
+        start += len(text.responses)
+    return out
 
 
-def truncate(
-    prompt: Ids, chosen: Ids, rejected: Ids, cfg: DataConfig, bos: int | None
-) -> tuple[Ids, Ids, Ids]:
+def truncate(prompt: Ids, responses: list[Ids], cfg: DataConfig, bos: int | None) -> tuple[Ids, list[Ids]]:
     """Fit prompt + each response into ``cfg.max_len`` per ``cfg.truncation``; raises :class:`DropRow`.
 
-    Example, max_len 8, prompt [BOS p1 p2 p3 p4 p5 p6], chosen [c1 c2 c3 c4], rejected [r1 r2 r3]:
+    The prompt is cut once, for the longest response; then each response on its own against max_len.
+    Example, max_len 8, prompt [BOS p1 p2 p3 p4 p5 p6], responses [c1 c2 c3 c4] and [r1 r2 r3]:
     prompt_left keeps max(1, 8 - 4) = 4 prompt tokens, BOS first: [BOS p4 p5 p6], and both responses fit;
     response_right keeps all 7 prompt tokens and cuts the responses to [c1] and [r1]; drop discards the row.
     """
@@ -73,9 +76,9 @@ def truncate(
 
     if cfg.max_prompt_len is not None:
         prompt = keep_last(prompt, cfg.max_prompt_len)
-    longest = max(len(chosen), len(rejected))
+    longest = max(len(r) for r in responses)
     if len(prompt) + longest <= cfg.max_len:
-        return prompt, chosen, rejected
+        return prompt, responses
     if cfg.truncation == "drop":
         raise DropRow("too_long")
     if cfg.truncation == "prompt_left":
@@ -84,4 +87,20 @@ def truncate(
     room = cfg.max_len - len(prompt)
     if room < 1:
         raise DropRow("no_response_room")
-    return prompt, chosen[:room], rejected[:room]
+    return prompt, [r[:room] for r in responses]
+
+
+def fit_group(
+    prompt: Ids, responses: list[Ids], scores: list[float], cfg: DataConfig, bos: int | None
+) -> tuple[Ids, list[Ids], list[float], bool]:
+    """:func:`truncate`, then responses cut to the same ids merged (highest score kept): ``(prompt,
+    responses, scores, whether anything was cut)``. Raises ``identical_after_truncation`` when fewer than two
+    responses, or only tied ones, are left to tell apart; a pair cut to a shared prefix is that drop."""
+    cut_prompt, cut = truncate(prompt, responses, cfg, bos)
+    truncated = len(cut_prompt) != len(prompt) or any(
+        len(c) != len(r) for c, r in zip(cut, responses, strict=True)
+    )
+    keep, merged_scores = merge_duplicates([tuple(r) for r in cut], scores)
+    if len(keep) < 2 or min(merged_scores) == max(merged_scores):
+        raise DropRow("identical_after_truncation")
+    return cut_prompt, [cut[i] for i in keep], merged_scores, truncated
