@@ -287,9 +287,10 @@ def test_config_keys_are_validated_by_name() -> None:
         load_config(None, {"loss.pairs": "some"})
     with pytest.raises(ConfigError, match=r"loss\.pair_weighting: 'rank' is not one of uniform, gap"):
         load_config(None, {"loss.pair_weighting": "rank"})
-    # Until the trainer trains on groups, a listwise loss.type is refused before any model loads.
-    with pytest.raises(ConfigError, match=r"loss\.type: 'plackett_luce' is listwise"):
+    # A listwise loss.type needs prompt groups, refused before any model loads without them.
+    with pytest.raises(ConfigError, match=r"loss\.type: 'plackett_luce' is listwise.*set data\.groups true"):
         load_config(None, {"loss.type": "plackett_luce"})
+    assert load_config(None, {"loss.type": "plackett_luce", "data.groups": "true"}).data.groups
 
 
 # ---------------------------------------------------------------- metrics
@@ -318,15 +319,15 @@ def test_group_metric_sums_hand_example() -> None:
     rho1 = 3 / math.sqrt(4.5 * 5)
     assert sums["groups"] == 3
     assert sums["ordered_pairs"] == 3 + 5 + 1
-    assert sums["rewards/pair_accuracies"] == 3 + 4 + 0
+    assert sums["rewards/accuracies"] == 3 + 4 + 0
     assert sums["rewards/top1_accuracies"] == 1 + 1 + 0
     assert sums["rewards/spearman"] == pytest.approx(1 + rho1 + 0, rel=1e-12)  # constant rewards: 0
     # best: the top-scored response's reward; worst: the mean over the tied bottom (group 1: (0.3 - 0.2) / 2).
-    assert sums["rewards/best"] == pytest.approx(0.2 + 0.4 + 0.0, rel=1e-12)
-    assert sums["rewards/worst"] == pytest.approx(-0.1 + 0.05 + 0.0, rel=1e-12)
+    assert sums["rewards/chosen"] == pytest.approx(0.2 + 0.4 + 0.0, rel=1e-12)
+    assert sums["rewards/rejected"] == pytest.approx(-0.1 + 0.05 + 0.0, rel=1e-12)
     assert sums["rewards/margins"] == pytest.approx(0.3 + 0.35 + 0.0, rel=1e-12)
     means = group_metric_means(sums)
-    assert means["rewards/pair_accuracies"] == pytest.approx(7 / 9)
+    assert means["rewards/accuracies"] == pytest.approx(7 / 9)
     assert means["rewards/top1_accuracies"] == pytest.approx(2 / 3)
     assert means["rewards/spearman"] == pytest.approx((1 + rho1) / 3)
     assert means["rewards/margins"] == pytest.approx(0.65 / 3)

@@ -59,6 +59,9 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     (root / "path" / "to" / "hf-model").symlink_to(ws["model"])
     write_jsonl(root / "prefs.jsonl", synthetic_preference_rows(16, seed=3))
     write_jsonl(root / "heldout.jsonl", synthetic_preference_rows(8, seed=4))
+    groups = [{"prompt": r["prompt"], "responses": [r["chosen"], r["rejected"]], "scores": [1.0, 0.0]}
+              for r in synthetic_preference_rows(16, seed=6)]  # fmt: skip
+    write_jsonl(root / "groups.jsonl", groups)
     prompts = [{"prompt": row["prompt"]} for row in synthetic_preference_rows(8, seed=5)]
     write_jsonl(root / "prompts.jsonl", prompts)
     write_jsonl(root / "heldout_prompts.jsonl", prompts[:4])

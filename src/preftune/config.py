@@ -67,6 +67,11 @@ class DataConfig:
     prompt_key: str = _f("prompt", "row key holding the prompt (string or message list)")
     chosen_key: str = _f("chosen", "row key holding the preferred response")
     rejected_key: str = _f("rejected", "row key holding the dispreferred response (or a list of them)")
+    groups: bool = _f(
+        False,
+        "train and evaluate on prompt groups (a prompt with K scored responses; pair rows become groups of two): "
+        "each response scored once, each prompt laid out once by prefix_shared, the loss over the whole group",
+    )
     responses_key: str = _f("responses", "row key holding a prompt's K responses (strings or message lists)")
     scores_key: str = _f("scores", "row key holding one score per response (higher is better; ties allowed)")
     max_responses: int | None = _f(
@@ -403,6 +408,7 @@ def validate(cfg: Config, world_size: int = 1, training: bool = True) -> None:
     the batch arithmetic of optimizer steps.
     """
     _validate_loss(cfg.loss)
+    _validate_groups(cfg)
     _validate_train(cfg.train, cfg.loss, world_size, training)
     _validate_data(cfg.data)
     z = cfg.strategy.zero_stage
@@ -435,10 +441,16 @@ def _validate_loss(loss: LossConfig) -> None:
         choices = typing.get_args(typing.get_type_hints(LossConfig)[key])
         value = getattr(loss, key)
         _check(value in choices, f"loss.{key}", f"{value!r} is not one of {', '.join(choices)}")
-    # Until the trainer trains on prompt groups, a listwise loss would fail after the models load: refuse it here.
-    _check(not LOSSES[loss.type].listwise, "loss.type",
-           f"{loss.type!r} is listwise (it trains on prompt groups of K responses), which preftune train "
-           "does not do yet; pick a pairwise loss")  # fmt: skip
+
+
+def _validate_groups(cfg: Config) -> None:
+    """What training on prompt groups (data.groups) needs, and what it does not do yet."""
+    loss = cfg.loss
+    _check(not LOSSES[loss.type].listwise or cfg.data.groups, "loss.type",
+           f"{loss.type!r} is listwise: it trains on prompt groups of K responses; set data.groups true")  # fmt: skip
+    if cfg.data.groups:
+        _check(loss.nll_coef == 0, "loss.nll_coef",
+               "the NLL term is defined on a pair's chosen response; not with data.groups yet")  # fmt: skip
 
 
 def _validate_train(t: TrainConfig, loss: LossConfig, world_size: int, training: bool) -> None:

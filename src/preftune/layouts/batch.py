@@ -45,8 +45,9 @@ class Batch:
     # Segment layouts lay every sequence in one row and say here which tokens attend to which.
     attention_plan: SegmentPlan | None = None
     pair_ids: Tensor | None = None  # (B,) each pair's TokenizedPair.pair_id, for a precomputed reference
-    # Group batches only: (S,) the group each sequence answers (pair batches leave it None).
+    # Group batches only (pair batches leave them None): (S,) the group each sequence answers, and its score.
     sequence_group: Tensor | None = None
+    sequence_scores: Tensor | None = None
 
     @property
     def num_sequences(self) -> int:
@@ -156,10 +157,16 @@ def make_batch(
 ) -> Batch:
     """A batch of ``items`` (pairs or groups) laid out as ``groups``; ``inputs`` = (ids, mask, positions)."""
     score_from, score_targets, score_sequence = scoring.tensors()
-    sequence_group = None
-    if items and isinstance(items[0], TokenizedGroup):  # prompt groups: say which group each sequence answers
-        owner = {s: g for g, group in enumerate(groups) for s in group.sequences}
-        sequence_group = torch.tensor([owner[s] for s in range(len(owner))], dtype=torch.long)
+    sequence_group = sequence_scores = None
+    if items and isinstance(items[0], TokenizedGroup):  # prompt groups: each sequence's group and score
+        scores = [item.scores for item in items if isinstance(item, TokenizedGroup)]
+        owner = {
+            s: (g, float(scores[g][k]))
+            for g, group in enumerate(groups)
+            for k, s in enumerate(group.sequences)
+        }
+        sequence_group = torch.tensor([owner[s][0] for s in range(len(owner))], dtype=torch.long)
+        sequence_scores = torch.tensor([owner[s][1] for s in range(len(owner))], dtype=torch.float64)
     return Batch(
         input_ids=inputs[0],
         attention_mask=inputs[1],
@@ -176,6 +183,7 @@ def make_batch(
             [getattr(p, "pair_id", getattr(p, "group_id", -1)) for p in items], dtype=torch.long
         ),
         sequence_group=sequence_group,
+        sequence_scores=sequence_scores,
     )
 
 

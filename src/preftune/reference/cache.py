@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layouts import Batch, PairForward
+from ..layouts.batch import ResponseForward
 from ..model.lora import base_state_dict, is_peft_model
 
 if TYPE_CHECKING:
@@ -220,6 +221,11 @@ class CachedReference:
         device = batch.input_ids.device
         chosen, rejected, chosen_tokens, rejected_tokens = got.to(device, self.table.dtype)
         return PairForward(chosen, rejected, chosen_tokens, rejected_tokens)
+
+    def response_logps(self, batch: Batch) -> ResponseForward:
+        raise ValueError(
+            "the reference cache holds pairs; prompt groups need a live reference (no ref.precompute)"
+        )
 
     def state_for_checkpoint(self) -> dict[str, str]:
         return dict(self.state)

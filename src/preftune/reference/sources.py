@@ -4,12 +4,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..layouts import Batch, Layout, PairForward
+from ..layouts.batch import ResponseForward, score_responses
 from ..model.scorer import SequenceScorer
 from ..strategy import Strategy
 
@@ -19,9 +22,16 @@ class ReferenceSource(Protocol):
         """Reference log-probs for the batch's pairs (no gradient)."""
         ...
 
+    def response_logps(self, batch: Batch) -> ResponseForward:
+        """Reference log-probs of every response of a batch of prompt groups (no gradient)."""
+        ...
+
     def state_for_checkpoint(self) -> dict[str, str]:
         """What a resumed run needs to rebuild the same reference (e.g. a cache key); may be empty."""
         ...
+
+
+Result = TypeVar("Result", PairForward, ResponseForward)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -40,17 +50,23 @@ class ModelReference:
         self.layout = layout
 
     def pair_logps(self, batch: Batch) -> PairForward:
+        return self._where_weights_are(lambda b: self.layout.pair_logps(self.scorer, b), batch)
+
+    def response_logps(self, batch: Batch) -> ResponseForward:
+        return self._where_weights_are(lambda b: score_responses(self.scorer, b), batch)
+
+    def _where_weights_are(self, score: Callable[[Batch], Result], batch: Batch) -> Result:
+        """``score(batch)`` without gradient; an offloaded reference runs where its weights are, and only the
+        per-sequence results travel back."""
         device = next(self.scorer.parameters()).device
         with torch.no_grad():
             if device == batch.input_ids.device:
-                return self.layout.pair_logps(self.scorer, batch)
-            # An offloaded reference runs where its weights are; only the (B,) results travel back.
-            out = self.layout.pair_logps(self.scorer, batch.to(device))
-            back = batch.input_ids.device
-            return PairForward(
-                out.chosen_logps.to(back), out.rejected_logps.to(back),
-                out.chosen_tokens.to(back), out.rejected_tokens.to(back),
-            )  # fmt: skip
+                return score(batch)
+            out, back = score(batch.to(device)), batch.input_ids.device
+            moved = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+            return dataclasses.replace(
+                out, **{k: v.to(back) for k, v in moved.items() if isinstance(v, Tensor)}
+            )
 
     def state_for_checkpoint(self) -> dict[str, str]:
         return {}
@@ -79,11 +95,17 @@ class AdapterDisabledReference:
         self.layout = layout
 
     def pair_logps(self, batch: Batch) -> PairForward:
+        return self._adapters_off(lambda b: self.layout.pair_logps(self.scorer, b), batch)
+
+    def response_logps(self, batch: Batch) -> ResponseForward:
+        return self._adapters_off(lambda b: score_responses(self.scorer, b), batch)
+
+    def _adapters_off(self, score: Callable[[Batch], Result], batch: Batch) -> Result:
         was_training = self.scorer.training
         self.scorer.eval()
         try:
             with torch.no_grad(), self.peft_model.disable_adapter():
-                return self.layout.pair_logps(self.scorer, batch)
+                return score(batch)
         finally:
             self.scorer.train(was_training)
 

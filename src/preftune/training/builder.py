@@ -6,7 +6,7 @@ import copy
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from ..reference.build import ReferenceInputs, build_reference
 from ..reference.precompute import PrecomputeSetup
 from ..strategy import StrategyOptions, build_strategy, strategy_options
 from .checkpoint import latest_checkpoint, saved_reference_state
-from .loaders import load_splits, make_eval_loader, make_train_loader
+from .loaders import Items, load_splits, make_eval_loader, make_train_loader
 from .optim import build_optimizer, build_scheduler, planned_steps
 from .trainer import DPOTrainer
 
@@ -106,6 +106,7 @@ def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tup
         scheduler, max_norm=cfg.optim.max_norm, beta=cfg.loss.beta, max_epochs=cfg.train.max_epochs,
         save_hf_ckpt=cfg.ckpt.save_hf, disable_ds_ckpt=cfg.ckpt.disable,
         loss_config=cfg.loss, layout=layout, lm_head_chunk=cfg.train.lm_head_chunk, reference=reference,
+        groups=cfg.data.groups,
     )  # fmt: skip
     return trainer, steps_per_epoch
 
@@ -126,13 +127,18 @@ def _precompute_setup(
     plan: ReferencePlan,
     options: StrategyOptions,
     layout: Layout,
-    train_pairs: list[TokenizedPair],
-    eval_pairs: list[TokenizedPair],
+    train_pairs: Items,
+    eval_pairs: Items,
     need_train: bool,
 ) -> PrecomputeSetup | None:
     if not plan.precompute:
         return None
-    splits = {name: pairs for name, pairs in (("train", train_pairs), ("eval", eval_pairs)) if pairs}
+    # Pairs only: the plan refuses ref.precompute with data.groups.
+    splits = {
+        name: cast(list[TokenizedPair], rows)
+        for name, rows in (("train", train_pairs), ("eval", eval_pairs))
+        if rows
+    }
     folder = resume_point(cfg) if need_train else None
     return PrecomputeSetup(
         splits,

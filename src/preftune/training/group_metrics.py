@@ -5,12 +5,16 @@ sums over micro-batches and processes add up exactly, and each mean is one sum o
 
     groups                    G
     ordered_pairs             pairs (i, j) of one group with s_i > s_j (tied scores are no pair)
-    rewards/pair_accuracies   of those, the pairs with r_i > r_j (a reward tie counts as wrong)
+    rewards/accuracies        of those, the pairs with r_i > r_j (a reward tie counts as wrong)
     rewards/top1_accuracies   groups whose highest reward is held by top-scored responses only
     rewards/spearman          sum over groups of Spearman's rho of r against s (average ranks for ties; 0 for a
                               group whose rewards, or scores, are all equal: no order to correlate)
-    rewards/best, /worst      sum over groups of the mean reward of the responses tied for the top / bottom score
+    rewards/chosen, rejected  sum over groups of the mean reward of the responses tied for the top (best) /
+                              bottom (worst) score
     rewards/margins           sum over groups of best - worst
+
+The keys shared with pair runs mean what the pair metric means when K = 2 (accuracy, margin, the chosen and
+rejected rewards), so logs, progress bar, summary and report read the same for both.
 
 :data:`GROUP_METRIC_COUNTS` names the count each is a mean over; :func:`group_metric_means` divides.
 """
@@ -23,11 +27,11 @@ from torch import Tensor
 from ..losses import GroupLogps, GroupLossOutput
 
 GROUP_METRIC_COUNTS = {
-    "rewards/pair_accuracies": "ordered_pairs",
+    "rewards/accuracies": "ordered_pairs",
     "rewards/top1_accuracies": "groups",
     "rewards/spearman": "groups",
-    "rewards/best": "groups",
-    "rewards/worst": "groups",
+    "rewards/chosen": "groups",
+    "rewards/rejected": "groups",
     "rewards/margins": "groups",
 }
 
@@ -42,12 +46,12 @@ def group_metric_sums(logps: GroupLogps, out: GroupLossOutput) -> dict[str, floa
     sums = {
         "groups": float(logps.num_groups),
         "ordered_pairs": float(ordered.sum()),
-        "rewards/pair_accuracies": float((ordered & (rewards[:, None] > rewards[None, :])).sum()),
+        "rewards/accuracies": float((ordered & (rewards[:, None] > rewards[None, :])).sum()),
     }
     per_group = [_one_group(rewards[group == g], scores[group == g]) for g in range(logps.num_groups)]
-    for key in ("rewards/top1_accuracies", "rewards/spearman", "rewards/best", "rewards/worst"):
+    for key in ("rewards/top1_accuracies", "rewards/spearman", "rewards/chosen", "rewards/rejected"):
         sums[key] = sum(values[key] for values in per_group)
-    sums["rewards/margins"] = sums["rewards/best"] - sums["rewards/worst"]
+    sums["rewards/margins"] = sums["rewards/chosen"] - sums["rewards/rejected"]
     return sums
 
 
@@ -65,8 +69,8 @@ def _one_group(rewards: Tensor, scores: Tensor) -> dict[str, float]:
         # Every response holding the highest reward must be top-scored: a reward tie with a worse one is wrong.
         "rewards/top1_accuracies": float(bool(top[rewards == rewards.max()].all())),
         "rewards/spearman": _spearman(rewards, scores),
-        "rewards/best": float(rewards[top].mean()),
-        "rewards/worst": float(rewards[bottom].mean()),
+        "rewards/chosen": float(rewards[top].mean()),
+        "rewards/rejected": float(rewards[bottom].mean()),
     }
 
 

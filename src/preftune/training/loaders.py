@@ -10,16 +10,19 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import Config, ConfigError
-from ..data import TokenizedPair, load_pairs, write_data_report
+from ..data import TokenizedGroup, TokenizedPair, load_groups, load_pairs, write_data_report
 from ..data.sampler import ResumableSampler
 from ..layouts import Layout
 from ..reference.precompute import number_pairs
 from ..strategy import Strategy
 
+# The run's rows: pairs, or prompt groups with data.groups (one kind per run).
+Items = list[TokenizedPair] | list[TokenizedGroup]
+
 
 def load_splits(
     cfg: Config, tokenizer: Any, out: Path, need_train: bool, log: Any, strategy: Strategy
-) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
+) -> tuple[Items, Items]:
     """The run's train and eval pairs, numbered for the reference table, with a data report written and every
     size this run cannot train on refused (naming the key)."""
     train_pairs, eval_pairs = _read_splits(cfg, tokenizer, out, need_train, log, strategy.is_main())
@@ -33,7 +36,8 @@ def load_splits(
             f"train.batch_size: {len(train_pairs)} usable training pairs are fewer than one batch of "
             f"{cfg.train.batch_size} (see {out / 'data_report.json'})"
         )
-    number_pairs(train_pairs, eval_pairs)
+    if not cfg.data.groups:  # the reference cache, the one reader of the numbers, holds pairs only
+        number_pairs(train_pairs, eval_pairs)  # type: ignore[arg-type]
     left_out = len(train_pairs) % cfg.train.batch_size
     if need_train and left_out:
         log(
@@ -45,16 +49,17 @@ def load_splits(
 
 def _read_splits(
     cfg: Config, tokenizer: Any, out: Path, need_train: bool, log: Any, is_main: bool
-) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
+) -> tuple[Items, Items]:
     reports = {}
-    train_pairs: list[TokenizedPair] = []
+    load: Any = load_groups if cfg.data.groups else load_pairs
+    train_pairs: Items = []
     if need_train:
         if not cfg.data.train:
             raise ConfigError("data.train: no training source given")
-        train_pairs, reports["train"] = load_pairs(cfg.data, tokenizer, "train", cfg.seed)
-    eval_pairs: list[TokenizedPair] = []
+        train_pairs, reports["train"] = load(cfg.data, tokenizer, "train", cfg.seed)
+    eval_pairs: Items = []
     if cfg.data.eval:
-        eval_pairs, reports["eval"] = load_pairs(cfg.data, tokenizer, "eval", cfg.seed)
+        eval_pairs, reports["eval"] = load(cfg.data, tokenizer, "eval", cfg.seed)
     if not is_main:
         return train_pairs, eval_pairs
     path = write_data_report(reports, out)
@@ -72,15 +77,8 @@ def _read_splits(
     return train_pairs, eval_pairs
 
 
-def make_train_loader(
-    pairs: list[TokenizedPair], layout: Layout, cfg: Config, strategy: Strategy
-) -> DataLoader:
-    # A padded row is as wide as its prompt plus its longer response.
-    lengths = (
-        [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]
-        if cfg.data.group_by_length
-        else None
-    )
+def make_train_loader(pairs: Items, layout: Layout, cfg: Config, strategy: Strategy) -> DataLoader:
+    lengths = [_padded_width(p) for p in pairs] if cfg.data.group_by_length else None
     sampler = ResumableSampler(
         len(pairs),
         cfg.train.batch_size,
@@ -95,9 +93,19 @@ def make_train_loader(
         dataset,
         batch_size=cfg.train.micro_batch_size,
         sampler=sampler,
-        collate_fn=layout.collate,
+        collate_fn=_collate(layout, cfg),
         generator=_private_generator(),
     )
+
+
+def _padded_width(item: TokenizedPair | TokenizedGroup) -> int:
+    """A padded row is as wide as its prompt plus its longest response."""
+    responses = item.responses if isinstance(item, TokenizedGroup) else [item.chosen_ids, item.rejected_ids]
+    return len(item.prompt_ids) + max(map(len, responses))
+
+
+def _collate(layout: Layout, cfg: Config) -> Any:
+    return layout.collate_groups if cfg.data.groups else layout.collate
 
 
 def _private_generator() -> torch.Generator:
@@ -107,14 +115,16 @@ def _private_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-def make_eval_loader(
-    pairs: list[TokenizedPair], layout: Layout, cfg: Config, strategy: Strategy
-) -> DataLoader | None:
+def make_eval_loader(pairs: Items, layout: Layout, cfg: Config, strategy: Strategy) -> DataLoader | None:
     if not pairs:
         return None
     size = cfg.train.eval_micro_batch_size or cfg.train.micro_batch_size
     # Disjoint shards with no padding or repeats: metric sums over processes then cover each pair once.
     dataset: Any = pairs[strategy.rank :: strategy.world_size]
     return DataLoader(
-        dataset, batch_size=size, shuffle=False, collate_fn=layout.collate, generator=_private_generator()
+        dataset,
+        batch_size=size,
+        shuffle=False,
+        collate_fn=_collate(layout, cfg),
+        generator=_private_generator(),
     )

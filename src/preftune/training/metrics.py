@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from torch import Tensor
-
 from ..layouts import PairForward
-from ..losses import LossOutput
+from ..losses import GroupLogps, GroupLossOutput, LossOutput
+from .group_metrics import GROUP_METRIC_COUNTS, group_metric_means, group_metric_sums
 
 if TYPE_CHECKING:
     from ..config import Config
+    from .step import MicroBatchLosses
 
 # Sums kept per optimizer step (or per evaluation); each mean is a sum over pairs divided by the pair count,
 # so a mean over processes or micro-batches is exact rather than a mean of means.
@@ -35,8 +35,10 @@ class PairStats:
         for key, value in other.sums.items():
             self.sums[key] += value
 
-    def add(self, loss: Tensor, out: LossOutput, fwd: PairForward, nll: Tensor, num_tokens: int) -> None:
-        """``loss`` and ``nll`` are per-pair (B,) tensors of this micro-batch."""
+    def add(self, losses: MicroBatchLosses, num_tokens: int) -> None:
+        """One micro-batch: its per-pair (B,) losses and NLLs, the loss output and the policy forward."""
+        loss, out, fwd, nll = losses.per_pair, losses.loss, losses.policy, losses.nll
+        assert isinstance(out, LossOutput) and isinstance(fwd, PairForward), "a pair batch's losses"
         chosen, rejected = out.chosen_rewards.detach().float(), out.rejected_rewards.detach().float()
         margins = chosen - rejected
         values = {
@@ -64,11 +66,37 @@ class PairStats:
         return out
 
 
+class GroupStats(PairStats):
+    """Running sums over prompt groups (``data.groups``): the loss per group, and the group metrics of
+    :mod:`.group_metrics`, each a mean over its own count at the end."""
+
+    def __init__(self) -> None:
+        self.sums = dict.fromkeys(("loss", "groups", "ordered_pairs", *GROUP_METRIC_COUNTS), 0.0)
+        self.sums.update(tokens=0.0, skipped_steps=0.0)
+
+    def add(self, losses: MicroBatchLosses, num_tokens: int) -> None:
+        """One micro-batch of prompt groups: its per-group losses, the loss output and the GroupLogps."""
+        out, fwd = losses.loss, losses.policy
+        assert isinstance(out, GroupLossOutput) and isinstance(fwd, GroupLogps), (
+            "a prompt-group batch's losses"
+        )
+        for key, value in group_metric_sums(fwd, out).items():
+            self.sums[key] += value
+        self.sums["loss"] += float(losses.per_pair.detach().float().sum())
+        self.sums["tokens"] += num_tokens
+
+    def means(self, reduced: dict[str, float] | None = None) -> dict[str, float]:
+        sums = reduced if reduced is not None else self.sums
+        means = group_metric_means(sums)
+        return {"loss": sums["loss"] / max(sums["groups"], 1.0), **means, "tokens": sums["tokens"],
+                "skipped_steps": sums["skipped_steps"]}  # fmt: skip
+
+
 class StepWindow:
     """The optimizer steps since the last logged one: their pair sums, gradient norms, skipped steps, time."""
 
-    def __init__(self) -> None:
-        self.stats = PairStats()
+    def __init__(self, stats: PairStats | None = None) -> None:
+        self.stats = stats if stats is not None else PairStats()
         self.grad_norms: list[float] = []
         self.started = time.perf_counter()
 

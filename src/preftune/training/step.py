@@ -12,16 +12,20 @@ from typing import NamedTuple
 from torch import Tensor
 
 from ..layouts import Batch, PairForward
-from ..losses import LossOutput
+from ..losses import GroupLogps, GroupLossOutput, LossOutput
 from .metrics import PairStats
 
 
 class MicroBatchLosses(NamedTuple):
-    objective: Tensor  # scalar that backward runs on: mean per-pair loss, plus the MoE aux term when on
-    per_pair: Tensor  # (B,) loss, plus loss.nll_coef x nll
-    loss: LossOutput  # the loss function's per-pair losses and rewards
-    policy: PairForward  # the policy's summed log-probs and token counts
-    nll: Tensor  # (B,) per-token NLL of each chosen response
+    """A pair batch's, or (in brackets) a prompt-group batch's, losses and what they came from."""
+
+    objective: Tensor  # scalar that backward runs on: mean per-pair (per-group) loss, plus the MoE aux term
+    per_pair: Tensor  # (B,) loss, plus loss.nll_coef x nll  [(G,) loss]
+    loss: LossOutput | GroupLossOutput  # the loss function's output: losses and rewards
+    policy: (
+        PairForward | GroupLogps
+    )  # the policy's summed log-probs and token counts [with ref, scores, groups]
+    nll: Tensor  # (B,) per-token NLL of each chosen response  [zeros]
 
 
 @dataclass

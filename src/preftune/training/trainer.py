@@ -14,13 +14,14 @@ from ..config import Config, LossConfig
 from ..data.sampler import set_sampler_position
 from ..errors import NonFiniteError, StopRequested
 from ..layouts import Batch, Layout, PaddedLayout
-from ..losses import LossState, PairLogps, compute_loss, get_loss
+from ..losses import LossState, get_loss
 from ..model.scorer import SequenceScorer
 from ..reference.build import trainer_reference
 from ..reference.sources import ReferenceSource
 from ..strategy import Strategy, lockstep
 from .checkpoint import export_hf, load_checkpoint, save_checkpoint
-from .metrics import PairStats, Sinks, StepWindow, build_sinks
+from .metrics import GroupStats, PairStats, Sinks, StepWindow, build_sinks
+from .objective import group_losses, pair_losses
 from .optim import planned_steps
 from .step import MicroBatchLosses, StepResult, nonfinite_message, step_groups
 
@@ -34,6 +35,9 @@ class DPOTrainer:
     ``reference`` supplies log-probs another way, for a reference-free loss, or for a peft LoRA ``model`` (its
     reference is itself with adapters disabled). ``beta`` and ``loss_config.beta`` must agree when both are
     given. Dataloaders yield :class:`~preftune.layouts.Batch` objects made by ``layout.collate``.
+
+    ``groups``: the dataloaders yield batches of prompt groups (``layout.collate_groups``), each trained on all
+    its responses at once by the loss ``loss_config.type`` names (listwise, or pairwise over the group's pairs).
 
     Hooks: ``on_gradients`` callables get the trainer once a step's gradients are accumulated, before clipping
     and the update; ``on_step_end`` callables get the trainer and the :class:`StepResult` after it.
@@ -59,6 +63,7 @@ class DPOTrainer:
         layout: Layout | None = None,
         reference: ReferenceSource | None = None,
         lm_head_chunk: int = 1024,
+        groups: bool = False,
     ) -> None:
         self.strategy = strategy
         self.tokenizer = tokenizer
@@ -74,6 +79,8 @@ class DPOTrainer:
         self.loss_spec = get_loss(self.loss_config.type)
         self.loss_state = LossState()
         self.layout = layout or PaddedLayout(tokenizer.pad_token_id)
+        self.groups = groups  # the dataloaders yield prompt groups (layout.collate_groups), not pairs
+        self.new_stats = GroupStats if groups else PairStats
         self.model = model
         if optim is not None:
             strategy.attach_optimizer(optim)
@@ -92,32 +99,15 @@ class DPOTrainer:
     def micro_batch_losses(self, batch: Batch, training: bool) -> MicroBatchLosses:
         """The policy (and reference) forward of one micro-batch and its losses; ``training`` lets a stateful
         loss update its statistics."""
-        cfg = self.loss_config
-        want_aux = cfg.aux_loss_coef > 0
-        fwd = self.layout.pair_logps(self.scorer, batch, want_aux=want_aux)
-        ref = self.reference.pair_logps(batch) if self.reference is not None else None
-        logps = PairLogps(
-            policy_chosen=fwd.chosen_logps,
-            policy_rejected=fwd.rejected_logps,
-            ref_chosen=ref.chosen_logps if ref is not None else None,
-            ref_rejected=ref.rejected_logps if ref is not None else None,
-            chosen_tokens=fwd.chosen_tokens,
-            rejected_tokens=fwd.rejected_tokens,
-        )
         self.loss_state.update = training
-        out = compute_loss(logps, cfg, self.loss_state)
-        # Per-token NLL of each chosen response, averaged per pair, so micro-batch means compose exactly.
-        nll = -fwd.chosen_logps / fwd.chosen_tokens.clamp(min=1)
-        per_pair = out.losses + cfg.nll_coef * nll if cfg.nll_coef > 0 else out.losses
-        objective = per_pair.mean()
-        if want_aux and fwd.aux_loss is not None:
-            objective = objective + cfg.aux_loss_coef * fwd.aux_loss
-        return MicroBatchLosses(objective, per_pair, out, fwd, nll)
+        if self.groups:
+            return group_losses(self.scorer, self.reference, batch, self.loss_config, self.loss_state)
+        return pair_losses(self.scorer, self.reference, self.layout, batch, self.loss_config, self.loss_state)
 
     def _reduced_means(self, stats: PairStats) -> dict[str, float]:
         means = stats.means(self.strategy.all_reduce(stats.sums))
         if self.loss_config.nll_coef == 0 and not self.loss_spec.reports_nll:
-            means.pop("nll")
+            means.pop("nll", None)
         return means
 
     # ------------------------------------------------------------------ training
@@ -132,13 +122,13 @@ class DPOTrainer:
             raise ValueError(
                 f"a step takes {strategy.accumulation_steps} micro-batches, got {len(micro_batches)}"
             )
-        stats, rows = PairStats(), []
+        stats, rows = self.new_stats(), []
         for i, batch in enumerate(micro_batches):
             batch = batch.to(strategy.device)
             with strategy.accumulate(self.scorer, i == len(micro_batches) - 1):
                 losses = self.micro_batch_losses(batch, training=True)
                 strategy.backward(losses.objective, self.scorer, self.optimizer)
-            stats.add(losses.per_pair, losses.loss, losses.policy, losses.nll, batch.num_tokens)
+            stats.add(losses, batch.num_tokens)
             rows += batch.rows
         for hook in self.on_gradients:
             hook(self)
@@ -170,7 +160,7 @@ class DPOTrainer:
         if args.train.eval_at_start and self.global_step == 0 and (before := self.evaluate()):
             sinks.log(0, before)
         start_epoch = self.global_step // steps_per_epoch
-        window, nonfinite_in_row = StepWindow(), 0
+        window, nonfinite_in_row = StepWindow(self.new_stats()), 0
         for epoch in range(start_epoch, self.max_epochs):
             if self.global_step >= total_steps:
                 break
@@ -190,7 +180,7 @@ class DPOTrainer:
                         self.global_step,
                         self._window_metrics(window, result, steps_per_epoch, consumed_samples),
                     )
-                    window = StepWindow()
+                    window = StepWindow(self.new_stats())
                 done = self.global_step >= total_steps
                 self._evaluate_and_save(args, sinks, steps_per_epoch, done, consumed_samples)
                 if done:
@@ -240,13 +230,13 @@ class DPOTrainer:
         if self.eval_dataloader is None:
             return {}
         self.scorer.eval()
-        stats = PairStats()
+        stats = self.new_stats()
         with torch.no_grad():
             for batch, real in lockstep(self.strategy, self.eval_dataloader):
                 batch = batch.to(self.strategy.device)
                 losses = self.micro_batch_losses(batch, training=False)
                 if real:
-                    stats.add(losses.per_pair, losses.loss, losses.policy, losses.nll, batch.num_tokens)
+                    stats.add(losses, batch.num_tokens)
         means = self._reduced_means(stats)
         means.pop("skipped_steps")
         return {f"eval/{key}": value for key, value in means.items()}

@@ -1,0 +1,73 @@
+"""One micro-batch's losses: the policy (and reference) forward, the loss, and the objective backward runs on.
+
+Two kinds of batch, one shape of result (:class:`~.step.MicroBatchLosses`): a batch of pairs goes through the
+pairwise loss registry; a batch of prompt groups (``data.groups``) through the group losses, which read every
+response of a prompt at once.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..config import LossConfig
+from ..layouts import Batch, Layout
+from ..layouts.batch import score_responses
+from ..losses import GroupLogps, LossState, PairLogps, compute_group_loss, compute_loss
+from ..reference.sources import ReferenceSource
+from .step import MicroBatchLosses
+
+
+def pair_losses(
+    scorer: nn.Module,
+    reference: ReferenceSource | None,
+    layout: Layout,
+    batch: Batch,
+    cfg: LossConfig,
+    state: LossState,
+) -> MicroBatchLosses:
+    """Losses of B pairs: per pair, the loss plus ``loss.nll_coef`` times the chosen response's per-token NLL."""
+    want_aux = cfg.aux_loss_coef > 0
+    fwd = layout.pair_logps(scorer, batch, want_aux=want_aux)
+    ref = reference.pair_logps(batch) if reference is not None else None
+    logps = PairLogps(
+        policy_chosen=fwd.chosen_logps,
+        policy_rejected=fwd.rejected_logps,
+        ref_chosen=ref.chosen_logps if ref is not None else None,
+        ref_rejected=ref.rejected_logps if ref is not None else None,
+        chosen_tokens=fwd.chosen_tokens,
+        rejected_tokens=fwd.rejected_tokens,
+    )
+    out = compute_loss(logps, cfg, state)
+    # Per-token NLL of each chosen response, averaged per pair, so micro-batch means compose exactly.
+    nll = -fwd.chosen_logps / fwd.chosen_tokens.clamp(min=1)
+    per_pair = out.losses + cfg.nll_coef * nll if cfg.nll_coef > 0 else out.losses
+    objective = per_pair.mean()
+    if want_aux and fwd.aux_loss is not None:
+        objective = objective + cfg.aux_loss_coef * fwd.aux_loss
+    return MicroBatchLosses(objective, per_pair, out, fwd, nll)
+
+
+def group_losses(
+    scorer: nn.Module, reference: ReferenceSource | None, batch: Batch, cfg: LossConfig, state: LossState
+) -> MicroBatchLosses:
+    """Losses of G prompt groups: one per group, over all of its responses (each scored once)."""
+    if batch.sequence_group is None or batch.sequence_scores is None:
+        raise ValueError("a prompt-group loss needs a batch made by layout.collate_groups")
+    want_aux = cfg.aux_loss_coef > 0
+    fwd = score_responses(scorer, batch, want_aux)
+    ref = reference.response_logps(batch) if reference is not None else None
+    device = fwd.logps.device
+    logps = GroupLogps(
+        policy=fwd.logps,
+        ref=ref.logps if ref is not None else None,
+        tokens=fwd.tokens,
+        scores=batch.sequence_scores.to(device),
+        group=batch.sequence_group.to(device),
+        num_groups=batch.num_pairs,
+    )
+    out = compute_group_loss(logps, cfg, state)
+    objective = out.losses.mean()
+    if want_aux and fwd.aux_loss is not None:
+        objective = objective + cfg.aux_loss_coef * fwd.aux_loss
+    # No NLL term on groups yet (config refuses loss.nll_coef with data.groups): zeros keep the shape.
+    return MicroBatchLosses(objective, out.losses, out, logps, out.losses.detach() * 0)

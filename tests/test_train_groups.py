@@ -1,0 +1,128 @@
+"""Training on prompt groups (data.groups): a pair trained as a group of two is the pair run, every layout trains
+the same, a listwise loss learns, two DDP processes equal one, and what groups do not do yet is refused."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+
+import pytest
+
+from preftune.config import ConfigError, load_config
+from preftune.toy import synthetic_preference_rows
+from preftune.training import runner
+from test_distributed import TORCHRUN, train_args
+from toy_env import (
+    assert_close_weights,
+    assert_same_metrics,
+    load_weights,
+    logged_metrics,
+    toy_config,
+    toy_workspace,
+)
+
+GROUPS = {"data.groups": True}
+
+
+def _group_rows(rows: list[dict], offset: int) -> list[dict]:
+    """Each prompt with four responses: its own chosen (best) and rejected, and two other prompts' rejected ones."""
+    out = []
+    for i, row in enumerate(rows):
+        others = [rows[(i + k) % len(rows)]["rejected"] for k in (1 + offset, 2 + offset)]
+        responses = [row["chosen"], row["rejected"], *others]
+        out.append({"prompt": row["prompt"], "responses": responses, "scores": [1.0, 0.0, 0.25, -0.5]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("ws_groups")
+    paths = toy_workspace(root, n_train=32, n_eval=16)
+    for split, seed, count in (("group_train", 1, 32), ("group_eval", 2, 16)):
+        rows = _group_rows(synthetic_preference_rows(count, seed=seed), offset=0)
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        paths[split] = str(root / f"{split}.jsonl")
+    return paths
+
+
+RUN = {"train.max_steps": 3, "train.eval_steps": 3, "train.micro_batch_size": 4, "optim.adam_eps": 1e-3}
+
+
+def test_a_pair_trained_as_a_group_of_two_is_the_pair_run(ws, tmp_path) -> None:
+    runner.train(toy_config(ws, tmp_path / "pairs", **RUN))
+    runner.train(toy_config(ws, tmp_path / "groups", **RUN, **GROUPS))
+    pairs, groups = logged_metrics(tmp_path / "pairs"), logged_metrics(tmp_path / "groups")
+    assert len(pairs) == len(groups) > 0
+    shared = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "tokens")
+    for want, got in zip(pairs, groups, strict=True):
+        prefix = "eval/" if "eval/loss" in want else ""
+        for key in shared:
+            assert got[prefix + key] == pytest.approx(want[prefix + key], rel=1e-5, abs=1e-7), (
+                want["step"],
+                key,
+            )
+    assert_close_weights(
+        load_weights(tmp_path / "pairs" / "final"), load_weights(tmp_path / "groups" / "final"), 1e-5, 1e-6
+    )
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_every_layout_trains_groups_the_same(ws, tmp_path, layout) -> None:
+    data = {"data.train": ws["group_train"], "data.eval": ws["group_eval"], **GROUPS, "loss.pairs": "all"}
+    runner.train(toy_config(ws, tmp_path / "shared", **RUN, **data, **{"train.layout": "prefix_shared"}))
+    runner.train(toy_config(ws, tmp_path / layout, **RUN, **data, **{"train.layout": layout}))
+    assert_same_metrics(tmp_path / "shared", tmp_path / layout, atol=1e-6)
+
+
+def test_a_listwise_loss_learns_the_ranking(ws, tmp_path) -> None:
+    opts = {"data.train": ws["group_train"], "data.eval": ws["group_eval"], **GROUPS,
+            "loss.type": "plackett_luce", "train.max_epochs": 3, "train.eval_at_start": True,
+            "train.micro_batch_size": 4}  # fmt: skip
+    runner.train(toy_config(ws, tmp_path, **opts))
+    evals = [r for r in logged_metrics(tmp_path) if "eval/loss" in r]
+    first, last = evals[0], evals[-1]
+    # policy == reference: sum_k log n_k with n_k = #{j: s_j <= s_k} = 4, 2, 3, 1 for scores 1, 0, 0.25, -0.5
+    assert first["eval/loss"] == pytest.approx(math.log(24), rel=1e-6)
+    assert last["eval/loss"] < first["eval/loss"] - 0.05
+    assert last["eval/rewards/accuracies"] > 0.6 and last["eval/rewards/spearman"] > 0.3
+
+
+def test_two_ddp_processes_train_groups_as_one(ws, tmp_path) -> None:
+    opts = {**RUN, "train.micro_batch_size": 2, "data.groups": "true", "loss.pairs": "all",
+            "data.train": ws["group_train"], "data.eval": ws["group_eval"]}  # fmt: skip
+    runner.train(toy_config(ws, tmp_path / "one", **opts))
+    args = train_args(TORCHRUN, ws, tmp_path / "two", "ddp", opts)
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert_same_metrics(tmp_path / "one", tmp_path / "two", atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (
+            {"data.groups": "true", "ref.precompute": "true"},
+            "ref.precompute: the reference cache holds pairs",
+        ),
+        ({"data.groups": "true", "loss.nll_coef": "0.1"}, "loss.nll_coef: the NLL term is defined on a pair"),
+        ({"loss.type": "multi_negative"}, "loss.type: 'multi_negative' is listwise"),
+    ],
+)
+def test_what_groups_do_not_do_yet_is_refused(overrides, needle) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, overrides)
+
+
+def test_lora_trains_groups_against_its_adapters_off_self(ws, tmp_path) -> None:
+    opts = {"data.train": ws["group_train"], "data.eval": ws["group_eval"], **GROUPS, "loss.type": "plackett_luce",
+            "lora.rank": 4, "train.max_steps": 2, "train.eval_at_start": True, "optim.lr": 1e-2}  # fmt: skip
+    runner.train(toy_config(ws, tmp_path, **opts))
+    rows = logged_metrics(tmp_path)
+    # The B matrices start at zero: policy == reference at first, then the adapters move the policy away.
+    assert rows[0]["eval/loss"] == pytest.approx(math.log(24), rel=1e-6)
+    assert rows[1]["loss"] == pytest.approx(math.log(24), rel=1e-6)
+    assert [r for r in rows if "eval/loss" in r][-1]["eval/loss"] != pytest.approx(math.log(24), rel=1e-6)
