@@ -13,6 +13,7 @@ import pytest
 from preftune.config import ConfigError, load_config
 from preftune.toy import synthetic_preference_rows
 from preftune.training import runner
+from test_deepspeed import needs_deepspeed
 from test_distributed import TORCHRUN, train_args
 from toy_env import (
     assert_close_weights,
@@ -89,11 +90,19 @@ def test_a_listwise_loss_learns_the_ranking(ws, tmp_path) -> None:
     assert last["eval/rewards/accuracies"] > 0.6 and last["eval/rewards/spearman"] > 0.3
 
 
-def test_two_ddp_processes_train_groups_as_one(ws, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("strategy", "extra"),
+    [
+        ("ddp", {}),
+        ("fsdp2", {}),
+        pytest.param("deepspeed", {"strategy.zero_stage": 3}, marks=needs_deepspeed, id="deepspeed-zero3"),
+    ],
+)
+def test_two_processes_train_groups_as_one(ws, tmp_path, strategy, extra) -> None:
     opts = {**RUN, "train.micro_batch_size": 2, "data.groups": "true", "loss.pairs": "all",
             "data.train": ws["group_train"], "data.eval": ws["group_eval"]}  # fmt: skip
     runner.train(toy_config(ws, tmp_path / "one", **opts))
-    args = train_args(TORCHRUN, ws, tmp_path / "two", "ddp", opts)
+    args = train_args(TORCHRUN, ws, tmp_path / "two", strategy, {**opts, **extra})
     result = subprocess.run(
         args, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
