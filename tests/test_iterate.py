@@ -261,3 +261,34 @@ def test_missing_or_conflicting_inputs_are_named(tmp_path, overrides, needle) ->
     values = {k: v.format(dir=tmp_path) if isinstance(v, str) else v for k, v in overrides.items()}
     with pytest.raises(ValueError, match=re.escape(needle.format(dir=tmp_path))):
         run_iterate(load_config(None, {**base, **values}), log=lambda *_: None)
+
+
+def test_listwise_rounds_train_on_every_scored_sample(tmp_path) -> None:
+    """iterate.pairing listwise: each round writes the prompts' whole scored groups (no sample thrown away) in
+    the group row shape, trains on them with data.groups, and the reward still rises from round to round."""
+    out = tmp_path / "out"
+    args = [
+        "--model.name_or_path", str(write_toy_model_dir(tmp_path / "model", hidden_size=32)),
+        "--iterate.prompts", _prompt_file(tmp_path / "prompts.jsonl", 64, seed=5),
+        "--iterate.eval_prompts", _prompt_file(tmp_path / "eval_prompts.jsonl", 16, seed=6),
+        "--iterate.reward", f"{REWARDS_FILE}:space_first", "--iterate.rounds", "2", "--iterate.pairing", "listwise",
+        "--loss.type", "plackett_luce", "--iterate.samples_per_prompt", "4", "--iterate.max_new_tokens", "1",
+        "--iterate.eval_samples_per_prompt", "4", "--optim.lr", "1e-2", "--train.micro_batch_size", "8",
+        "--train.batch_size", "8", "--train.max_epochs", "4", "--log.progress", "false", "--seed", "2",
+        "--output_dir", str(out),
+    ]  # fmt: skip
+    result = _cli("iterate", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = read_jsonl(out / "iterate.jsonl")
+    for s in summaries:
+        rdir = out / f"round-{s['round']}"
+        samples = {row["index"]: row for row in read_jsonl(rdir / "samples.jsonl")}
+        rows = read_jsonl(rdir / "pairs.jsonl")
+        assert len(rows) == s["pairs"] > 0 and s["pairs"] + sum(s["dropped"].values()) == s["prompts"]
+        for row in rows:  # every non-empty sample of the prompt, with its own score
+            sampled = samples[row["prompt_index"]]
+            kept = [(t, x) for t, x in zip(sampled["responses"], sampled["scores"], strict=True) if t.strip()]
+            assert list(zip(row["responses"], row["scores"], strict=True)) == kept
+        config = yaml.safe_load((rdir / "config.yaml").read_text())
+        assert config["data"]["groups"] is True and config["loss"]["type"] == "plackett_luce"
+    assert summaries[1]["reward_mean"] > summaries[0]["reward_mean"]

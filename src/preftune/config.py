@@ -201,7 +201,13 @@ class IterateConfig:
     reward: str | None = _f(
         None, "reward: module:function, path/to/file.py:function, or a sequence-classification model folder"
     )
-    samples_per_prompt: int = _f(4, "responses sampled per prompt (K >= 2); best and worst make the pair")
+    samples_per_prompt: int = _f(4, "responses sampled per prompt (K >= 2); see iterate.pairing")
+    pairing: Literal["best_worst", "listwise"] = _f(
+        "best_worst",
+        "what a round trains on: best_worst = one pair per prompt (its best and worst response); listwise = every "
+        "scored response of the prompt as one group (sets data.groups; ties kept as ties), for a listwise "
+        "loss.type or a pairwise one over loss.pairs",
+    )
     min_score_gap: float = _f(0.0, "keep a pair only when best - worst reward >= this (and > 0)")
     reference: Literal["round", "original"] = _f(
         "round", "DPO reference of each round: the round's starting policy, or the original model"
@@ -357,6 +363,8 @@ def load_config(
             set_value(cfg, key, value)
     for key, value in (overrides or {}).items():
         set_value(cfg, key, value)
+    if cfg.iterate.pairing == "listwise":
+        cfg.data.groups = True  # a listwise iterate run trains on groups (each round's config says so too)
     validate(cfg, training=training)
     return cfg
 

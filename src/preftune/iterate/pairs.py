@@ -1,4 +1,5 @@
-"""From K scored responses per prompt to at most one (best, worst) preference pair, with every drop counted.
+"""From K scored responses per prompt to training rows, with every drop counted: at most one (best, worst)
+preference pair (``iterate.pairing best_worst``), or the prompt's whole scored group (``listwise``).
 
 Rules, per prompt (``min_gap`` = ``iterate.min_score_gap``):
 
@@ -12,6 +13,10 @@ Rules, per prompt (``min_gap`` = ``iterate.min_score_gap``):
 
 Example, min_gap 0.5: responses ["a", "b", "", "c"] scored [0.2, 0.9, 5.0, 0.3] -> chosen "b" (0.9),
 rejected "a" (0.2), gap 0.7, kept; the empty response never wins despite its 5.0.
+
+``listwise`` keeps every non-empty response with its score (ties stay ties; a repeated text is merged by the
+data loader, keeping its highest score) and drops a prompt for the same reasons, judged on the same best and
+worst: ``{"prompt": ..., "responses": ["a", "b", "c"], "scores": [0.2, 0.9, 0.3]}`` in the example.
 """
 
 from __future__ import annotations
@@ -94,17 +99,41 @@ def best_worst(sample: PromptSamples, min_gap: float) -> Pair | str:
     )
 
 
+def listwise(sample: PromptSamples, min_gap: float) -> dict[str, Any] | str:
+    """The prompt's group row in the training format, or the reason it has none (as :func:`best_worst`)."""
+    outcome = best_worst(sample, min_gap)
+    if not isinstance(outcome, Pair):
+        return outcome
+    kept = [i for i, text in enumerate(sample.responses) if text.strip()]
+    return {
+        "prompt": sample.prompt,
+        "responses": [sample.responses[i] for i in kept],
+        "scores": [sample.scores[i] for i in kept],
+        "prompt_index": sample.index,
+    }
+
+
 def build_pairs(samples: list[PromptSamples], min_gap: float) -> tuple[list[Pair], dict[str, list[int]]]:
     """Pairs in prompt order, and ``{reason: [prompt indices]}`` for every prompt without one.
 
     ``len(pairs) + sum(len(v) for v in dropped.values()) == len(samples)``: every prompt is accounted for.
     """
-    pairs: list[Pair] = []
+    rows, dropped = training_rows(samples, min_gap, "best_worst")
+    return [pair for pair in rows if isinstance(pair, Pair)], dropped
+
+
+def training_rows(
+    samples: list[PromptSamples], min_gap: float, pairing: str
+) -> tuple[list[Pair | dict[str, Any]], dict[str, list[int]]]:
+    """The round's training rows in prompt order (pairs, or group rows with ``listwise``), and
+    ``{reason: [prompt indices]}`` for every prompt that gives none."""
+    make = listwise if pairing == "listwise" else best_worst
+    rows: list[Pair | dict[str, Any]] = []
     dropped: dict[str, list[int]] = {}
     for sample in samples:
-        outcome = best_worst(sample, min_gap)
-        if isinstance(outcome, Pair):
-            pairs.append(outcome)
-        else:
+        outcome = make(sample, min_gap)
+        if isinstance(outcome, str):
             dropped.setdefault(outcome, []).append(sample.index)
-    return pairs, dropped
+        else:
+            rows.append(outcome)
+    return rows, dropped

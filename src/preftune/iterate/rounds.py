@@ -6,7 +6,8 @@ Round r starts from the original model (r = 1) or round r-1's ``final/``; its DP
     iterate.jsonl                 one summary per finished round (the table printed at the end)
     round-<r>/sampling.json       how the samples were drawn (checked when a rerun reuses them)
     round-<r>/samples.jsonl       per prompt: prompt, K responses, their scores, whether each reached EOS
-    round-<r>/pairs.jsonl         the kept pairs in the training format: prompt, chosen, rejected (+ scores)
+    round-<r>/pairs.jsonl         the kept pairs in the training format: prompt, chosen, rejected (+ scores); with
+                                  iterate.pairing listwise, group rows: prompt, responses, scores
     round-<r>/pairs_report.json   pairs kept, prompts dropped per reason (with their indices)
     round-<r>/eval_samples.jsonl  with iterate.eval_prompts: the trained model's samples on them, scored
     round-<r>/summary.json        written last: the round is done
@@ -32,7 +33,7 @@ from ..reference import plan_reference
 from ..strategy.single import default_device
 from ..training import runner
 from ..training.builder import check_output_dir
-from .pairs import DROP_REASONS, PromptSamples, build_pairs
+from .pairs import DROP_REASONS, Pair, PromptSamples, training_rows
 from .records import read_prompts, round_table
 from .reward import RewardFn, load_reward, score
 
@@ -113,8 +114,8 @@ def _run_round(
     if final.is_dir():  # exported under a temporary name and renamed: if it is there, it is whole
         report = read_json(rdir / "pairs_report.json")
     else:
-        pairs, dropped = build_pairs(samples, it.min_score_gap)
-        write_jsonl(rdir / "pairs.jsonl", [p.to_row() for p in pairs])
+        pairs, dropped = training_rows(samples, it.min_score_gap, it.pairing)
+        write_jsonl(rdir / "pairs.jsonl", [p.to_row() if isinstance(p, Pair) else p for p in pairs])
         report = {
             "pairs": len(pairs),
             "dropped": {reason: len(indices) for reason, indices in dropped.items()},
@@ -276,4 +277,6 @@ def _round_config(cfg: Config, r: int, start: str) -> Config:
     rc.data.train_probs = None
     # pairs.jsonl is written with these keys whatever the user's own data uses.
     rc.data.prompt_key, rc.data.chosen_key, rc.data.rejected_key = "prompt", "chosen", "rejected"
+    rc.data.responses_key, rc.data.scores_key = "responses", "scores"
+    rc.data.groups = cfg.data.groups or cfg.iterate.pairing == "listwise"
     return rc

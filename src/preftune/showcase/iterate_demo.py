@@ -23,6 +23,9 @@ ITERATE_DEMO_DEFAULTS: dict[str, Any] = {
     "data.apply_chat_template": True,
     "data.max_len": 96,
     "loss.beta": 0.1,
+    # With --iterate.pairing listwise each round trains on every pair of a prompt's samples that differ in
+    # sentiment (best_worst rounds have one pair per prompt and never read this).
+    "loss.pairs": "all",
     "optim.lr": 5e-5,
     "optim.warmup_ratio": 0.1,
     "train.micro_batch_size": 4,
