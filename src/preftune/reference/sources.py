@@ -42,20 +42,34 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-class ModelReference:
+class LiveReference:
+    """A reference that runs a forward per batch: pairs through the layout, prompt groups response by response.
+    Subclasses say how one forward runs (:meth:`_run`)."""
+
+    scorer: nn.Module
+    layout: Layout
+
+    def pair_logps(self, batch: Batch) -> PairForward:
+        return self._run(lambda b: self.layout.pair_logps(self.scorer, b), batch)
+
+    def response_logps(self, batch: Batch) -> ResponseForward:
+        return self._run(lambda b: score_responses(self.scorer, b), batch)
+
+    def _run(self, score: Callable[[Batch], Result], batch: Batch) -> Result:
+        raise NotImplementedError
+
+    def state_for_checkpoint(self) -> dict[str, str]:
+        return {}
+
+
+class ModelReference(LiveReference):
     """A separate frozen model scored with the same layout as the policy (one forward per step)."""
 
     def __init__(self, scorer: nn.Module, layout: Layout) -> None:
         self.scorer = scorer
         self.layout = layout
 
-    def pair_logps(self, batch: Batch) -> PairForward:
-        return self._where_weights_are(lambda b: self.layout.pair_logps(self.scorer, b), batch)
-
-    def response_logps(self, batch: Batch) -> ResponseForward:
-        return self._where_weights_are(lambda b: score_responses(self.scorer, b), batch)
-
-    def _where_weights_are(self, score: Callable[[Batch], Result], batch: Batch) -> Result:
+    def _run(self, score: Callable[[Batch], Result], batch: Batch) -> Result:
         """``score(batch)`` without gradient; an offloaded reference runs where its weights are, and only the
         per-sequence results travel back."""
         device = next(self.scorer.parameters()).device
@@ -68,9 +82,6 @@ class ModelReference:
                 out, **{k: v.to(back) for k, v in moved.items() if isinstance(v, Tensor)}
             )
 
-    def state_for_checkpoint(self) -> dict[str, str]:
-        return {}
-
 
 def model_reference(
     model: nn.Module, strategy: Strategy, layout: Layout, lm_head_chunk: int
@@ -80,7 +91,7 @@ def model_reference(
     return ModelReference(scorer, layout)
 
 
-class AdapterDisabledReference:
+class AdapterDisabledReference(LiveReference):
     """The policy itself with its LoRA adapters switched off: the frozen base weights are the reference.
 
     ``peft_model`` is the (unwrapped) PeftModel the policy trains. Its own scorer is used, not the strategy's
@@ -94,13 +105,7 @@ class AdapterDisabledReference:
         self.scorer = SequenceScorer(peft_model, lm_head_chunk)
         self.layout = layout
 
-    def pair_logps(self, batch: Batch) -> PairForward:
-        return self._adapters_off(lambda b: self.layout.pair_logps(self.scorer, b), batch)
-
-    def response_logps(self, batch: Batch) -> ResponseForward:
-        return self._adapters_off(lambda b: score_responses(self.scorer, b), batch)
-
-    def _adapters_off(self, score: Callable[[Batch], Result], batch: Batch) -> Result:
+    def _run(self, score: Callable[[Batch], Result], batch: Batch) -> Result:
         was_training = self.scorer.training
         self.scorer.eval()
         try:
@@ -108,6 +113,3 @@ class AdapterDisabledReference:
                 return score(batch)
         finally:
             self.scorer.train(was_training)
-
-    def state_for_checkpoint(self) -> dict[str, str]:
-        return {}
