@@ -106,11 +106,6 @@ def enable_segment_attention(model: nn.Module) -> None:
     config._attn_implementation = name
 
 
-def disable_segment_attention(model: nn.Module) -> None:
-    config: Any = model.config
-    config._attn_implementation = str(config._attn_implementation).removeprefix(f"{SEGMENT_ATTENTION}|")
-
-
 def supports_segments(model: nn.Module) -> bool:
     """True when ``model``'s attention layers receive the plan (they use transformers' attention interface and
     pass keyword arguments through); remote or older model code may not.
