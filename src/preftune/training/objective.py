@@ -7,7 +7,7 @@ response of a prompt at once.
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..config import LossConfig
 from ..layouts import Batch, Layout
@@ -41,10 +41,7 @@ def pair_losses(
     # Per-token NLL of each chosen response, averaged per pair, so micro-batch means compose exactly.
     nll = -fwd.chosen_logps / fwd.chosen_tokens.clamp(min=1)
     per_pair = out.losses + cfg.nll_coef * nll if cfg.nll_coef > 0 else out.losses
-    objective = per_pair.mean()
-    if want_aux and fwd.aux_loss is not None:
-        objective = objective + cfg.aux_loss_coef * fwd.aux_loss
-    return MicroBatchLosses(objective, per_pair, out, fwd, nll)
+    return MicroBatchLosses(_objective(per_pair, fwd.aux_loss, cfg), per_pair, out, fwd, nll)
 
 
 def group_losses(
@@ -66,8 +63,14 @@ def group_losses(
         num_groups=batch.num_pairs,
     )
     out = compute_group_loss(logps, cfg, state)
-    objective = out.losses.mean()
-    if want_aux and fwd.aux_loss is not None:
-        objective = objective + cfg.aux_loss_coef * fwd.aux_loss
+    objective = _objective(out.losses, fwd.aux_loss, cfg)
     # No NLL term on groups yet (config refuses loss.nll_coef with data.groups): zeros keep the shape.
     return MicroBatchLosses(objective, out.losses, out, logps, out.losses.detach() * 0)
+
+
+def _objective(per_item: Tensor, aux_loss: Tensor | None, cfg: LossConfig) -> Tensor:
+    """What backward runs on: the mean loss, plus the MoE balancing term when loss.aux_loss_coef is on."""
+    objective = per_item.mean()
+    if cfg.aux_loss_coef > 0 and aux_loss is not None:
+        objective = objective + cfg.aux_loss_coef * aux_loss
+    return objective
