@@ -27,6 +27,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "src"))  # this checkout's preftune, whatever the venv has installed
 
 import report  # noqa: E402
+import responses  # noqa: E402
 import workload as wl  # noqa: E402
 from worker_common import RESULT_PREFIX, THREADS, ids_digest  # noqa: E402
 
@@ -118,7 +119,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=3, help="times the whole set of configurations runs (ABAB)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 20; --quick 3)")
-    p.add_argument("--batch", type=int, default=8, help="pairs per step (one micro-batch, no accumulation)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="pairs per step (default 8), or prompts per step with --responses (default 2); one micro-batch",
+    )
     p.add_argument("--lr", type=float, default=1e-6, help="learning rate, both sides")
     p.add_argument("--beta", type=float, default=0.1, help="DPO beta, both sides")
     p.add_argument("--threads", type=int, default=THREADS, help="torch threads per run, both sides")
@@ -130,11 +136,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--workdir", type=Path, default=BENCH / ".work", help="scratch folder for model and data")
     p.add_argument("--trl-python", type=Path, default=TRL_PYTHON, help="python of the TRL environment")
+    p.add_argument(
+        "--responses",
+        type=int,
+        default=0,
+        metavar="K",
+        help="the K-responses workload: K scored responses per prompt, --batch prompts per step (default 2), "
+        "preftune on one row per prompt against TRL on the expanded pairs (bench/responses.py)",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # 2 prompts of K = 4 responses are 12 of TRL's pairs a step, near the pair workload's 8.
+    args.batch = args.batch or (2 if args.responses else 8)
+    if args.responses:
+        if not args.configs or "trl" in args.configs:
+            ensure_trl_env(args.trl_python)
+        return responses.run(args, BenchConfig, run_worker)
     from preftune.config import config_keys
 
     base = wl.QUICK if args.quick else wl.FULL

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import responses
 import worker_common as wc
 
 ALLOCATOR_ON = wc.same_process_settings()  # before torch is imported: the first allocations count too
@@ -56,10 +57,58 @@ def overrides_for(spec: dict[str, Any]) -> dict[str, Any]:
     }
     if spec.get("ref_cache"):
         values["ref.precompute"] = True
+    if spec.get("groups"):  # the --responses workload: one row per prompt, a sigmoid loss over its pairs
+        values.update({"data.groups": True, "loss.pairs": spec["pairs"], "loss.pair_weighting": "uniform"})
     unknown = sorted(set(values) - set(config_keys()))
     if unknown:
         raise SystemExit(f"worker_preftune: this preftune has no config keys {unknown}")
     return values
+
+
+def _group_steps(trainer: Any, rule: str) -> list[dict[str, float]]:
+    """Records the first two training micro-batches of a group run as TRL's pair metrics would read on the
+    same comparisons expanded to pairs (means over the pairs); filled in while the trainer runs."""
+    steps: list[dict[str, float]] = []
+    losses_of = trainer.micro_batch_losses
+
+    def recorded(batch: Any, training: bool) -> Any:
+        out = losses_of(batch, training)
+        if training and len(steps) < 2:
+            steps.append(_pair_view(out, rule))
+        return out
+
+    trainer.micro_batch_losses = recorded
+    return steps
+
+
+def _pair_view(out: Any, rule: str) -> dict[str, float]:
+    fwd, rewards = out.policy, out.loss.rewards.double()
+    chosen, rejected = [], []
+    for g in range(fwd.num_groups):
+        where = (fwd.group == g).nonzero().flatten().tolist()
+        pairs = responses.expand(where, fwd.scores[where].tolist(), rule)
+        chosen += [i for i, _ in pairs]
+        rejected += [j for _, j in pairs]
+    policy = fwd.policy.detach().double()
+    return {
+        "loss": float(out.per_pair.detach().double().mean()),
+        "rewards/chosen": float(rewards[chosen].mean()),
+        "rewards/rejected": float(rewards[rejected].mean()),
+        "logps/chosen": float(policy[chosen].mean()),
+        "logps/rejected": float(policy[rejected].mean()),
+    }
+
+
+def _trained_ids(trainer: Any, spec: dict[str, Any]) -> list[tuple[list[int], list[int], list[int]]]:
+    """(prompt, chosen, rejected) ids of the steps' rows; a group run's as the bench expands them to pairs."""
+    rows = trainer.train_dataloader.dataset[: spec["steps"] * spec["batch"]]
+    if not spec.get("groups"):
+        return [(p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in rows]
+    return [
+        (g.prompt_ids, chosen, rejected)
+        for g in rows
+        for chosen, rejected in responses.expand(g.responses, g.scores, spec["pairs"])
+    ]
 
 
 def main() -> None:
@@ -68,15 +117,17 @@ def main() -> None:
     clock = wc.StepClock()  # from here on: model loading, tokenisation and any precompute count as set-up
     cfg = load_config(None, overrides_for(spec))
     trainer, steps_per_epoch = runner.build_trainer(cfg, log=lambda *_: None)
-    step_pairs = trainer.train_dataloader.dataset[: spec["steps"] * spec["batch"]]
-    digest = wc.ids_digest([(p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in step_pairs])
+    digest = wc.ids_digest(_trained_ids(trainer, spec))
+    group_steps = _group_steps(trainer, spec["pairs"]) if spec.get("groups") else None
 
     # The step's grad norm is a Python float, so its work is finished when the hook runs.
     trainer.on_step_end.append(lambda *_: clock.tick())
     trainer.fit(cfg, consumed_samples=0, num_update_steps_per_epoch=steps_per_epoch)
 
     rows = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
-    first_steps = [{k: row[k] for k in _STEP_METRICS} for row in rows[:2]]
+    first_steps = (
+        group_steps if group_steps is not None else [{k: row[k] for k in _STEP_METRICS} for row in rows[:2]]
+    )
     wc.emit(
         {"side": "preftune", "layout": spec["layout"], "ref_cache": bool(spec.get("ref_cache"))},
         allocator_on=ALLOCATOR_ON,

@@ -56,19 +56,20 @@ def _build_tokenizer(w: Workload):  # -> PreTrainedTokenizerFast
     )
 
 
+def random_text(rng: random.Random, w: Workload, tokens: tuple[int, int]) -> str:
+    """Words of the vocabulary, one token each: a length drawn from ``tokens`` less the BOS or EOS that the
+    tokenizer / trainer adds."""
+    words = _words(w.vocab)
+    return " ".join(rng.choice(words) for _ in range(rng.randint(*tokens) - 1))
+
+
 def _rows(w: Workload) -> list[dict[str, str]]:
     rng = random.Random(w.seed)
-    words = _words(w.vocab)
-
-    def text(lo: int, hi: int) -> str:
-        # One token of the range is the BOS or EOS the tokenizer/trainer adds.
-        return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi) - 1))
-
     return [
         {
-            "prompt": text(*w.prompt_tokens),
-            "chosen": " " + text(*w.response_tokens),
-            "rejected": " " + text(*w.response_tokens),
+            "prompt": random_text(rng, w, w.prompt_tokens),
+            "chosen": " " + random_text(rng, w, w.response_tokens),
+            "rejected": " " + random_text(rng, w, w.response_tokens),
         }
         for _ in range(w.pairs)
     ]

@@ -18,6 +18,7 @@ from preftune.model.loading import load_tokenizer
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
+import responses  # noqa: E402
 import vs_trl  # noqa: E402
 import workload as wl  # noqa: E402
 
@@ -90,3 +91,38 @@ def test_step_flops_match_the_closed_form() -> None:
     per_sequence = 2 * decoder * 5 + 2 * 2 * 5 * 5 * 8 + 2 * 8 * 100 * 3  # 12800 + 800 + 4800
     assert ref == 2 * per_sequence == 36800
     assert policy == 3 * ref
+
+
+def test_vs_trl_responses_workload_trains_the_expanded_comparisons(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--responses 4: preftune trains one row per prompt; the ids it trains on, expanded to pairs by the bench's
+    own rule, are the ids TRL would get from the expanded jsonl (the digest check), for both pair rules."""
+    argv = ["--quick", "--responses", "4", "--configs", "preftune-all,preftune-best_vs_rest", "--steps",
+            str(STEPS), "--repeats", "1", "--workdir", str(workdir)]  # fmt: skip
+    code = vs_trl.main(argv)
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "  preftune-all: ok (" in out and "  preftune-best_vs_rest: ok (" in out
+    rows = {
+        ln.split("|")[1].strip(): ln.split("|") for ln in out.splitlines() if ln.startswith("| preftune-")
+    }
+    assert sorted(rows) == ["preftune-all", "preftune-best_vs_rest"]
+    # 2 prompts a step: 12 comparisons for all pairs of 4 responses, 6 for the best against the rest.
+    assert [rows["preftune-all"][2].strip(), rows["preftune-all"][3].strip()] == ["2", "12"]
+    assert rows["preftune-best_vs_rest"][3].strip() == "6"
+    results = json.loads((workdir / "quick-k4" / "results.json").read_text())
+    for name, (run,) in results.items():
+        assert run["steps"] == STEPS and abs(run["first_steps"][0]["loss"] - 0.693147) < 1e-5, name
+        assert run["first_steps"][0]["rewards/chosen"] == 0.0  # policy == reference at step 1
+
+
+def test_responses_expansion_counts_and_orders_pairs() -> None:
+    scores = [1.0, 3.0, 2.0, 0.0]
+    assert responses.expand(list("abcd"), scores, "all") == [
+        ("b", "c"), ("b", "a"), ("b", "d"), ("c", "a"), ("c", "d"), ("a", "d")
+    ]  # fmt: skip
+    assert responses.expand(list("abcd"), scores, "best_vs_rest") == [("b", "c"), ("b", "a"), ("b", "d")]
+    # A tie is no pair: TRL gets no row for it, and preftune's loss.pairs skips it too.
+    assert responses.expand(list("abc"), [2.0, 2.0, 1.0], "all") == [("a", "c"), ("b", "c")]
+    assert responses.pairs_per_prompt(4, "all") == 6 and responses.pairs_per_prompt(4, "best_vs_rest") == 3
