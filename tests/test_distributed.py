@@ -92,6 +92,16 @@ def test_two_processes_match_one(ws, single_run, tmp_path, strategy) -> None:
     )  # written once, by rank 0
 
 
+def test_loss_mixture_with_f_divergence_on_two_processes_matches_one(ws, tmp_path) -> None:
+    """A weighted mixture under an f-divergence, each term's metric included, is the same on 2 DDP processes
+    as on 1 (terms that sort or token-weight over a micro-batch, aot and sft, are per process by design)."""
+    loss = {"loss.type": "sigmoid,hinge", "loss.weights": "0.7,0.3", "loss.f_divergence": "js"}
+    runner.train(toy_config(ws, tmp_path / "one", **RUN, **loss))
+    _torchrun(ws, tmp_path / "two", "ddp", loss)
+    _assert_same_metrics(tmp_path / "one", tmp_path / "two")
+    assert "loss/hinge" in json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])
+
+
 def _resume_copy(source: Path, dest: Path, step: int) -> None:
     """A run stopped after ``step``: its checkpoint and the metrics it had logged up to then."""
     name = f"step-{step:08d}"

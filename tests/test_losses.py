@@ -29,10 +29,10 @@ LN2 = math.log(2)
 # The built-in variants, written out: the registry must hold exactly these (a rename or a lost one fails here).
 LOSS_TYPES = (
     "sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
-    "apo_zero", "apo_down", "discopop", "sigmoid_norm", "simpo", "orpo",
+    "apo_zero", "apo_down", "discopop", "sigmoid_norm", "simpo", "orpo", "aot", "aot_unpaired", "sft",
 )  # fmt: skip
 LISTWISE_LOSSES = ("plackett_luce", "multi_negative")  # prompt groups only: tests/test_losses_groups.py
-REFERENCE_FREE_LOSSES = ("simpo", "orpo")
+REFERENCE_FREE_LOSSES = ("simpo", "orpo", "sft")
 REFERENCE_BASED = sorted(set(LOSS_TYPES) - set(REFERENCE_FREE_LOSSES))
 
 
@@ -139,6 +139,8 @@ AT_REFERENCE = {
     "apo_down": 1.0,  # 0.5 + (1 - 0.5)
     "discopop": 0.5 * LN2 + 0.5,  # m = s(0) = 0.5: 0.5 * ln2 + 0.5 * e^0
     "sigmoid_norm": LN2,  # h_n = 0
+    "aot": LN2,  # both sorted log-prob gaps are the same list: d = 0
+    "aot_unpaired": LN2,  # sort(a) = sort(b) = [0, 0]
 }
 
 

@@ -7,6 +7,7 @@ Every leaf is addressable as ``section.key`` (``--loss.beta 0.1``); top-level ke
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError as ConfigError  # raised by validation; defined lower so the plan can raise it
-from .losses import LOSSES
+from .losses import LOSSES, get_loss, loss_terms
 from .reference.plan import plan_reference
 
 
@@ -100,7 +101,26 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    type: str = _f("sigmoid", "loss variant, a name in preftune.losses.LOSSES: " + ", ".join(LOSSES))
+    type: str = _f(
+        "sigmoid",
+        "loss variant, a name in preftune.losses.LOSSES: " + ", ".join(LOSSES) + "; or a comma-separated "
+        "mixture of pairwise ones (MPO: sigmoid,bco_pair,sft), their weighted sum (loss.weights), each term "
+        "logged as loss/<name>. sft is TRL's: the chosen tokens' NLL averaged over all of the micro-batch's "
+        "chosen tokens (long responses weigh more); loss.nll_coef instead adds each pair's own per-token mean",
+    )
+    weights: list[float] | None = _f(
+        None, "weight of each loss.type term of a mixture, in order (default: 1 each), e.g. 0.8,0.2,1.0"
+    )
+    f_divergence: Literal["reverse_kl", "forward_kl", "js", "alpha"] = _f(
+        "reverse_kl",
+        "f-DPO (Wang et al. 2023): each response's log-ratio u = log(pi/pi_ref) becomes f'(e^u) in the loss: "
+        "reverse_kl = u (plain DPO), forward_kl = 1 - e^-u, js = log 2 + log sigmoid(u), alpha = "
+        "(e^((a-1)u) - 1)/(a-1) with a = loss.f_alpha (TRL's js_divergence / alpha_divergence); rewards "
+        "stay beta u. For sigmoid, sigmoid_norm, hinge, ipo, exo_pair, robust, discopop and sft, as in TRL",
+    )
+    f_alpha: float = _f(
+        0.5, "the a of loss.f_divergence alpha (TRL's f_alpha_divergence_coef); a = 1 is reverse_kl"
+    )
     beta: float = _f(0.1, "DPO temperature beta (> 0)")
     label_smoothing: float = _f(0.0, "assumed label-flip probability (cDPO / robust / exo_pair), in [0, 0.5)")
     ipo_average: bool = _f(False, "IPO on per-token average log-probs (TRL) instead of sums (OpenRLHF)")
@@ -435,7 +455,22 @@ def validate(cfg: Config, world_size: int = 1, training: bool = True) -> None:
 
 
 def _validate_loss(loss: LossConfig) -> None:
-    _check(loss.type in LOSSES, "loss.type", f"unknown loss {loss.type!r}; choose one of {', '.join(LOSSES)}")
+    terms = loss_terms(loss.type)
+    for term in terms:
+        _check(term in LOSSES, "loss.type", f"unknown loss {term!r}; choose one of {', '.join(LOSSES)}")
+    _check(len(set(terms)) == len(terms), "loss.type", f"{loss.type!r} names a loss twice")
+    _check(len(terms) == 1 or not any(LOSSES[t].listwise for t in terms), "loss.type",
+           f"{loss.type!r}: a listwise loss scores whole prompt groups and cannot be part of a mixture")  # fmt: skip
+    if loss.weights is not None:
+        _check(len(loss.weights) == len(terms), "loss.weights",
+               f"{len(loss.weights)} weights for the {len(terms)} terms of loss.type {loss.type!r}")  # fmt: skip
+        _check(all(math.isfinite(w) and w >= 0 for w in loss.weights) and any(loss.weights), "loss.weights",
+               f"must be finite, >= 0 and not all 0, got {loss.weights}")  # fmt: skip
+    if loss.f_divergence != "reverse_kl":
+        others = [t for t in terms if not LOSSES[t].f_divergence]
+        _check(not others, "loss.f_divergence",
+               f"{loss.f_divergence} has no form for loss.type {', '.join(others)} (it reads the log-ratios in other "
+               "ways than a score difference); use reverse_kl with it")  # fmt: skip
     _check(loss.beta > 0, "loss.beta", f"must be > 0, got {loss.beta}")
     _check(
         0 <= loss.label_smoothing < 0.5,
@@ -445,7 +480,7 @@ def _validate_loss(loss: LossConfig) -> None:
     _check(loss.nll_coef >= 0, "loss.nll_coef", f"must be >= 0, got {loss.nll_coef}")
     _check(loss.aux_loss_coef >= 0, "loss.aux_loss_coef", f"must be >= 0, got {loss.aux_loss_coef}")
     _check(loss.discopop_tau > 0, "loss.discopop_tau", f"must be > 0, got {loss.discopop_tau}")
-    for key in ("pairs", "pair_weighting"):  # set directly on a LossConfig, a value skips _coerce's check
+    for key in ("pairs", "pair_weighting", "f_divergence"):  # set directly on a LossConfig, skips _coerce
         choices = typing.get_args(typing.get_type_hints(LossConfig)[key])
         value = getattr(loss, key)
         _check(value in choices, f"loss.{key}", f"{value!r} is not one of {', '.join(choices)}")
@@ -454,7 +489,7 @@ def _validate_loss(loss: LossConfig) -> None:
 def _validate_groups(cfg: Config) -> None:
     """What training on prompt groups (data.groups) needs, and what it does not do yet."""
     loss = cfg.loss
-    _check(not LOSSES[loss.type].listwise or cfg.data.groups, "loss.type",
+    _check(not get_loss(loss.type).listwise or cfg.data.groups, "loss.type",
            f"{loss.type!r} is listwise: it trains on prompt groups of K responses; set data.groups true")  # fmt: skip
     if cfg.data.groups:
         _check(loss.nll_coef == 0, "loss.nll_coef",

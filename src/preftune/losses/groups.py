@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import Tensor
 
-from .pairwise import _wide
+from .pairwise import wide
 from .registry import (
     GroupLogps,
     GroupLossFn,
@@ -56,7 +56,7 @@ def _rewards(x: GroupLogps, cfg: LossConfig) -> Tensor:
     """z = beta (policy - ref), wide."""
     if x.ref is None:
         raise ValueError("this loss needs reference log-probs (ref)")
-    return cfg.beta * (_wide(x.policy) - _wide(x.ref))
+    return cfg.beta * (wide(x.policy) - wide(x.ref))
 
 
 def _same_group(x: GroupLogps) -> Tensor:
@@ -66,7 +66,7 @@ def _same_group(x: GroupLogps) -> Tensor:
 
 def _at_group_extreme(x: GroupLogps, reduce: str) -> Tensor:
     """(S,) bool: the response's score is its group's top (reduce "amax") or bottom ("amin") score."""
-    scores = _wide(x.scores)
+    scores = wide(x.scores)
     extreme = scores.new_zeros(x.num_groups).scatter_reduce(0, x.group, scores, reduce, include_self=False)
     return scores == extreme[x.group]
 
@@ -103,7 +103,7 @@ def plackett_luce_loss(x: GroupLogps, cfg: LossConfig) -> GroupLossOutput:
     is sum_k log n_k, n_k = #{j : s_j <= s_k} (log K! with distinct scores). Rewards: z_k.
     """
     z = _rewards(x, cfg)
-    scores = _wide(x.scores)
+    scores = wide(x.scores)
     at_or_below = _same_group(x) & (scores[None, :] <= scores[:, None])  # [k, j]: j is in k's denominator
     terms = _logsumexp_rows(z, at_or_below) - z
     return _output(x, _sum_per_group(terms, x.group, x.num_groups), z)
@@ -142,7 +142,7 @@ def expand_pairs(x: GroupLogps, pairs: str) -> tuple[Tensor, Tensor]:
     Tied scores never make a pair. One group with scores [3, 1, 2]: all -> i = [0, 0, 2], j = [1, 2, 1];
     best_vs_rest -> i = [0, 0], j = [1, 2]; best_vs_worst -> i = [0], j = [1]. Pairs come in (i, j) order.
     """
-    scores = _wide(x.scores)
+    scores = wide(x.scores)
     chosen = _same_group(x) & (scores[:, None] > scores[None, :])  # [i, j]: i beats j
     if pairs == "best_vs_rest":
         chosen &= _at_group_extreme(x, "amax")[:, None]
@@ -157,7 +157,7 @@ def expand_pairs(x: GroupLogps, pairs: str) -> tuple[Tensor, Tensor]:
 
 
 def _pair_weights(x: GroupLogps, i: Tensor, j: Tensor, weighting: str) -> Tensor:
-    gap = _wide(x.scores[i]) - _wide(x.scores[j])  # > 0: every pair's better response comes first
+    gap = wide(x.scores[i]) - wide(x.scores[j])  # > 0: every pair's better response comes first
     if weighting == "gap":
         return gap
     if weighting == "uniform":
@@ -186,7 +186,7 @@ def pairwise_group_loss(x: GroupLogps, cfg: LossConfig, fn: LossFn, state: LossS
         chosen_tokens=x.tokens[i],
         rejected_tokens=x.tokens[j],
     )
-    per_pair = _wide(fn(pair_logps, cfg, state).losses)
+    per_pair = wide(fn(pair_logps, cfg, state).losses)
     weights = _pair_weights(x, i, j, cfg.pair_weighting).to(per_pair.dtype)
     pair_group = x.group[i]
     total = _sum_per_group(weights, pair_group, x.num_groups)

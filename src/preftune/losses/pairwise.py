@@ -5,7 +5,7 @@ Notation used by every docstring below:
     pc, pr   policy log-probs of the chosen / rejected response, summed over response tokens
     rc, rr   the same under the frozen reference model
     a = pc - rc,  b = pr - rr      (log-ratios)
-    h = a - b
+    h = a - b                       (under loss.f_divergence: f'(e^a) - f'(e^b), see f_scores)
     beta = cfg.beta,  eps = cfg.label_smoothing
     lc, lr   chosen / rejected response token counts (clamped to >= 1, as TRL does)
     s(x) = sigmoid(x),  ls(x) = log(sigmoid(x)) = -log(1 + exp(-x))
@@ -34,37 +34,69 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------- shared pieces
 
 
-def _wide(t: Tensor) -> Tensor:
+def wide(t: Tensor) -> Tensor:
     # float64 stays float64 so callers who want more precision keep it; bf16/fp16/int go to float32.
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def _log_ratios(x: PairLogps) -> tuple[Tensor, Tensor]:
+def log_ratios(x: PairLogps) -> tuple[Tensor, Tensor]:
     """(a, b) = (pc - rc, pr - rr)."""
     if x.ref_chosen is None or x.ref_rejected is None:
         raise ValueError("this loss needs reference log-probs (ref_chosen / ref_rejected)")
-    return _wide(x.policy_chosen) - _wide(x.ref_chosen), _wide(x.policy_rejected) - _wide(x.ref_rejected)
+    return wide(x.policy_chosen) - wide(x.ref_chosen), wide(x.policy_rejected) - wide(x.ref_rejected)
 
 
-def _lengths(x: PairLogps) -> tuple[Tensor, Tensor]:
+def lengths(x: PairLogps) -> tuple[Tensor, Tensor]:
     # An empty response (possible after truncation) must not divide by zero; TRL clamps the same way.
-    return _wide(x.chosen_tokens).clamp(min=1), _wide(x.rejected_tokens).clamp(min=1)
+    return wide(x.chosen_tokens).clamp(min=1), wide(x.rejected_tokens).clamp(min=1)
 
 
-def _policy_averages(x: PairLogps) -> tuple[Tensor, Tensor]:
+def policy_averages(x: PairLogps) -> tuple[Tensor, Tensor]:
     """(pc/lc, pr/lr): per-token average policy log-probs."""
-    lc, lr = _lengths(x)
-    return _wide(x.policy_chosen) / lc, _wide(x.policy_rejected) / lr
+    lc, lr = lengths(x)
+    return wide(x.policy_chosen) / lc, wide(x.policy_rejected) / lr
 
 
-def _output(x: PairLogps, losses: Tensor, chosen_rewards: Tensor, rejected_rewards: Tensor) -> LossOutput:
+def loss_output(x: PairLogps, losses: Tensor, chosen_rewards: Tensor, rejected_rewards: Tensor) -> LossOutput:
     dtype = x.policy_chosen.dtype
     return LossOutput(
         losses.to(dtype), chosen_rewards.detach().to(dtype), rejected_rewards.detach().to(dtype)
     )
 
 
-def _smoothed_logistic(z: Tensor, eps: float) -> Tensor:
+def f_scores(a: Tensor, b: Tensor, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+    """The responses' scores f'(e^u) of f-DPO (Wang et al. 2023) for log-ratios u = a, b (``loss.f_divergence``):
+
+        reverse_kl  u                              (plain DPO: the scores are the log-ratios)
+        forward_kl  1 - e^-u
+        js          log 2 + ls(u)                  = log(2t / (1 + t)), t = e^u
+        alpha       (e^((al-1) u) - 1) / (al-1)    al = cfg.f_alpha; al = 1 is reverse_kl
+
+    Each is f'(t) - f'(1), zero when policy == reference, as TRL 1.16 writes them; alpha clamps (al-1) u at 80
+    as TRL does, and uses expm1, which keeps digits that e^x - 1 loses near u = 0.
+    """
+    kind = cfg.f_divergence
+    if kind == "reverse_kl" or (kind == "alpha" and abs(cfg.f_alpha - 1.0) < 1e-6):
+        return a, b
+    if kind == "forward_kl":
+        return -torch.expm1(-a), -torch.expm1(-b)
+    if kind == "js":
+        return math.log(2) + F.logsigmoid(a), math.log(2) + F.logsigmoid(b)
+    if kind == "alpha":
+        c = cfg.f_alpha - 1.0
+        return torch.expm1((c * a).clamp(max=80.0)) / c, torch.expm1((c * b).clamp(max=80.0)) / c
+    raise ValueError(f"loss.f_divergence: unknown {kind!r}; choose reverse_kl, forward_kl, js or alpha")
+
+
+def _score_gap(x: PairLogps, cfg: LossConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """(h, a, b): the score difference h = f'(a) - f'(b) the loss acts on (a - b under reverse_kl) and the
+    log-ratios a, b the rewards are made of."""
+    a, b = log_ratios(x)
+    sc, sr = f_scores(a, b, cfg)
+    return sc - sr, a, b
+
+
+def smoothed_logistic(z: Tensor, eps: float) -> Tensor:
     """-(1-eps) ls(z) - eps ls(-z): logistic loss when the label is flipped with probability eps."""
     return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
 
@@ -72,54 +104,55 @@ def _smoothed_logistic(z: Tensor, eps: float) -> Tensor:
 # ---------------------------------------------------------------- reference-based variants
 
 
-@register_loss("sigmoid")
+@register_loss("sigmoid", f_divergence=True)
 def sigmoid_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
     """DPO (Rafailov et al. 2023):  loss = -(1-eps) ls(beta h) - eps ls(-beta h).
 
     eps > 0 is conservative DPO (cDPO, Mitchell 2023), as in OpenRLHF and earlier TRL releases;
     current TRL's "sigmoid" has no eps term, which is the eps = 0 case here.
     """
-    a, b = _log_ratios(x)
-    return _output(x, _smoothed_logistic(cfg.beta * (a - b), cfg.label_smoothing), cfg.beta * a, cfg.beta * b)
+    h, a, b = _score_gap(x, cfg)
+    return loss_output(x, smoothed_logistic(cfg.beta * h, cfg.label_smoothing), cfg.beta * a, cfg.beta * b)
 
 
-@register_loss("ipo")
+@register_loss("ipo", f_divergence=True)
 def ipo_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
     """IPO (Azar et al. 2023, eq. 17):  loss = (h - 1/(2 beta))^2  with h from summed log-probs (OpenRLHF).
 
     cfg.ipo_average = True uses per-token averages instead, h = a/lc - b/lr (TRL's choice, which the IPO
     authors confirmed to TRL). Rewards stay beta*a, beta*b on summed log-probs either way.
     """
-    a, b = _log_ratios(x)
+    a, b = log_ratios(x)
+    sc, sr = f_scores(a, b, cfg)
     if cfg.ipo_average:
-        lc, lr = _lengths(x)
-        h = a / lc - b / lr
+        lc, lr = lengths(x)
+        h = sc / lc - sr / lr
     else:
-        h = a - b
-    return _output(x, (h - 1 / (2 * cfg.beta)) ** 2, cfg.beta * a, cfg.beta * b)
+        h = sc - sr
+    return loss_output(x, (h - 1 / (2 * cfg.beta)) ** 2, cfg.beta * a, cfg.beta * b)
 
 
-@register_loss("hinge")
+@register_loss("hinge", f_divergence=True)
 def hinge_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
     """SLiC-style hinge (Zhao et al. 2023):  loss = relu(1 - beta h)."""
-    a, b = _log_ratios(x)
-    return _output(x, torch.relu(1 - cfg.beta * (a - b)), cfg.beta * a, cfg.beta * b)
+    h, a, b = _score_gap(x, cfg)
+    return loss_output(x, torch.relu(1 - cfg.beta * h), cfg.beta * a, cfg.beta * b)
 
 
-@register_loss("robust")
+@register_loss("robust", f_divergence=True)
 def robust_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
     """Robust DPO (Chowdhury et al. 2024):  loss = (-(1-eps) ls(beta h) + eps ls(-beta h)) / (1 - 2 eps).
 
     An unbiased estimate of the clean-label DPO loss when labels flip with probability eps; eps = 0 is
     plain DPO.
     """
-    a, b = _log_ratios(x)
-    z, eps = cfg.beta * (a - b), cfg.label_smoothing
+    h, a, b = _score_gap(x, cfg)
+    z, eps = cfg.beta * h, cfg.label_smoothing
     losses = (-(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1 - 2 * eps)
-    return _output(x, losses, cfg.beta * a, cfg.beta * b)
+    return loss_output(x, losses, cfg.beta * a, cfg.beta * b)
 
 
-@register_loss("exo_pair")
+@register_loss("exo_pair", f_divergence=True)
 def exo_pair_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
     """EXO, pairwise (Ji et al. 2024, eq. 16), with z = beta h and e = eps, or 1e-3 when eps = 0:
 
@@ -128,22 +161,22 @@ def exo_pair_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput
     the KL divergence from the target preference (1-e, e) to the model's (s(z), s(-z)); it is >= 0 and
     reaches 0 at z = log((1-e)/e). The 1e-3 default is earlier TRL's (current TRL takes eps as given).
     """
-    a, b = _log_ratios(x)
-    z = cfg.beta * (a - b)
+    h, a, b = _score_gap(x, cfg)
+    z = cfg.beta * h
     e = cfg.label_smoothing if cfg.label_smoothing > 0 else 1e-3
     losses = torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-e)) + torch.sigmoid(-z) * (
         F.logsigmoid(-z) - math.log(e)
     )
-    return _output(x, losses, cfg.beta * a, cfg.beta * b)
+    return loss_output(x, losses, cfg.beta * a, cfg.beta * b)
 
 
 @register_loss("nca_pair")
 def nca_pair_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
     """NCA, pairwise (Chen et al. 2024):  loss = -ls(beta a) - 0.5 ls(-beta a) - 0.5 ls(-beta b)."""
-    a, b = _log_ratios(x)
+    a, b = log_ratios(x)
     za, zb = cfg.beta * a, cfg.beta * b
     losses = -F.logsigmoid(za) - 0.5 * F.logsigmoid(-za) - 0.5 * F.logsigmoid(-zb)
-    return _output(x, losses, za, zb)
+    return loss_output(x, losses, za, zb)
 
 
 @register_loss("bco_pair")
@@ -155,7 +188,7 @@ def bco_pair_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput
     d is the exact mean over all rewards; TRL releases that had d averaged the per-batch means, which
     is the same whenever batches have equal size. (Current TRL dropped d altogether.)
     """
-    a, b = _log_ratios(x)
+    a, b = log_ratios(x)
     za, zb = cfg.beta * a, cfg.beta * b
     count, mean = state.values.get("count", 0.0), state.values.get("mean", 0.0)
     if state.update:
@@ -164,15 +197,15 @@ def bco_pair_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput
         mean += (float(rewards.sum()) - rewards.numel() * mean) / count
         state.values.update(count=count, mean=mean)
     losses = -F.logsigmoid(za - mean) - F.logsigmoid(-(zb - mean))
-    return _output(x, losses, za, zb)
+    return loss_output(x, losses, za, zb)
 
 
 @register_loss("sppo_hard")
 def sppo_hard_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
     """SPPO with hard win probabilities (Wu et al. 2024):  loss = (a - 1/(2 beta))^2 + (b + 1/(2 beta))^2."""
-    a, b = _log_ratios(x)
+    a, b = log_ratios(x)
     half = 1 / (2 * cfg.beta)
-    return _output(x, (a - half) ** 2 + (b + half) ** 2, cfg.beta * a, cfg.beta * b)
+    return loss_output(x, (a - half) ** 2 + (b + half) ** 2, cfg.beta * a, cfg.beta * b)
 
 
 @register_loss("apo_zero")
@@ -181,9 +214,9 @@ def apo_zero_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput
 
     For chosen responses better than the model's own: raises chosen, lowers rejected likelihood.
     """
-    a, b = _log_ratios(x)
+    a, b = log_ratios(x)
     losses = (1 - torch.sigmoid(cfg.beta * a)) + torch.sigmoid(cfg.beta * b)
-    return _output(x, losses, cfg.beta * a, cfg.beta * b)
+    return loss_output(x, losses, cfg.beta * a, cfg.beta * b)
 
 
 @register_loss("apo_down")
@@ -192,12 +225,12 @@ def apo_down_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput
 
     For chosen responses worse than the model's own: lowers both likelihoods, rejected more.
     """
-    a, b = _log_ratios(x)
+    a, b = log_ratios(x)
     losses = torch.sigmoid(cfg.beta * a) + (1 - torch.sigmoid(cfg.beta * (a - b)))
-    return _output(x, losses, cfg.beta * a, cfg.beta * b)
+    return loss_output(x, losses, cfg.beta * a, cfg.beta * b)
 
 
-@register_loss("discopop")
+@register_loss("discopop", f_divergence=True)
 def discopop_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
     """DiscoPOP / log-ratio modulated loss (Chris Lu et al. 2024, eq. 5), with z = beta h, tau = cfg.discopop_tau:
 
@@ -206,14 +239,14 @@ def discopop_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput
     m exp(-z) is evaluated as exp(ls(z / tau) - z): the same number, but a very negative z gives
     exp(-z) = inf times m = 0, which is NaN in the literal form.
     """
-    a, b = _log_ratios(x)
-    z = cfg.beta * (a - b)
+    h, a, b = _score_gap(x, cfg)
+    z = cfg.beta * h
     tau = cfg.discopop_tau
     losses = torch.sigmoid(-z / tau) * -F.logsigmoid(z) + torch.exp(F.logsigmoid(z / tau) - z)
-    return _output(x, losses, cfg.beta * a, cfg.beta * b)
+    return loss_output(x, losses, cfg.beta * a, cfg.beta * b)
 
 
-@register_loss("sigmoid_norm")
+@register_loss("sigmoid_norm", f_divergence=True)
 def sigmoid_norm_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
     """Length-normalised DPO (Tulu 3, eq. 6; TRL "sigmoid_norm"), with h_n = a/lc - b/lr:
 
@@ -223,11 +256,11 @@ def sigmoid_norm_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOu
     kept so label_smoothing means the same as for "sigmoid". Rewards are length-normalised too:
     beta a/lc and beta b/lr, so their margin is the quantity the loss acts on (TRL logs beta a, beta b).
     """
-    a, b = _log_ratios(x)
-    lc, lr = _lengths(x)
-    an, bn = a / lc, b / lr
-    losses = _smoothed_logistic(cfg.beta * (an - bn), cfg.label_smoothing)
-    return _output(x, losses, cfg.beta * an, cfg.beta * bn)
+    a, b = log_ratios(x)
+    sc, sr = f_scores(a, b, cfg)
+    lc, lr = lengths(x)
+    losses = smoothed_logistic(cfg.beta * (sc / lc - sr / lr), cfg.label_smoothing)
+    return loss_output(x, losses, cfg.beta * a / lc, cfg.beta * b / lr)
 
 
 # ---------------------------------------------------------------- reference-free variants
@@ -241,9 +274,9 @@ def simpo_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
 
     i.e. the margin beta h must beat gamma. Rewards: beta pc/lc and beta pr/lr.
     """
-    ac, ar = _policy_averages(x)
+    ac, ar = policy_averages(x)
     z = cfg.beta * ((ac - ar) - cfg.simpo_gamma / cfg.beta)
-    return _output(x, _smoothed_logistic(z, cfg.label_smoothing), cfg.beta * ac, cfg.beta * ar)
+    return loss_output(x, smoothed_logistic(z, cfg.label_smoothing), cfg.beta * ac, cfg.beta * ar)
 
 
 def _log1m_exp(v: Tensor) -> Tensor:
@@ -265,7 +298,7 @@ def orpo_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
     beta is ORPO's lambda. -ac is a per-pair token-average NLL; TRL instead averages the NLL over all
     chosen tokens of the batch, which weighs long responses more. Rewards: beta ac and beta ar.
     """
-    ac, ar = _policy_averages(x)
+    ac, ar = policy_averages(x)
     log_odds = (ac - ar) - (_log1m_exp(ac) - _log1m_exp(ar))
     losses = -ac - cfg.beta * F.logsigmoid(log_odds)
-    return _output(x, losses, cfg.beta * ac, cfg.beta * ar)
+    return loss_output(x, losses, cfg.beta * ac, cfg.beta * ar)

@@ -34,6 +34,8 @@ class LossOutput:
     losses: Tensor  # (B,) per-pair loss, differentiable; the trainer takes the mean
     chosen_rewards: Tensor  # (B,) detached implicit rewards
     rejected_rewards: Tensor  # (B,) detached
+    # A mixture's terms: name -> (B,) detached, unweighted per-pair loss of that term (logged as loss/<name>).
+    terms: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,19 +96,22 @@ class LossSpec:
     # Scores a whole prompt group at once (fn is a GroupLossFn), so it needs groups, not pairs. A pairwise
     # variant also trains on groups, over the pairs loss.pairs expands them into (see losses.groups).
     listwise: bool = False
+    # Its loss reads the responses' scores (pairwise.f_scores), so loss.f_divergence can replace the log-ratios
+    # by f'(ratio); the variants that read log-ratios in other ways have no f-divergence form (TRL's set).
+    f_divergence: bool = False
 
 
 LOSSES: dict[str, LossSpec] = {}
 
 
 def register_loss(
-    name: str, *, reference_free: bool = False, reports_nll: bool = False
+    name: str, *, reference_free: bool = False, reports_nll: bool = False, f_divergence: bool = False
 ) -> Callable[[LossFn], LossFn]:
     """Decorator adding ``fn`` to :data:`LOSSES` under ``name``; a name can be registered once."""
 
     def register(fn: LossFn) -> LossFn:
         _check_new(name)
-        LOSSES[name] = LossSpec(name, fn, reference_free, reports_nll)
+        LOSSES[name] = LossSpec(name, fn, reference_free, reports_nll, f_divergence=f_divergence)
         return fn
 
     return register
@@ -128,11 +133,50 @@ def _check_new(name: str) -> None:
         raise ValueError(f"loss {name!r} is already registered (by {LOSSES[name].fn.__qualname__})")
 
 
+def loss_terms(name: str) -> list[str]:
+    """The registered names a ``loss.type`` is made of: "sigmoid" -> ["sigmoid"]; "sigmoid,sft" -> both."""
+    return [term.strip() for term in name.split(",")]
+
+
 def get_loss(name: str) -> LossSpec:
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(LOSSES)}") from None
+    """The spec of a registered name, or of a mixture of them ("sigmoid,bco_pair,sft"): see :func:`mixture_loss`."""
+    terms = loss_terms(name)
+    unknown = [term for term in terms if term not in LOSSES]
+    if unknown:
+        raise ValueError(f"unknown loss {unknown[0]!r}; known losses: {', '.join(LOSSES)}")
+    if len(terms) == 1:
+        return LOSSES[terms[0]]
+    specs = [LOSSES[term] for term in terms]
+    if any(spec.listwise for spec in specs):
+        raise ValueError(f"loss {name!r}: a listwise loss scores whole prompt groups and cannot be mixed")
+    return LossSpec(
+        name,
+        mixture_loss,
+        reference_free=all(spec.reference_free for spec in specs),
+        reports_nll=any(spec.reports_nll for spec in specs),
+        f_divergence=all(spec.f_divergence for spec in specs),
+    )
+
+
+def mixture_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
+    """A weighted sum of registered pairwise losses (MPO, Tulu-style mixtures; TRL's list ``loss_type``):
+
+        loss = sum_k w_k loss_k      over the names of cfg.type, w = cfg.weights (all 1 when unset)
+
+    The mean over pairs of the sum is TRL's sum of the weighted means. Rewards are those of the first
+    reference-based term (its own, unweighted), else the first term's: TRL reports beta times the log-ratios
+    whatever the loss, which is what every reference-based term here reports too. Each term's unweighted
+    per-pair loss is kept in ``terms`` and logged as ``loss/<name>``.
+    """
+    names = loss_terms(cfg.type)
+    weights = cfg.weights if cfg.weights is not None else [1.0] * len(names)
+    outs = {name: cast(LossFn, LOSSES[name].fn)(x, cfg, state) for name in names}
+    total = weights[0] * outs[names[0]].losses
+    for name, weight in zip(names[1:], weights[1:], strict=True):
+        total = total + weight * outs[name].losses
+    shown = next((outs[n] for n in names if not LOSSES[n].reference_free), outs[names[0]])
+    terms = {name: out.losses.detach() for name, out in outs.items()}
+    return LossOutput(total, shown.chosen_rewards, shown.rejected_rewards, terms)
 
 
 def compute_loss(logps: PairLogps, cfg: LossConfig, state: LossState | None = None) -> LossOutput:

@@ -24,6 +24,11 @@ _PAIR_SUMS = (
 )  # fmt: skip
 
 
+def _term_keys(sums: dict[str, float]) -> list[str]:
+    """A loss mixture's per-term sums, ``loss/<name>``, in the order they were first added."""
+    return [key for key in sums if key.startswith("loss/")]
+
+
 class PairStats:
     """Running sums over pairs; ``means()`` divides by the number of pairs seen."""
 
@@ -32,8 +37,8 @@ class PairStats:
         self.sums.update(pairs=0.0, tokens=0.0, skipped_steps=0.0)
 
     def merge(self, other: PairStats) -> None:
-        for key, value in other.sums.items():
-            self.sums[key] += value
+        for key, value in other.sums.items():  # a mixture's loss/<term> sums arrive with its first pairs
+            self.sums[key] = self.sums.get(key, 0.0) + value
 
     def add(self, losses: MicroBatchLosses, num_tokens: int) -> None:
         """One micro-batch: its per-pair (B,) losses and NLLs, the loss output and the policy forward."""
@@ -51,15 +56,16 @@ class PairStats:
             "logps/rejected": fwd.rejected_logps.detach().float().sum(),
             "nll": nll.detach().float().sum(),
         }
+        values.update({f"loss/{name}": term.float().sum() for name, term in out.terms.items()})
         for key, value in values.items():
-            self.sums[key] += float(value)
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
         self.sums["pairs"] += chosen.numel()
         self.sums["tokens"] += num_tokens
 
     def means(self, reduced: dict[str, float] | None = None) -> dict[str, float]:
         sums = reduced if reduced is not None else self.sums
         pairs = max(sums["pairs"], 1.0)
-        out = {key: sums[key] / pairs for key in _PAIR_SUMS}
+        out = {key: sums[key] / pairs for key in (*_PAIR_SUMS, *_term_keys(sums))}
         out["pairs"] = sums["pairs"]
         out["tokens"] = sums["tokens"]
         out["skipped_steps"] = sums["skipped_steps"]
