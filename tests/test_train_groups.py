@@ -51,12 +51,15 @@ def ws(tmp_path_factory) -> dict[str, str]:
 RUN = {"train.max_steps": 3, "train.eval_steps": 3, "train.micro_batch_size": 4, "optim.adam_eps": 1e-3}
 
 
-def test_a_pair_trained_as_a_group_of_two_is_the_pair_run(ws, tmp_path) -> None:
-    runner.train(toy_config(ws, tmp_path / "pairs", **RUN))
-    runner.train(toy_config(ws, tmp_path / "groups", **RUN, **GROUPS))
+@pytest.mark.parametrize("nll", [{}, {"loss.nll_coef": 0.5}], ids=["dpo", "with-nll"])
+def test_a_pair_trained_as_a_group_of_two_is_the_pair_run(ws, tmp_path, nll) -> None:
+    runner.train(toy_config(ws, tmp_path / "pairs", **RUN, **nll))
+    runner.train(toy_config(ws, tmp_path / "groups", **RUN, **GROUPS, **nll))
     pairs, groups = logged_metrics(tmp_path / "pairs"), logged_metrics(tmp_path / "groups")
     assert len(pairs) == len(groups) > 0
     shared = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "tokens")
+    shared += ("nll",) if nll else ()
+    assert ("nll" in groups[0]) == bool(nll)
     for want, got in zip(pairs, groups, strict=True):
         prefix = "eval/" if "eval/loss" in want else ""
         for key in shared:
@@ -117,7 +120,6 @@ def test_two_processes_train_groups_as_one(ws, tmp_path, strategy, extra) -> Non
             {"data.groups": "true", "ref.precompute": "true"},
             "ref.precompute: the reference cache holds pairs",
         ),
-        ({"data.groups": "true", "loss.nll_coef": "0.1"}, "loss.nll_coef: the NLL term is defined on a pair"),
         ({"loss.type": "multi_negative"}, "loss.type: 'multi_negative' is listwise"),
     ],
 )
@@ -135,3 +137,17 @@ def test_lora_trains_groups_against_its_adapters_off_self(ws, tmp_path) -> None:
     assert rows[0]["eval/loss"] == pytest.approx(math.log(24), rel=1e-6)
     assert rows[1]["loss"] == pytest.approx(math.log(24), rel=1e-6)
     assert [r for r in rows if "eval/loss" in r][-1]["eval/loss"] != pytest.approx(math.log(24), rel=1e-6)
+
+
+def test_best_response_nll_is_the_top_scored_responses_per_token_nll() -> None:
+    import torch
+
+    from preftune.losses import GroupLogps
+    from preftune.training.objective import best_response_nll
+
+    # Group 0: scores 2, 2, 1 -> the two tied tops, per-token NLL 6/3 and 4/2 -> 2; group 1: the second, 6/4.
+    logps = GroupLogps(
+        policy=torch.tensor([-6.0, -4.0, -9.0, -5.0, -6.0]), ref=None, tokens=torch.tensor([3, 2, 3, 5, 4]),
+        scores=torch.tensor([2.0, 2.0, 1.0, 0.0, 1.0]), group=torch.tensor([0, 0, 0, 1, 1]), num_groups=2,
+    )  # fmt: skip
+    assert best_response_nll(logps).tolist() == pytest.approx([2.0, 1.5])

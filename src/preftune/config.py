@@ -124,7 +124,11 @@ class LossConfig:
     beta: float = _f(0.1, "DPO temperature beta (> 0)")
     label_smoothing: float = _f(0.0, "assumed label-flip probability (cDPO / robust / exo_pair), in [0, 0.5)")
     ipo_average: bool = _f(False, "IPO on per-token average log-probs (TRL) instead of sums (OpenRLHF)")
-    nll_coef: float = _f(0.0, "weight of the NLL term on chosen responses (RPO / Llama 3.1)")
+    nll_coef: float = _f(
+        0.0,
+        "weight of the NLL term on chosen responses (RPO / Llama 3.1): each pair's per-token mean NLL of its "
+        "chosen response; on prompt groups, of the top-scored response (the mean over ties for the top)",
+    )
     aux_loss_coef: float = _f(0.0, "weight of the MoE load-balancing auxiliary loss")
     simpo_gamma: float = _f(0.5, "SimPO target reward margin gamma")
     discopop_tau: float = _f(0.05, "DiscoPOP modulation temperature tau")
@@ -491,9 +495,6 @@ def _validate_groups(cfg: Config) -> None:
     loss = cfg.loss
     _check(not get_loss(loss.type).listwise or cfg.data.groups, "loss.type",
            f"{loss.type!r} is listwise: it trains on prompt groups of K responses; set data.groups true")  # fmt: skip
-    if cfg.data.groups:
-        _check(loss.nll_coef == 0, "loss.nll_coef",
-               "the NLL term is defined on a pair's chosen response; not with data.groups yet")  # fmt: skip
 
 
 def _validate_train(t: TrainConfig, loss: LossConfig, world_size: int, training: bool) -> None:

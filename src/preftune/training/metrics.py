@@ -77,7 +77,7 @@ class GroupStats(PairStats):
     :mod:`.group_metrics`, each a mean over its own count at the end."""
 
     def __init__(self) -> None:
-        self.sums = dict.fromkeys(("loss", "groups", "ordered_pairs", *GROUP_METRIC_COUNTS), 0.0)
+        self.sums = dict.fromkeys(("loss", "nll", "groups", "ordered_pairs", *GROUP_METRIC_COUNTS), 0.0)
         self.sums.update(tokens=0.0, skipped_steps=0.0)
 
     def add(self, losses: MicroBatchLosses, num_tokens: int) -> None:
@@ -89,12 +89,14 @@ class GroupStats(PairStats):
         for key, value in group_metric_sums(fwd, out).items():
             self.sums[key] += value
         self.sums["loss"] += float(losses.per_pair.detach().float().sum())
+        self.sums["nll"] += float(losses.nll.detach().float().sum())
         self.sums["tokens"] += num_tokens
 
     def means(self, reduced: dict[str, float] | None = None) -> dict[str, float]:
         sums = reduced if reduced is not None else self.sums
         means = group_metric_means(sums)
-        return {"loss": sums["loss"] / max(sums["groups"], 1.0), **means, "tokens": sums["tokens"],
+        groups = max(sums["groups"], 1.0)
+        return {"loss": sums["loss"] / groups, **means, "nll": sums["nll"] / groups, "tokens": sums["tokens"],
                 "skipped_steps": sums["skipped_steps"]}  # fmt: skip
 
 

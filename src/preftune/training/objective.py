@@ -7,6 +7,8 @@ response of a prompt at once.
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor, nn
 
 from ..config import LossConfig
@@ -63,9 +65,20 @@ def group_losses(
         num_groups=batch.num_pairs,
     )
     out = compute_group_loss(logps, cfg, state)
-    objective = _objective(out.losses, fwd.aux_loss, cfg)
-    # No NLL term on groups yet (config refuses loss.nll_coef with data.groups): zeros keep the shape.
-    return MicroBatchLosses(objective, out.losses, out, logps, out.losses.detach() * 0)
+    nll = best_response_nll(logps)
+    per_group = out.losses + cfg.nll_coef * nll if cfg.nll_coef > 0 else out.losses
+    return MicroBatchLosses(_objective(per_group, fwd.aux_loss, cfg), per_group, out, logps, nll)
+
+
+def best_response_nll(logps: GroupLogps) -> Tensor:
+    """(G,) per-token NLL of each group's top-scored response (the mean over responses tied for the top): a
+    pair's chosen-response NLL when K = 2, so ``loss.nll_coef`` means the same on groups as on pairs."""
+    scores, group = logps.scores.double(), logps.group
+    top = scores.new_full((logps.num_groups,), -math.inf).scatter_reduce(0, group, scores, "amax")
+    is_top = (scores == top[group]).to(logps.policy.dtype)
+    per_token = -logps.policy / logps.tokens.clamp(min=1)
+    summed = per_token.new_zeros(logps.num_groups).index_add(0, group, per_token * is_top)
+    return summed / is_top.new_zeros(logps.num_groups).index_add(0, group, is_top)
 
 
 def _objective(per_item: Tensor, aux_loss: Tensor | None, cfg: LossConfig) -> Tensor:
