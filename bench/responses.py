@@ -22,7 +22,7 @@ from typing import Any
 
 import report
 import workload as wl
-from worker_common import ids_digest
+from worker_common import ids_digest, matches
 
 RULES = ("all", "best_vs_rest")
 # Prompts and responses of 64-128 tokens, as the pair workload; same model.
@@ -272,12 +272,7 @@ def run(args: Any, config_cls: Any, run_worker: Any) -> int:
     all_configs = configs(config_cls, files, prompts, k, "ref.precompute" in config_keys())
     filters = [f.strip() for f in args.configs.split(",") if f.strip()]
     names = {c.name for c in all_configs}
-    # A filter that is a whole name picks that configuration only ("trl-all" is not also "trl-all-fastest").
-    chosen = [
-        c
-        for c in all_configs
-        if not filters or any(f == c.name or (f not in names and f in c.name) for f in filters)
-    ]
+    chosen = [c for c in all_configs if matches(c.name, filters, names)]
     spec = {"model_dir": str(files.model_dir), "steps": steps, "lr": args.lr, "beta": args.beta, "seed": 0,
             "max_len": work.max_len, "threads": args.threads}  # fmt: skip
     print(

@@ -37,6 +37,12 @@ def same_process_settings() -> bool:
     return bool(module.keep_freed_memory())
 
 
+def matches(name: str, filters: list[str], names: set[str]) -> bool:
+    """Whether --configs picks ``name``: a filter that is a whole name picks that one only ("trl-all" is not
+    also "trl-all-fastest"); any other filter picks every name holding it; no filter picks all."""
+    return not filters or any(f == name or (f not in names and f in name) for f in filters)
+
+
 def set_threads(threads: int) -> None:
     import torch
 

@@ -126,3 +126,19 @@ def test_responses_expansion_counts_and_orders_pairs() -> None:
     # A tie is no pair: TRL gets no row for it, and preftune's loss.pairs skips it too.
     assert responses.expand(list("abc"), [2.0, 2.0, 1.0], "all") == [("a", "c"), ("b", "c")]
     assert responses.pairs_per_prompt(4, "all") == 6 and responses.pairs_per_prompt(4, "best_vs_rest") == 3
+
+
+def test_data_scale_quick_runs_preftune_end_to_end(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import data_scale
+
+    code = data_scale.main(
+        ["--quick", "--configs", "preftune,preftune-rerun", "--workdir", str(workdir / "data")]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    results = json.loads((workdir / "data" / "quick" / "results.json").read_text())
+    assert sorted(results) == ["preftune-rerun@2000", "preftune@2000"]
+    for (run,) in results.values():
+        # 2000 rows of 40-200 + 2 x 30-200 words: none is dropped, and each word is at least one token.
+        assert run["rows"] == 2000 and run["tokens"] > 2000 * (2 * 40 + 30 + 30)
+        assert run["prepare_s"] > 0 and run["peak_rss_mib"] > 50 and run["allocator_settings"] is True
