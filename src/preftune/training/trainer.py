@@ -34,7 +34,9 @@ class DPOTrainer:
     ``model`` is a Hugging Face causal LM trained in place; ``ref_model`` the frozen reference, or None when
     ``reference`` supplies log-probs another way, for a reference-free loss, or for a peft LoRA ``model`` (its
     reference is itself with adapters disabled). ``beta`` and ``loss_config.beta`` must agree when both are
-    given. Dataloaders yield :class:`~preftune.layouts.Batch` objects made by ``layout.collate``.
+    given. Dataloaders yield :class:`~preftune.layouts.Batch` objects made by ``layout.collate``, the train one
+    ``strategy.accumulation_steps`` per step; or the train one is a :class:`~.step.StepLoader` that yields each
+    step's micro-batches itself (a token budget, :class:`~.budget.TokenBudgetSteps`).
 
     ``groups``: the dataloaders yield batches of prompt groups (``layout.collate_groups``), each trained on all
     its responses at once by the loss ``loss_config.type`` names (listwise, or pairwise over the group's pairs).
