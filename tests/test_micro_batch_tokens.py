@@ -181,6 +181,7 @@ def test_the_budget_needs_more_micro_batches_on_one_process_than_another(ws, tmp
     [
         ("ddp", {}),
         ("fsdp2", {}),
+        pytest.param("deepspeed", {"strategy.zero_stage": 2}, marks=needs_deepspeed, id="deepspeed-zero2"),
         pytest.param("deepspeed", {"strategy.zero_stage": 3}, marks=needs_deepspeed, id="deepspeed-zero3"),
     ],
 )

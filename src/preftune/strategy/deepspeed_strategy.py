@@ -70,6 +70,8 @@ def build_ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
     t = cfg.train
     accumulation = t.batch_size // (t.micro_batch_size * world_size)
     _set_default(user, "train_micro_batch_size_per_gpu", t.micro_batch_size, "train.micro_batch_size")
+    # The engine checks train_batch_size = micro x accumulation x world against these; where a step ends is
+    # the trainer's to say (DeepSpeedStrategy.accumulate), so a token budget may run more micro-steps.
     _set_default(
         user, "gradient_accumulation_steps", accumulation, "train.batch_size / (micro_batch_size x world)"
     )
