@@ -52,6 +52,19 @@ def test_train_learns_the_synthetic_preference(ws, tmp_path) -> None:
     assert "unable to detect it" not in result.stdout + result.stderr  # deepspeed logs to stdout
 
 
+def test_train_takes_a_token_budget(ws, tmp_path) -> None:
+    out = tmp_path / "budget"
+    result = _cli(
+        "train", "--model.name_or_path", ws["model"], "--data.train", ws["train"], "--output_dir", str(out),
+        "--train.micro_batch_size", "4", "--train.batch_size", "8", "--train.micro_batch_tokens", "100",
+        "--train.max_steps", "2", "--data.max_len", "64", "--log.progress", "false", "--log.report", "false",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2] and all(row["pairs"] == 8 for row in rows)
+    assert "micro_batch_tokens: 100" in (out / "config.yaml").read_text()
+
+
 def test_eval_command_reports_metrics(ws, tmp_path) -> None:
     result = _cli(
         "eval", "--model.name_or_path", ws["model"], "--data.eval", ws["eval"], "--output_dir", str(tmp_path)
@@ -100,6 +113,8 @@ def test_help_lists_keys() -> None:
     assert result.returncode == 0
     assert "--loss.beta float (default: 0.1)" in result.stdout
     assert "--ckpt.save_steps" in result.stdout
+    assert "--train.micro_batch_tokens int (default: 0)" in result.stdout
+    assert "padded its rectangle" in result.stdout  # what a layout's tokens are, said in the key's help
     assert "--model.dtype {float32,bfloat16,float16} (default: 'float32')" in result.stdout
     assert "--iterate." not in result.stdout  # train reads no iterate.* key
     assert "--iterate.rounds" in _cli("iterate", "--help").stdout

@@ -108,8 +108,8 @@ def test_train_step_is_public_and_hooks_see_every_step(ws, tmp_path) -> None:
     trainer.on_gradients.append(lambda t: seen.append(("gradients", t.global_step)))
     trainer.on_step_end.append(lambda t, result: seen.append(("end", result.step)))
     batches = iter(trainer.train_dataloader)
-    with pytest.raises(ValueError, match="a step takes 2 micro-batches, got 1"):
-        trainer.train_step([next(batches)])
+    with pytest.raises(ValueError, match="a step takes at least one micro-batch"):
+        trainer.train_step([])
     trainer.scorer.train()
     result = trainer.train_step([next(batches), next(batches)])
     assert isinstance(result, StepResult) and result.step == trainer.global_step == 1

@@ -3,7 +3,6 @@ the same, a listwise loss learns, two DDP processes equal one, and what groups d
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -11,41 +10,24 @@ import subprocess
 import pytest
 
 from preftune.config import ConfigError, load_config
-from preftune.toy import synthetic_preference_rows
 from preftune.training import runner
 from test_deepspeed import needs_deepspeed
 from test_distributed import TORCHRUN, train_args
 from toy_env import (
     assert_close_weights,
     assert_same_metrics,
+    group_workspace,
     load_weights,
     logged_metrics,
     toy_config,
-    toy_workspace,
 )
 
 GROUPS = {"data.groups": True}
 
 
-def _group_rows(rows: list[dict], offset: int) -> list[dict]:
-    """Each prompt with four responses: its own chosen (best) and rejected, and two other prompts' rejected ones."""
-    out = []
-    for i, row in enumerate(rows):
-        others = [rows[(i + k) % len(rows)]["rejected"] for k in (1 + offset, 2 + offset)]
-        responses = [row["chosen"], row["rejected"], *others]
-        out.append({"prompt": row["prompt"], "responses": responses, "scores": [1.0, 0.0, 0.25, -0.5]})
-    return out
-
-
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("ws_groups")
-    paths = toy_workspace(root, n_train=32, n_eval=16)
-    for split, seed, count in (("group_train", 1, 32), ("group_eval", 2, 16)):
-        rows = _group_rows(synthetic_preference_rows(count, seed=seed), offset=0)
-        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        paths[split] = str(root / f"{split}.jsonl")
-    return paths
+    return group_workspace(tmp_path_factory.mktemp("ws_groups"), n_train=32, n_eval=16)
 
 
 RUN = {"train.max_steps": 3, "train.eval_steps": 3, "train.micro_batch_size": 4, "optim.adam_eps": 1e-3}

@@ -32,6 +32,25 @@ def toy_workspace(root: Path, n_train: int = 48, n_eval: int = 16, hidden_size: 
     return {"model": str(model), "train": str(train), "eval": str(evals)}
 
 
+def _group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each prompt with four responses: its own chosen (best) and rejected, and two other prompts' rejected ones."""
+    out = []
+    for i, row in enumerate(rows):
+        others = [rows[(i + k) % len(rows)]["rejected"] for k in (1, 2)]
+        responses = [row["chosen"], row["rejected"], *others]
+        out.append({"prompt": row["prompt"], "responses": responses, "scores": [1.0, 0.0, 0.25, -0.5]})
+    return out
+
+
+def group_workspace(root: Path, n_train: int, n_eval: int) -> dict[str, str]:
+    """:func:`toy_workspace` plus prompt-group files (``group_train``, ``group_eval``) of four responses each."""
+    paths = toy_workspace(root, n_train=n_train, n_eval=n_eval)
+    for split, seed, count in (("group_train", 1, n_train), ("group_eval", 2, n_eval)):
+        rows = _group_rows(synthetic_preference_rows(count, seed=seed))
+        paths[split] = str(write_jsonl(root / f"{split}.jsonl", rows))
+    return paths
+
+
 def toy_config(ws: dict[str, str], output_dir: Path, **overrides: Any) -> Config:
     base: dict[str, Any] = {
         "output_dir": str(output_dir),

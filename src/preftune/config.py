@@ -161,6 +161,15 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     micro_batch_size: int = _f(1, "pairs per forward pass per process")
+    micro_batch_tokens: int = _f(
+        0,
+        "also cap each micro-batch at this many tokens (0 = off): a step's rows on a process are cut, in order and "
+        "balanced, into micro-batches of at most this many tokens and micro_batch_size rows, each weighted by its "
+        "share of the step's rows, so a step trains what and as the split by count does; tokens as the layout lays "
+        "them out: padded its rectangle (sequences x the longest, padding included), packed every sequence, "
+        "prefix_shared each prompt once plus its responses; a row over the budget trains alone (reported at the "
+        "start); evaluation uses it too, with eval_micro_batch_size rows at most",
+    )
     batch_size: int = _f(8, "pairs per optimizer step, over all processes")
     max_epochs: int = _f(1, "passes over the training data")
     max_steps: int | None = _f(None, "stop after this many optimizer steps")
@@ -503,6 +512,7 @@ def _validate_train(t: TrainConfig, loss: LossConfig, world_size: int, training:
            "from padded; use packed")  # fmt: skip
     _check(t.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1, got {t.micro_batch_size}")
     _check(t.lm_head_chunk >= 1, "train.lm_head_chunk", f"must be >= 1, got {t.lm_head_chunk}")
+    _check(t.micro_batch_tokens >= 0, "train.micro_batch_tokens", f"must be >= 0 (0 = off), got {t.micro_batch_tokens}")  # fmt: skip
     if not training:
         return
     _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")

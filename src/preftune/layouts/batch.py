@@ -103,6 +103,11 @@ class Layout(Protocol):
 
     def pair_logps(self, scorer: nn.Module, batch: Batch, want_aux: bool = False) -> PairForward: ...
 
+    def laid_out_tokens(self, items: Sequence[TokenizedPair | TokenizedGroup]) -> int:
+        """Tokens one micro-batch of ``items`` (pairs or prompt groups) feeds the model in this layout: what
+        ``train.micro_batch_tokens`` budgets."""
+        ...
+
 
 def pair_groups(pairs: list[TokenizedPair]) -> list[PromptGroup]:
     """Each pair as a group of two: its chosen response is sequence b, its rejected one sequence B + b."""
@@ -120,6 +125,18 @@ def response_groups(groups: list[TokenizedGroup]) -> list[PromptGroup]:
         laid.append(PromptGroup(group.prompt_ids, group.responses, list(range(start, start + k))))
         start += k
     return laid
+
+
+def laid_out_groups(items: Sequence[TokenizedPair | TokenizedGroup]) -> list[PromptGroup]:
+    """``items`` as every layout sees them: a pair as a group of two, a prompt group as it is."""
+    if items and isinstance(items[0], TokenizedGroup):
+        return response_groups(list(items))  # type: ignore[arg-type]
+    return pair_groups(list(items))  # type: ignore[arg-type]
+
+
+def sequence_tokens(groups: list[PromptGroup]) -> int:
+    """The tokens of every sequence (prompt + one response), a prompt counted once per response."""
+    return sum(len(g.prompt) * len(g.responses) + sum(map(len, g.responses)) for g in groups)
 
 
 def in_sequence_order(groups: list[PromptGroup]) -> list[tuple[list[int], list[int]]]:
@@ -175,7 +192,7 @@ def make_batch(
         score_targets=score_targets,
         score_sequence=score_sequence,
         num_pairs=len(items),
-        num_tokens=sum(len(g.prompt) * len(g.responses) + sum(map(len, g.responses)) for g in groups),
+        num_tokens=sequence_tokens(groups),
         rows=[(p.source, p.index) for p in items],
         attention_plan=attention_plan,
         # Items without an id (e.g. built by hand) get -1: only a cached reference needs one.

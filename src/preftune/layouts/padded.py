@@ -13,6 +13,7 @@ from .batch import (
     PromptGroup,
     Scoring,
     in_sequence_order,
+    laid_out_groups,
     make_batch,
     pair_groups,
     response_groups,
@@ -47,6 +48,12 @@ class PaddedLayout:
 
     def collate_groups(self, groups: list[TokenizedGroup]) -> Batch:
         return self._lay_out(groups, response_groups(groups))
+
+    def laid_out_tokens(self, items: Sequence[TokenizedPair | TokenizedGroup]) -> int:
+        """The padded rectangle, sequences x the longest (padding included): what the forward holds. Two pairs
+        with prompts of 2 and 1 tokens and responses of 1, 2 / 2, 1 tokens lay out 4 x 4 = 16."""
+        sequences = in_sequence_order(laid_out_groups(items))
+        return len(sequences) * max(len(prompt) + len(resp) for prompt, resp in sequences)
 
     def _lay_out(self, items: Sequence[TokenizedPair | TokenizedGroup], groups: list[PromptGroup]) -> Batch:
         sequences = in_sequence_order(groups)

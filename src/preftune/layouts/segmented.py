@@ -20,10 +20,12 @@ from .batch import (
     PromptGroup,
     Scoring,
     in_sequence_order,
+    laid_out_groups,
     make_batch,
     pair_groups,
     response_groups,
     score_pairs,
+    sequence_tokens,
 )
 from .plan import Segment, SegmentPlan
 
@@ -51,6 +53,10 @@ class PackedLayout:
 
     def collate_groups(self, groups: list[TokenizedGroup]) -> Batch:
         return _packed(groups, response_groups(groups))
+
+    def laid_out_tokens(self, items: Sequence[TokenizedPair | TokenizedGroup]) -> int:
+        """Every sequence's own tokens, its prompt once per response (12 in the example above)."""
+        return sequence_tokens(laid_out_groups(items))
 
 
 def _packed(items: Sequence[TokenizedPair | TokenizedGroup], groups: list[PromptGroup]) -> Batch:
@@ -92,6 +98,10 @@ class PrefixSharedLayout:
 
     def collate_groups(self, groups: list[TokenizedGroup]) -> Batch:
         return _prefix_shared(groups, response_groups(groups))
+
+    def laid_out_tokens(self, items: Sequence[TokenizedPair | TokenizedGroup]) -> int:
+        """Each prompt once, then all of its responses (5 in the example above)."""
+        return sum(len(g.prompt) + sum(map(len, g.responses)) for g in laid_out_groups(items))
 
 
 def _prefix_shared(items: Sequence[TokenizedPair | TokenizedGroup], groups: list[PromptGroup]) -> Batch:

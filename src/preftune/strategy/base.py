@@ -19,7 +19,9 @@ class Strategy(Protocol):
     rank: int
     world_size: int
     device: torch.device
-    accumulation_steps: int  # micro-steps per optimizer step, on each process
+    # Micro-steps per optimizer step on each process when a step is split by count (train.micro_batch_size);
+    # a token budget (train.micro_batch_tokens) may split a step into more. The trainer weights each one.
+    accumulation_steps: int
 
     def is_main(self) -> bool:
         """True on the process that prints, writes metrics and exports."""
@@ -39,11 +41,13 @@ class Strategy(Protocol):
         ...
 
     def accumulate(self, module: nn.Module, is_last_micro_step: bool) -> AbstractContextManager[Any]:
-        """Context for one micro-step's forward+backward; skips gradient sync before the last micro-step."""
+        """Context for one micro-step's forward+backward; skips gradient sync before the last micro-step. The
+        caller says which is last, so a step may hold any number of micro-steps."""
         ...
 
     def backward(self, loss: Tensor, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Backward of one micro-step's loss, scaled so an optimizer step averages over accumulation_steps."""
+        """Backward of one micro-step's loss, which the trainer has already weighted by the micro-step's share of
+        the step (:func:`~preftune.training.step.row_shares`): a strategy adds no scaling of its own."""
         ...
 
     def optimizer_step(

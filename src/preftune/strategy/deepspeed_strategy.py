@@ -1,5 +1,6 @@
-"""DeepSpeed ZeRO stages 0-3 behind the Strategy protocol; the engine owns accumulation, clipping and its
-checkpoints. On a machine without CUDA it runs on CPU (``DS_ACCELERATOR=cpu``, gloo).
+"""DeepSpeed ZeRO stages 0-3 behind the Strategy protocol; the engine owns gradient reduction, clipping and its
+checkpoints, the trainer says where each step ends. On a machine without CUDA it runs on CPU
+(``DS_ACCELERATOR=cpu``, gloo).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def build_ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
     t = cfg.train
     accumulation = t.batch_size // (t.micro_batch_size * world_size)
     _set_default(user, "train_micro_batch_size_per_gpu", t.micro_batch_size, "train.micro_batch_size")
+    # The engine checks train_batch_size = micro x accumulation x world against these; where a step ends is
+    # the trainer's to say (DeepSpeedStrategy.accumulate), so a token budget may run more micro-steps.
     _set_default(
         user, "gradient_accumulation_steps", accumulation, "train.batch_size / (micro_batch_size x world)"
     )
@@ -136,19 +139,22 @@ class DeepSpeedStrategy(DDPStrategy):
         return getattr(module, "module", module)
 
     def accumulate(self, module: nn.Module, is_last_micro_step: bool) -> AbstractContextManager[Any]:
-        return contextlib.nullcontext()  # the engine skips gradient reduction until its own boundary
+        # The trainer says where a step ends, not the engine's micro-step counter against its fixed
+        # gradient_accumulation_steps: a token budget (train.micro_batch_tokens) splits steps into varying
+        # counts. ZeRO reduces (and its optimizers reset their own micro-step ids) on this flag alone.
+        engine: Any = module
+        engine.set_gradient_accumulation_boundary(is_last_micro_step)
+        return contextlib.nullcontext()
 
     def backward(self, loss: Tensor, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         engine: Any = module
-        engine.backward(loss)  # scales by 1 / gradient_accumulation_steps itself
-        if not engine.is_gradient_accumulation_boundary():
-            engine.step()  # advances the engine's micro-step count; no update before the boundary
+        engine.backward(loss, scale_wrt_gas=False)  # the trainer weighted the loss by its share of the step
 
     def optimizer_step(
         self, optimizer: torch.optim.Optimizer, module: nn.Module, scheduler: Any, max_norm: float
     ) -> float:
         engine: Any = module
-        engine.step()  # clips (gradient_clipping), updates, zeroes gradients
+        engine.step()  # at the boundary the last accumulate set: clips (gradient_clipping), updates, zeroes
         if scheduler is not None:
             scheduler.step()  # our LambdaLR edits the same param-group dicts the engine's optimizer reads
         norm = engine.get_global_grad_norm()

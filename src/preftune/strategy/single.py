@@ -41,7 +41,7 @@ class SingleProcessStrategy:
         return contextlib.nullcontext()
 
     def backward(self, loss: Tensor, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        (loss / self.accumulation_steps).backward()
+        loss.backward()
 
     def optimizer_step(
         self, optimizer: torch.optim.Optimizer, module: nn.Module, scheduler: Any, max_norm: float

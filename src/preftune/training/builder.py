@@ -100,7 +100,7 @@ def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tup
     optimizer = build_optimizer(policy, cfg.optim) if need_train else None
     total = planned_steps(steps_per_epoch, cfg.train.max_epochs, cfg.train.max_steps)
     scheduler = build_scheduler(optimizer, cfg.optim, max(total, 1)) if optimizer is not None else None
-    train_loader = make_train_loader(train_pairs, layout, cfg, strategy) if need_train else None
+    train_loader = make_train_loader(train_pairs, layout, cfg, strategy, log) if need_train else None
     trainer = DPOTrainer(
         policy, None, strategy, tokenizer, optimizer, train_loader, make_eval_loader(eval_pairs, layout, cfg, strategy),
         scheduler, max_norm=cfg.optim.max_norm, beta=cfg.loss.beta, max_epochs=cfg.train.max_epochs,

@@ -15,6 +15,7 @@ from ..data.sampler import ResumableSampler
 from ..layouts import Layout
 from ..reference.precompute import number_pairs
 from ..strategy import Strategy
+from .budget import TokenBudgetSteps, greedy_parts, oversized
 
 # The run's rows: pairs, or prompt groups with data.groups (one kind per run).
 Items = list[TokenizedPair] | list[TokenizedGroup]
@@ -77,7 +78,11 @@ def _read_splits(
     return train_pairs, eval_pairs
 
 
-def make_train_loader(pairs: Items, layout: Layout, cfg: Config, strategy: Strategy) -> DataLoader:
+def make_train_loader(
+    pairs: Items, layout: Layout, cfg: Config, strategy: Strategy, log: Any = print
+) -> DataLoader | TokenBudgetSteps:
+    """Micro-batches of ``train.micro_batch_size`` rows; with ``train.micro_batch_tokens``, whole steps of this
+    process's rows (the same rows) that :class:`TokenBudgetSteps` cuts by tokens."""
     lengths = [_padded_width(p) for p in pairs] if cfg.data.group_by_length else None
     sampler = ResumableSampler(
         len(pairs),
@@ -89,13 +94,40 @@ def make_train_loader(pairs: Items, layout: Layout, cfg: Config, strategy: Strat
         lengths,
     )
     dataset: Any = pairs  # a list is a valid map-style dataset; torch's stubs only admit Dataset
-    return DataLoader(
+    budget = cfg.train.micro_batch_tokens
+    if not budget:
+        return DataLoader(
+            dataset,
+            batch_size=cfg.train.micro_batch_size,
+            sampler=sampler,
+            collate_fn=_collate(layout, cfg),
+            generator=_private_generator(),
+        )
+    _report_oversized(pairs, layout, budget, log)
+    step_rows = DataLoader(
         dataset,
-        batch_size=cfg.train.micro_batch_size,
+        batch_size=cfg.train.batch_size // strategy.world_size,
         sampler=sampler,
-        collate_fn=_collate(layout, cfg),
+        collate_fn=list,  # the rows as they are: TokenBudgetSteps collates each micro-batch it cuts
         generator=_private_generator(),
     )
+    return TokenBudgetSteps(
+        step_rows, _collate(layout, cfg), layout.laid_out_tokens, budget, cfg.train.micro_batch_size, strategy
+    )
+
+
+def _report_oversized(pairs: Items, layout: Layout, budget: int, log: Any) -> None:
+    """Said once, before training: every row is known by then. A row over the budget is trained in a
+    micro-batch of its own rather than refused, because it cannot be split and data.max_len already admitted
+    it; whoever wants such rows gone lowers data.max_len."""
+    over: list[tuple[int, Any]] = oversized(pairs, layout.laid_out_tokens, budget)
+    if over:
+        tokens, row = max(over, key=lambda found: found[0])
+        log(
+            f"train.micro_batch_tokens: {len(over)} training rows lay out more than {budget} tokens each "
+            f"({layout.name}; the longest {tokens}, {row.source} row {row.index}); each trains in a micro-batch "
+            "of its own"
+        )
 
 
 def _padded_width(item: TokenizedPair | TokenizedGroup) -> int:
@@ -121,6 +153,13 @@ def make_eval_loader(pairs: Items, layout: Layout, cfg: Config, strategy: Strate
     size = cfg.train.eval_micro_batch_size or cfg.train.micro_batch_size
     # Disjoint shards with no padding or repeats: metric sums over processes then cover each pair once.
     dataset: Any = pairs[strategy.rank :: strategy.world_size]
+    if cfg.train.micro_batch_tokens:
+        # Cut by the budget up front, each micro-batch one item collated as it is (batch_size None). Shards
+        # may then differ in micro-batches; evaluation runs them in lockstep, which repeats a short shard's last.
+        parts: Any = greedy_parts(dataset, layout.laid_out_tokens, cfg.train.micro_batch_tokens, size)
+        return DataLoader(
+            parts, batch_size=None, collate_fn=_collate(layout, cfg), generator=_private_generator()
+        )
     return DataLoader(
         dataset,
         batch_size=size,

@@ -1,13 +1,13 @@
-"""The pieces of one optimizer step the trainer hands out: a micro-batch's losses, a step's result, and how the
-dataloader's micro-batches are grouped into steps."""
+"""The pieces of one optimizer step the trainer hands out: a micro-batch's losses, a step's result, how a
+dataloader's micro-batches are grouped into steps, and how much each micro-batch weighs in its step."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
@@ -43,6 +43,42 @@ class StepResult:
         return not math.isfinite(self.grad_norm)
 
 
+class StepLoader:
+    """A train loader that makes whole optimizer steps: each item is one step's micro-batches on this process.
+
+    ``sampler`` is the resumable sampler under it (:func:`~preftune.data.sampler.set_sampler_position` moves it);
+    ``len`` is the number of steps left in the epoch.
+    """
+
+    sampler: Any
+
+    def __iter__(self) -> Iterator[list[Batch]]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+
+class CountSteps(StepLoader):
+    """A loader of micro-batches (OpenRLHF's kind: one Batch per item), ``accumulation`` of them per step."""
+
+    def __init__(self, loader: Any, accumulation: int) -> None:
+        self.loader, self.accumulation = loader, accumulation
+        self.sampler = getattr(loader, "sampler", None)
+
+    def __iter__(self) -> Iterator[list[Batch]]:
+        return step_groups(self.loader, self.accumulation)
+
+    def __len__(self) -> int:
+        return len(self.loader) // self.accumulation
+
+
+def steps_of(loader: Any, accumulation: int) -> StepLoader:
+    """The steps a train loader makes: its own (a token budget splits each step's rows itself, see
+    :mod:`.budget`), or its micro-batches ``accumulation`` at a time."""
+    return loader if isinstance(loader, StepLoader) else CountSteps(loader, accumulation)
+
+
 def step_groups(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
     """Consecutive micro-batches, ``size`` at a time: one optimizer step each (a short tail is left out)."""
     group: list[Batch] = []
@@ -51,6 +87,19 @@ def step_groups(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
         if len(group) == size:
             yield group
             group = []
+
+
+def row_shares(micro_batches: Sequence[Batch]) -> list[float]:
+    """The weight of each micro-batch's objective in its step: its share of the step's rows on this process.
+
+    Each objective is a mean over its micro-batch's rows (pairs, or prompt groups), so these weights make the
+    step's gradient the mean over all of the step's rows however they were split: micro-batches of 3, 1 and 4
+    rows weigh 3/8, 1/8 and 4/8. Equal micro-batches (a split by count) weigh 1/n each, exactly as dividing by
+    the accumulation steps did. Every process holds as many of the step's rows (the sampler's shards are
+    equal), so the strategies' mean over processes keeps it the mean over the whole step.
+    """
+    total = sum(batch.num_pairs for batch in micro_batches)
+    return [batch.num_pairs / total for batch in micro_batches]
 
 
 def nonfinite_message(result: StepResult, in_row: int, output_dir: Path, limit: int = 8) -> str:

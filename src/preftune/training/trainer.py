@@ -23,7 +23,7 @@ from .checkpoint import export_hf, load_checkpoint, save_checkpoint
 from .metrics import GroupStats, PairStats, Sinks, StepWindow, build_sinks
 from .objective import group_losses, pair_losses
 from .optim import planned_steps
-from .step import MicroBatchLosses, StepResult, nonfinite_message, step_groups
+from .step import MicroBatchLosses, StepResult, nonfinite_message, row_shares, steps_of
 
 DEFAULT_BETA = 0.01  # OpenRLHF's default, used when neither beta nor loss_config gives one
 
@@ -34,7 +34,9 @@ class DPOTrainer:
     ``model`` is a Hugging Face causal LM trained in place; ``ref_model`` the frozen reference, or None when
     ``reference`` supplies log-probs another way, for a reference-free loss, or for a peft LoRA ``model`` (its
     reference is itself with adapters disabled). ``beta`` and ``loss_config.beta`` must agree when both are
-    given. Dataloaders yield :class:`~preftune.layouts.Batch` objects made by ``layout.collate``.
+    given. Dataloaders yield :class:`~preftune.layouts.Batch` objects made by ``layout.collate``, the train one
+    ``strategy.accumulation_steps`` per step; or the train one is a :class:`~.step.StepLoader` that yields each
+    step's micro-batches itself (a token budget, :class:`~.budget.TokenBudgetSteps`).
 
     ``groups``: the dataloaders yield batches of prompt groups (``layout.collate_groups``), each trained on all
     its responses at once by the loss ``loss_config.type`` names (listwise, or pairwise over the group's pairs).
@@ -113,21 +115,21 @@ class DPOTrainer:
     # ------------------------------------------------------------------ training
 
     def train_step(self, micro_batches: Sequence[Batch]) -> StepResult:
-        """One optimizer step: forward and backward of each micro-batch (``strategy.accumulation_steps`` of
-        them, gradients synchronised on the last), then clip, update and advance the schedule."""
+        """One optimizer step: forward and backward of each micro-batch (as many as the step's loader split its
+        rows into), each weighted by its share of the step's rows (:func:`row_shares`) so the gradient is the
+        mean over all of them, gradients synchronised on the last; then clip, update and advance the schedule.
+        Under ddp / fsdp2 / deepspeed every process passes as many micro-batches (their collectives pair up)."""
         strategy = self.strategy
         if self.optimizer is None:
             raise ValueError("train_step() needs an optimizer")
-        if len(micro_batches) != strategy.accumulation_steps:
-            raise ValueError(
-                f"a step takes {strategy.accumulation_steps} micro-batches, got {len(micro_batches)}"
-            )
-        stats, rows = self.new_stats(), []
-        for i, batch in enumerate(micro_batches):
+        if not micro_batches:
+            raise ValueError("a step takes at least one micro-batch")
+        stats, rows, last = self.new_stats(), [], len(micro_batches) - 1
+        for i, (batch, share) in enumerate(zip(micro_batches, row_shares(micro_batches), strict=True)):
             batch = batch.to(strategy.device)
-            with strategy.accumulate(self.scorer, i == len(micro_batches) - 1):
+            with strategy.accumulate(self.scorer, i == last):
                 losses = self.micro_batch_losses(batch, training=True)
-                strategy.backward(losses.objective, self.scorer, self.optimizer)
+                strategy.backward(losses.objective * share, self.scorer, self.optimizer)
             stats.add(losses, batch.num_tokens)
             rows += batch.rows
         for hook in self.on_gradients:
@@ -147,8 +149,9 @@ class DPOTrainer:
         """Train for ``max_epochs`` (or ``args.train.max_steps``), starting after ``consumed_samples`` pairs."""
         if self.optimizer is None or self.train_dataloader is None:
             raise ValueError("fit() needs an optimizer and a train_dataloader")
-        accumulation, global_batch = self.strategy.accumulation_steps, args.train.batch_size
-        steps_per_epoch = num_update_steps_per_epoch or len(self.train_dataloader) // accumulation
+        steps = steps_of(self.train_dataloader, self.strategy.accumulation_steps)
+        global_batch = args.train.batch_size
+        steps_per_epoch = num_update_steps_per_epoch or len(steps)
         if steps_per_epoch < 1:
             raise ValueError(f"the training set is smaller than one batch of {global_batch} pairs")
         total_steps = planned_steps(steps_per_epoch, self.max_epochs, args.train.max_steps)
@@ -165,9 +168,9 @@ class DPOTrainer:
             if self.global_step >= total_steps:
                 break
             skip = consumed_samples - epoch * steps_per_epoch * global_batch if epoch == start_epoch else 0
-            set_sampler_position(self.train_dataloader, epoch, skip)
+            set_sampler_position(steps, epoch, skip)
             self.scorer.train()
-            for micro_batches in step_groups(self.train_dataloader, accumulation):
+            for micro_batches in steps:
                 result = self.train_step(micro_batches)
                 consumed_samples += global_batch
                 window.add(result.stats, result.grad_norm)
