@@ -113,10 +113,6 @@ def test_two_processes_train_groups_as_one(ws, tmp_path, strategy, extra) -> Non
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        (
-            {"data.groups": "true", "ref.precompute": "true"},
-            "ref.precompute: the reference cache holds pairs",
-        ),
         ({"data.groups": "true", "loss.nll_coef": "0.1"}, "loss.nll_coef: the NLL term is defined on a pair"),
         ({"loss.type": "multi_negative"}, "loss.type: 'multi_negative' is listwise"),
     ],
