@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from preftune.config import ConfigError
-from preftune.data import TokenizedPair
+from preftune.data import TokenizedGroup, TokenizedPair
 from preftune.layouts import build_layout
 from preftune.model.scorer import SequenceScorer
 from preftune.reference.cache import (
@@ -20,12 +20,12 @@ from preftune.reference.cache import (
     RefTable,
     cache_key,
     cache_path,
-    pairs_fingerprint,
     read_cache,
     reference_fingerprint,
+    rows_fingerprint,
     write_cache,
 )
-from preftune.reference.precompute import check_resume, number_pairs, score_split
+from preftune.reference.precompute import check_resume, number_rows, score_split
 from preftune.reference.sources import ModelReference, freeze
 from preftune.strategy import SingleProcessStrategy
 from preftune.toy import build_toy_model
@@ -33,15 +33,28 @@ from preftune.toy import build_toy_model
 VOCAB = 64
 
 
+def _ids(rng: random.Random, lo: int, hi: int) -> list[int]:
+    return [rng.randrange(3, VOCAB) for _ in range(rng.randint(lo, hi))]
+
+
 def random_pairs(n: int, seed: int) -> list[TokenizedPair]:
     rng = random.Random(seed)
-
-    def ids(lo: int, hi: int) -> list[int]:
-        return [rng.randrange(3, VOCAB) for _ in range(rng.randint(lo, hi))]
-
-    pairs = [TokenizedPair([1, *ids(1, 9)], ids(1, 7), ids(1, 7), "random", i) for i in range(n)]
-    number_pairs(pairs, [])
+    pairs = [
+        TokenizedPair([1, *_ids(rng, 1, 9)], _ids(rng, 1, 7), _ids(rng, 1, 7), "random", i) for i in range(n)
+    ]
+    number_rows(pairs, [])
     return pairs
+
+
+def random_groups(n: int, seed: int) -> list[TokenizedGroup]:
+    """Prompt groups of 2 to 5 responses (scores are never read by a reference)."""
+    rng = random.Random(seed)
+    groups = []
+    for i in range(n):
+        prompt, k = [1, *_ids(rng, 1, 9)], rng.randint(2, 5)
+        groups.append(TokenizedGroup(prompt, [_ids(rng, 1, 7) for _ in range(k)], [0.0] * k, "random", i))
+    number_rows(groups, [])
+    return groups
 
 
 @pytest.fixture(scope="module")
@@ -83,36 +96,62 @@ def test_tied_weights_are_keyed_with_their_tying() -> None:
 
 def test_pairs_fingerprint_sees_every_token_and_boundary() -> None:
     pairs = random_pairs(20, seed=1)
-    base = pairs_fingerprint(pairs)
-    assert pairs_fingerprint(copy.deepcopy(pairs)) == base
+    base = rows_fingerprint(pairs)
+    assert rows_fingerprint(copy.deepcopy(pairs)) == base
     changed = copy.deepcopy(pairs)
     changed[13].rejected_ids[-1] += 1
-    assert pairs_fingerprint(changed) != base
+    assert rows_fingerprint(changed) != base
     # The same token streams with the prompt/response boundary one token later score other tokens.
     early = [TokenizedPair([1, 7], [8, 9], [8, 10], "s", 0)]
     late = [TokenizedPair([1, 7, 8], [9], [10], "s", 0)]
-    assert pairs_fingerprint(early) != pairs_fingerprint(late)
-    assert pairs_fingerprint(pairs[::-1]) != base  # order is the table's index
+    assert rows_fingerprint(early) != rows_fingerprint(late)
+    assert rows_fingerprint(pairs[::-1]) != base  # order is the table's index
     keys = {cache_key("r", "c", base), cache_key("r2", "c", base), cache_key("r", "c2", base)}
     assert len(keys) == 3
+
+
+def test_groups_fingerprint_sees_every_response_but_not_scores() -> None:
+    groups = random_groups(12, seed=1)
+    base = rows_fingerprint(groups)
+    changed = copy.deepcopy(groups)
+    changed[7].responses[-1][0] += 1  # one token of a group's last response
+    assert rows_fingerprint(changed) != base
+    swapped = copy.deepcopy(groups)
+    swapped[3].responses.reverse()  # the same responses in another order fill other slots
+    assert rows_fingerprint(swapped) != base
+    moved = copy.deepcopy(groups)  # a response moved to the next group: the same token streams
+    moved[1].responses.append(moved[0].responses.pop())
+    assert len(moved[0].responses) >= 1 and rows_fingerprint(moved) != base
+    rescored = copy.deepcopy(groups)
+    rescored[5].scores[0] = 9.0  # scores never change a reference log-prob: the same key
+    assert rows_fingerprint(rescored) == base
+    # A pair is the group [chosen, rejected]: one key, so a pair run's cache serves a group run of its rows.
+    pair = TokenizedPair([1, 7], [8, 9], [10], "s", 0)
+    assert rows_fingerprint([pair]) == rows_fingerprint(
+        [TokenizedGroup([1, 7], [[8, 9], [10]], [1, 0], "s", 0)]
+    )
 
 
 # ---------------------------------------------------------------- file format
 
 
-def _table(n: int) -> RefTable:
+def _table(widths: list[int]) -> RefTable:
+    table = RefTable.empty(widths)
     gen = torch.Generator().manual_seed(0)
-    values = torch.randn(4, n, generator=gen, dtype=torch.float64).float().double()
-    values[2:] = torch.randint(1, 9, (2, n), generator=gen).double()
-    return RefTable(values, torch.float32)
+    r = table.values.shape[1]
+    table.values[0] = torch.randn(r, generator=gen, dtype=torch.float64).float().double()
+    table.values[1] = torch.randint(1, 9, (r,), generator=gen).double()
+    return table
 
 
-def test_cache_file_round_trips_exactly(tmp_path) -> None:
-    table = _table(37)
+@pytest.mark.parametrize("widths", [[2] * 37, [2, 5, 3, 2, 4], []], ids=["pairs", "groups", "empty"])
+def test_cache_file_round_trips_exactly(tmp_path, widths) -> None:
+    table = _table(widths)
     path = cache_path(tmp_path / "cache", "train", "k" * 64)
     write_cache(path, table, {"key": "k" * 64, "split": "train"})
-    back = read_cache(path, "k" * 64, "train", 37)
+    back = read_cache(path, "k" * 64, "train", widths)
     assert torch.equal(back.values, table.values) and back.dtype == torch.float32
+    assert torch.equal(back.offsets, table.offsets)
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
 
 
@@ -140,22 +179,26 @@ def _damage(path: Path, how: str) -> None:
 )
 def test_damaged_cache_file_is_detected(tmp_path, how, reason) -> None:
     path = tmp_path / "c.refcache"
-    write_cache(path, _table(10), {"key": "abc", "split": "eval"})
+    write_cache(path, _table([2, 3, 4, 2, 2]), {"key": "abc", "split": "eval"})
     _damage(path, how)
     with pytest.raises(CacheUnusable, match=reason):
-        read_cache(path, "abc", "eval", 10)
+        read_cache(path, "abc", "eval", [2, 3, 4, 2, 2])
 
 
 def test_cache_for_another_key_split_or_size_is_refused(tmp_path) -> None:
     path = tmp_path / "c.refcache"
-    write_cache(path, _table(10), {"key": "abc", "split": "eval"})
-    for key, split, n, field in (
-        ("abd", "eval", 10, "key"),
-        ("abc", "train", 10, "split"),
-        ("abc", "eval", 11, "pairs"),
+    write_cache(path, _table([2] * 10), {"key": "abc", "split": "eval"})
+    for key, split, widths, field in (
+        ("abd", "eval", [2] * 10, "key"),
+        ("abc", "train", [2] * 10, "split"),
+        ("abc", "eval", [2] * 11, "rows"),
+        ("abc", "eval", [2] * 9 + [3], "responses"),
     ):
         with pytest.raises(CacheUnusable, match=f"header has {field}"):
-            read_cache(path, key, split, n)
+            read_cache(path, key, split, widths)
+    # As many rows and responses, split otherwise between the rows: the stored offsets say so.
+    with pytest.raises(CacheUnusable, match="other numbers of responses"):
+        read_cache(path, "abc", "eval", [3, 1] + [2] * 8)
 
 
 # ---------------------------------------------------------------- the cached reference against the live one
@@ -183,6 +226,10 @@ def test_cached_reference_equals_model_reference_on_random_batches(model, layout
     live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model), chunk_size=7)), layout)
     # The table is scored in batches of 5 in order, the checks below in other, shuffled batches.
     table = score_split(pairs, live, layout, SingleProcessStrategy("cpu"), 5, False, "test")
+    alone = live.pair_logps(layout.collate(pairs[:1]))  # a pair's row is its chosen, then its rejected
+    torch.testing.assert_close(
+        table.values[0, :2].float(), torch.cat([alone.chosen_logps, alone.rejected_logps])
+    )
     cached = CachedReference(table, {"train_key": "x"})
     rng = random.Random(0)
     for size in (1, 3, 8):
@@ -221,21 +268,72 @@ def test_cached_reference_refuses_batches_it_cannot_place(model) -> None:
     cached.pair_logps(layout.collate(pairs[:2]))  # the same pairs, correctly numbered, pass
 
 
-@pytest.mark.parametrize(("n", "micro", "world"), [(15, 1, 2), (7, 3, 2), (1, 2, 2), (10, 4, 3)])
-def test_every_rank_runs_the_same_number_of_forwards(model, n, micro, world) -> None:
-    pairs = random_pairs(n, seed=5)
+@pytest.mark.parametrize("layout_name", ["padded", "packed", "prefix_shared"])
+def test_cached_reference_equals_model_reference_on_random_groups(model, layout_name) -> None:
+    groups = random_groups(23, seed=6)
+    layout = build_layout(layout_name, pad_token_id=0)
+    live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model), chunk_size=7)), layout)
+    table = score_split(groups, live, layout, SingleProcessStrategy("cpu"), 4, False, "test")
+    assert table.offsets.diff().tolist() == [len(g.responses) for g in groups]
+    for i in range(3):  # row i's responses fill slots offsets[i]..offsets[i+1]-1 in the group's order
+        alone = live.response_logps(layout.collate_groups([groups[i]]))
+        stored = table.values[:, table.offsets[i] : table.offsets[i + 1]]
+        torch.testing.assert_close(stored[0].float(), alone.logps, rtol=1e-5, atol=1e-6)
+    cached = CachedReference(table, {})
+    rng = random.Random(1)
+    for size in (1, 3, 7):
+        batch = layout.collate_groups(rng.sample(groups, size))
+        want, got = live.response_logps(batch), cached.response_logps(batch)
+        assert got.logps.dtype == want.logps.dtype and got.logps.shape == (batch.num_sequences,)
+        torch.testing.assert_close(got.logps, want.logps, rtol=1e-5, atol=1e-6)
+        assert torch.equal(got.tokens, want.tokens)
+
+
+def test_cached_reference_refuses_misaligned_groups(model) -> None:
+    prompt, three = [1, 5, 6], [[7, 8], [9], [10, 11, 12]]
+    groups = [
+        TokenizedGroup(prompt, three, [2, 1, 0], "s", 0),
+        TokenizedGroup(prompt, [*three[:2], [10, 11, 12, 13]], [2, 1, 0], "s", 1),  # last response 1 longer
+        TokenizedGroup(prompt, [*three, [14]], [3, 2, 1, 0], "s", 2),  # one response more
+    ]
+    number_rows(groups, [])
     layout = build_layout("padded", pad_token_id=0)
     live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model))), layout)
-    full = score_split(pairs, live, layout, SingleProcessStrategy("cpu"), micro, False, "t")
+    cached = CachedReference(
+        score_split(groups, live, layout, SingleProcessStrategy("cpu"), 2, False, "t"), {}
+    )
+    misplaced = copy.deepcopy(groups[0])
+    misplaced.group_id = -1
+    with pytest.raises(ValueError, match="pair_ids"):
+        cached.response_logps(layout.collate_groups([misplaced]))
+    misplaced.group_id = 2
+    with pytest.raises(RuntimeError, match=r"response counts .* misaligned"):
+        cached.response_logps(layout.collate_groups([misplaced]))
+    misplaced.group_id = 1
+    with pytest.raises(RuntimeError, match=r"token counts .* misaligned"):
+        cached.response_logps(layout.collate_groups([misplaced]))
+    with pytest.raises(ValueError, match="no chosen/rejected halves"):
+        cached.pair_logps(layout.collate_groups(groups[:2]))
+    cached.response_logps(layout.collate_groups(groups[::-1]))  # correctly numbered groups pass, in any order
+
+
+@pytest.mark.parametrize(("n", "micro", "world"), [(15, 1, 2), (7, 3, 2), (1, 2, 2), (10, 4, 3)])
+@pytest.mark.parametrize("kind", ["pairs", "groups"])
+def test_every_rank_runs_the_same_number_of_forwards(model, n, micro, world, kind) -> None:
+    rows = random_pairs(n, seed=5) if kind == "pairs" else random_groups(n, seed=5)
+    layout = build_layout("padded", pad_token_id=0)
+    live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model))), layout)
+    full = score_split(rows, live, layout, SingleProcessStrategy("cpu"), micro, False, "t")
     calls = []
-    real = live.pair_logps
-    live.pair_logps = lambda batch: calls.append(batch.num_pairs) or real(batch)  # type: ignore[method-assign]
+    method = "pair_logps" if kind == "pairs" else "response_logps"
+    real = getattr(live, method)
+    setattr(live, method, lambda batch: calls.append(batch.num_pairs) or real(batch))
     summed = torch.zeros_like(full.values)
     expected_forwards = math.ceil(math.ceil(n / world) / micro)
     busiest = {"batches": float(max(math.ceil(len(range(r, n, world)) / micro) for r in range(world)))}
     for rank in range(world):
         calls.clear()
-        shard = score_split(pairs, live, layout, CountingStrategy(rank, world, busiest), micro, False, "t")
+        shard = score_split(rows, live, layout, CountingStrategy(rank, world, busiest), micro, False, "t")
         assert len(calls) == expected_forwards, rank
         summed += shard.values  # what the sum over processes adds up
     torch.testing.assert_close(summed, full.values, rtol=1e-5, atol=1e-6)

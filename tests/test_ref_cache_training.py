@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from preftune.config import ConfigError
+from preftune.config import Config, ConfigError
 from preftune.model import loading
 from preftune.reference.cache import CachedReference, cache_header, read_cache
 from preftune.reference.sources import ModelReference
@@ -55,19 +55,23 @@ class Spy:
         self.forwards = 0
         self.loaded: list[weakref.ref] = []
         self.lines: list[str] = []
-        real_forward, real_load = ModelReference.pair_logps, loading.load_model
-
-        def forward(ref: ModelReference, batch: Any) -> Any:
-            self.forwards += 1
-            return real_forward(ref, batch)
+        real_load = loading.load_model
 
         def load(*args: Any, **kwargs: Any) -> Any:
             model = real_load(*args, **kwargs)
             self.loaded.append(weakref.ref(model))
             return model
 
-        monkeypatch.setattr(ModelReference, "pair_logps", forward)
+        for method in ("pair_logps", "response_logps"):  # pair batches, prompt-group batches
+            monkeypatch.setattr(ModelReference, method, self._counted(getattr(ModelReference, method)))
         monkeypatch.setattr(loading, "load_model", load)
+
+    def _counted(self, real: Any) -> Any:
+        def forward(ref: ModelReference, batch: Any) -> Any:
+            self.forwards += 1
+            return real(ref, batch)
+
+        return forward
 
     def log(self, line: str) -> None:
         self.lines.append(line)
@@ -76,11 +80,36 @@ class Spy:
         return any(needle in line for line in self.lines)
 
 
-def _train(ws: dict[str, str], out: Path, monkeypatch: pytest.MonkeyPatch, **opts: Any) -> Spy:
+def spied_train(cfg: Config, monkeypatch: pytest.MonkeyPatch) -> Spy:
+    """``preftune train`` with a :class:`Spy` watching it."""
     with monkeypatch.context() as patch:
         spy = Spy(patch)
-        runner.train(toy_config(ws, out, **{**RUN, **opts}), log=spy.log)
+        runner.train(cfg, log=spy.log)
     return spy
+
+
+def damage(path: Path, how: str) -> None:
+    """Cut a file's last 100 bytes ("truncate") or flip one bit near its end ("flip")."""
+    raw = bytearray(path.read_bytes())
+    if how == "truncate":
+        del raw[-100:]
+    else:
+        raw[-5] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def assert_same_cache_files(expected: Path, actual: Path, width: int) -> None:
+    """Two cache folders hold the same files (keys), whose tables of ``width`` responses a row agree."""
+    assert sorted(p.name for p in expected.iterdir()) == sorted(p.name for p in actual.iterdir())
+    for path in actual.iterdir():
+        head = cache_header(path)
+        key, split, widths = head["key"], head["split"], [width] * head["rows"]
+        want = read_cache(expected / path.name, key, split, widths).values
+        torch.testing.assert_close(read_cache(path, key, split, widths).values, want, rtol=1e-5, atol=1e-6)
+
+
+def _train(ws: dict[str, str], out: Path, monkeypatch: pytest.MonkeyPatch, **opts: Any) -> Spy:
+    return spied_train(toy_config(ws, out, **{**RUN, **opts}), monkeypatch)
 
 
 def _assert_same_run(a: Path, b: Path, rtol: float = 1e-5) -> None:
@@ -99,8 +128,7 @@ def plain_run(ws, tmp_path_factory) -> Path:
 def cached_run(ws, tmp_path_factory) -> tuple[Path, Path, Spy]:
     out = tmp_path_factory.mktemp("cached")
     with pytest.MonkeyPatch.context() as patch:
-        spy = Spy(patch)
-        runner.train(toy_config(ws, out, **RUN, **{"ref.precompute": True}), log=spy.log)
+        spy = _train(ws, out, patch, **{"ref.precompute": True})
     return out, out / "ref_cache", spy
 
 
@@ -199,22 +227,17 @@ def test_resume_uses_the_cache_and_checks_its_key(ws, cached_run, tmp_path, monk
         runner.train(toy_config({**ws, "train": str(train)}, changed, **RUN, **opts))
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip"])
-def test_damaged_cache_file_is_recomputed(ws, cached_run, own_cache, tmp_path, monkeypatch, damage) -> None:
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_damaged_cache_file_is_recomputed(ws, cached_run, own_cache, tmp_path, monkeypatch, how) -> None:
     first, _, _ = cached_run
     mine = own_cache
     (path,) = mine.glob("train-*")
-    raw = bytearray(path.read_bytes())
-    if damage == "truncate":
-        del raw[-100:]
-    else:
-        raw[-5] ^= 0x01
-    path.write_bytes(bytes(raw))
+    damage(path, how)
     spy = _train(ws, tmp_path / "out", monkeypatch, **{"ref.precompute": True, "ref.cache_dir": str(mine)})
-    why = "truncated" if damage == "truncate" else "checksum"
+    why = "truncated" if how == "truncate" else "checksum"
     assert spy.said(f"cache {path} is unusable") and spy.said(why) and spy.said("computed 49 train pairs")
     assert spy.said("reusing cache")  # the eval file was whole
-    assert read_cache(path, cache_header(path)["key"], "train", 49).num_pairs == 49  # rewritten whole
+    assert read_cache(path, cache_header(path)["key"], "train", [2] * 49).num_rows == 49  # rewritten whole
     _assert_same_run(first, tmp_path / "out", rtol=1e-7)
 
 
@@ -238,12 +261,7 @@ def test_two_processes_match_one(ws, plain_run, cached_run, tmp_path, strategy) 
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.count("reference log-probs: computed") == 2  # rank 0 logs, once per split
     _assert_same_run(plain_run, out)
-    single = {p.name: p for p in (cached_run[1]).iterdir()}
-    for path in (out / "ref_cache").iterdir():  # rank 0 wrote the same file one process writes
-        head = cache_header(path)
-        key, split, n = head["key"], head["split"], head["pairs"]
-        want = read_cache(single[path.name], key, split, n).values
-        torch.testing.assert_close(read_cache(path, key, split, n).values, want, rtol=1e-5, atol=1e-6)
+    assert_same_cache_files(cached_run[1], out / "ref_cache", width=2)  # rank 0 wrote what one process writes
 
 
 def test_cli_refuses_precompute_with_a_reference_free_loss(ws, tmp_path) -> None:

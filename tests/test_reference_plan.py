@@ -33,6 +33,10 @@ def ws(tmp_path_factory) -> dict[str, str]:
         ({"lora.rank": "4"}, ReferencePlan("adapters_off")),
         ({"ref.precompute": "true"}, ReferencePlan("policy_start", "pol", True, Path("out/ref_cache"))),
         (
+            {"ref.precompute": "true", "data.groups": "true"},
+            ReferencePlan("policy_start", "pol", True, Path("out/ref_cache")),
+        ),
+        (
             {"lora.rank": "4", "ref.precompute": "true", "ref.cache_dir": "shared"},
             ReferencePlan("adapters_off", precompute=True, cache_dir=Path("shared")),
         ),

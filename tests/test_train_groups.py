@@ -98,10 +98,6 @@ def test_two_processes_train_groups_as_one(ws, tmp_path, strategy, extra) -> Non
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        (
-            {"data.groups": "true", "ref.precompute": "true"},
-            "ref.precompute: the reference cache holds pairs",
-        ),
         ({"loss.type": "multi_negative"}, "loss.type: 'multi_negative' is listwise"),
     ],
 )

@@ -32,7 +32,7 @@ def toy_workspace(root: Path, n_train: int = 48, n_eval: int = 16, hidden_size: 
     return {"model": str(model), "train": str(train), "eval": str(evals)}
 
 
-def _group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each prompt with four responses: its own chosen (best) and rejected, and two other prompts' rejected ones."""
     out = []
     for i, row in enumerate(rows):
@@ -46,7 +46,7 @@ def group_workspace(root: Path, n_train: int, n_eval: int) -> dict[str, str]:
     """:func:`toy_workspace` plus prompt-group files (``group_train``, ``group_eval``) of four responses each."""
     paths = toy_workspace(root, n_train=n_train, n_eval=n_eval)
     for split, seed, count in (("group_train", 1, n_train), ("group_eval", 2, n_eval)):
-        rows = _group_rows(synthetic_preference_rows(count, seed=seed))
+        rows = group_rows(synthetic_preference_rows(count, seed=seed))
         paths[split] = str(write_jsonl(root / f"{split}.jsonl", rows))
     return paths
 

@@ -44,8 +44,8 @@ class RefConfig:
     offload: bool = _f(False, "keep the reference whole on CPU (ddp / fsdp2)")
     precompute: bool = _f(
         False,
-        "score train and eval pairs with the reference once before training, cache them on disk, "
-        "and free the reference model during training",
+        "score every train and eval response (pairs or prompt groups) with the reference once before "
+        "training, cache them on disk, and free the reference model during training",
     )
     cache_dir: str | None = _f(
         None, "folder of the reference log-prob cache (default <output_dir>/ref_cache; may be shared by runs)"

@@ -38,6 +38,11 @@ class TokenizedPair:
     index: int
     pair_id: int = -1
 
+    @property
+    def responses(self) -> list[list[int]]:
+        """Its two responses as a group's: chosen, then rejected (the order a reference table keeps them in)."""
+        return [self.chosen_ids, self.rejected_ids]
+
 
 @dataclass
 class TokenizedGroup:

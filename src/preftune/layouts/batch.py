@@ -44,7 +44,7 @@ class Batch:
     )  # (source, index) of each pair, for error messages
     # Segment layouts lay every sequence in one row and say here which tokens attend to which.
     attention_plan: SegmentPlan | None = None
-    pair_ids: Tensor | None = None  # (B,) each pair's TokenizedPair.pair_id, for a precomputed reference
+    pair_ids: Tensor | None = None  # (B,) each pair_id / group_id, for a precomputed reference
     # Group batches only (pair batches leave them None): (S,) the group each sequence answers, and its score.
     sequence_group: Tensor | None = None
     sequence_scores: Tensor | None = None

@@ -1,15 +1,17 @@
 """The reference log-prob cache: content hashes that key it, its file format, and the reference that reads it.
 
-A cache file holds, for one split of tokenised pairs, each pair's summed chosen / rejected reference log-probs
-and response token counts, in the pairs' order. Its key is a hash of (reference weights, model config,
-compute precision, tokenised pairs), so a later run over the same data with the same reference reuses it
-and any change to either makes a new key: a stale cache is never read, only left unused.
+A cache file holds, for one split of tokenised rows (pairs or prompt groups), every response's summed reference
+log-prob and token count, row after row: a pair is a group of two responses, chosen then rejected. Its key is a
+hash of (reference weights, model config, compute precision, tokenised rows), so a later run over the same data
+with the same reference reuses it and any change to either makes a new key: a stale cache is never read, only
+left unused.
 
 File (``<cache_dir>/<split>-<key[:32]>.refcache``)::
 
     PREFTUNE-REFCACHE\\n
-    {"version": 1, "key": ..., "split": "train", "pairs": N, "payload_bytes": 32N, "payload_blake2b": ..., ...}\\n
-    payload: float64 little-endian, 4 rows of N: chosen_logps, rejected_logps, chosen_tokens, rejected_tokens
+    {"version": 2, "key": ..., "split": "train", "rows": N, "responses": R, "payload_bytes": 8(N+1)+16R,
+     "payload_blake2b": ..., ...}\\n
+    payload: int64 little-endian row offsets (N+1), then float64 little-endian, 2 rows of R: logps, tokens
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from ..layouts.batch import ResponseForward
 from ..model.lora import base_state_dict, is_peft_model
 
 if TYPE_CHECKING:
-    from ..data import TokenizedPair
+    from ..data import TokenizedGroup, TokenizedPair
 
-FORMAT_VERSION = 1
+# 2: one table of responses with row offsets, for pairs and prompt groups alike (1 held pairs only).
+FORMAT_VERSION = 2
 MAGIC = b"PREFTUNE-REFCACHE\n"
 # Config entries that say how a model is loaded or what it returns, never what it computes: a reference
 # loaded from another folder, or saved by another transformers version, keeps its key.
@@ -76,12 +79,15 @@ def reference_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def pairs_fingerprint(pairs: Sequence[TokenizedPair]) -> str:
-    """Hash of the tokenised pairs in order: prompt, chosen and rejected ids, each with its length."""
+def rows_fingerprint(rows: Sequence[TokenizedPair | TokenizedGroup]) -> str:
+    """Hash of the tokenised rows in order: each row's prompt ids and its responses' ids in order, every list
+    with its length. Scores are left out: they never change a reference log-prob, so rescoring the same
+    responses reuses the cache. A pair hashes as the group [chosen, rejected]: the same log-probs."""
     h = _hasher()
-    h.update(f"{len(pairs)} pairs".encode())
-    for pair in pairs:
-        for ids in (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids):
+    h.update(f"{len(rows)} rows".encode())
+    for row in rows:
+        h.update(len(row.responses).to_bytes(8, "little"))
+        for ids in (row.prompt_ids, *row.responses):
             h.update(len(ids).to_bytes(8, "little"))
             h.update(array("q", ids).tobytes())
     return h.hexdigest()
@@ -102,28 +108,74 @@ def cache_path(cache_dir: Path, split: str, key: str) -> Path:
     return cache_dir / f"{split}-{key[:32]}.refcache"
 
 
+def row_offsets(widths: Sequence[int]) -> Tensor:
+    """Where each row's responses start in a table, and where the last one ends: widths [2, 3] -> [0, 2, 5]."""
+    offsets = torch.zeros(len(widths) + 1, dtype=torch.long)
+    offsets[1:] = torch.tensor(list(widths), dtype=torch.long).cumsum(0)
+    return offsets
+
+
+def _sequence_rows(batch: Batch) -> Tensor:
+    """(S,) the batch row (pair or group, 0..B-1) each sequence answers, on CPU; a pair batch holds B chosen
+    then B rejected sequences, a group batch says it in ``sequence_group``."""
+    if batch.sequence_group is not None:
+        return batch.sequence_group.cpu()
+    return torch.arange(batch.num_pairs).repeat(2)
+
+
 @dataclass
 class RefTable:
-    """Per-pair reference results, float64 (4, N): chosen_logps, rejected_logps, chosen_tokens, rejected_tokens.
+    """Per-response reference results of N rows: ``values`` float64 (2, R) holds summed log-probs and token
+    counts, and row i's responses are slots ``offsets[i]:offsets[i+1]`` (int64 (N+1,)) in the row's order.
 
+    Example: a pair, then a group of three: offsets [0, 2, 5]; slot 0 is the chosen response, 1 the rejected.
     float64 holds the float32 values the model produced exactly; ``dtype`` is what they are handed back as.
     """
 
     values: Tensor
+    offsets: Tensor
     dtype: torch.dtype = torch.float32
 
     @classmethod
-    def empty(cls, num_pairs: int) -> RefTable:
-        return cls(torch.zeros(4, num_pairs, dtype=torch.float64))
+    def empty(cls, widths: Sequence[int]) -> RefTable:
+        """A zero table for rows of ``widths`` responses each."""
+        offsets = row_offsets(widths)
+        return cls(torch.zeros(2, int(offsets[-1]), dtype=torch.float64), offsets)
+
+    @classmethod
+    def concat(cls, tables: Sequence[RefTable]) -> RefTable:
+        """One table of every table's rows, in order (a run's train rows, then its eval rows)."""
+        if not tables:
+            return cls.empty([])
+        widths = [w for t in tables for w in t.offsets.diff().tolist()]
+        return cls(torch.cat([t.values for t in tables], dim=1), row_offsets(widths), tables[0].dtype)
 
     @property
-    def num_pairs(self) -> int:
-        return int(self.values.shape[1])
+    def num_rows(self) -> int:
+        return int(self.offsets.numel()) - 1
 
-    def put(self, positions: Tensor, out: PairForward) -> None:
-        got = torch.stack([out.chosen_logps, out.rejected_logps, out.chosen_tokens, out.rejected_tokens])
-        self.values[:, positions] = got.detach().to("cpu", torch.float64)
-        self.dtype = out.chosen_logps.dtype
+    def slots(self, row_ids: Tensor, batch: Batch) -> Tensor:
+        """(S,) the slot of each of ``batch``'s sequences, whose batch row b is table row ``row_ids[b]``.
+
+        A row's sequences come in its responses' order in every layout, so the k-th sequence of batch row b
+        is slot ``offsets[row_ids[b]] + k``. Raises when a batch row has another number of responses than
+        its table row: the ids point at other rows than the batch holds.
+        """
+        rows = _sequence_rows(batch)
+        counts = torch.bincount(rows, minlength=row_ids.numel())
+        starts = self.offsets[row_ids]
+        if not torch.equal(counts, self.offsets[row_ids + 1] - starts):
+            raise RuntimeError(
+                "cached reference response counts do not match the batch: row ids are misaligned"
+            )
+        order = torch.argsort(rows, stable=True)  # sequences grouped by row, each row's in response order
+        rank = torch.empty_like(rows)
+        rank[order] = torch.arange(rows.numel()) - (counts.cumsum(0) - counts)[rows[order]]
+        return starts[rows] + rank
+
+    def put(self, slots: Tensor, out: ResponseForward) -> None:
+        self.values[:, slots] = torch.stack([out.logps, out.tokens]).detach().to("cpu", torch.float64)
+        self.dtype = out.logps.dtype
 
 
 class CacheUnusable(Exception):
@@ -132,11 +184,15 @@ class CacheUnusable(Exception):
 
 def write_cache(path: Path, table: RefTable, header: dict[str, Any]) -> None:
     """Write atomically: a temporary file in the same folder, fsynced, then renamed over ``path``."""
-    payload = table.values.contiguous().numpy().astype("<f8", copy=False).tobytes()
+    payload = (
+        table.offsets.contiguous().numpy().astype("<i8", copy=False).tobytes()
+        + table.values.contiguous().numpy().astype("<f8", copy=False).tobytes()
+    )
     head = {
         **header,
         "version": FORMAT_VERSION,
-        "pairs": table.num_pairs,
+        "rows": table.num_rows,
+        "responses": int(table.values.shape[1]),
         "dtype": str(table.dtype).removeprefix("torch."),
         "payload_bytes": len(payload),
         "payload_blake2b": hashlib.blake2b(payload, digest_size=32).hexdigest(),
@@ -173,27 +229,35 @@ def cache_header(path: Path) -> dict[str, Any]:
         return _split_file(fh.read(len(MAGIC)) + fh.readline())[0]
 
 
-def read_cache(path: Path, key: str, split: str, num_pairs: int) -> RefTable:
-    """The table stored at ``path``; raises :class:`CacheUnusable` saying why it cannot be used."""
+def read_cache(path: Path, key: str, split: str, widths: Sequence[int]) -> RefTable:
+    """The table stored at ``path`` for rows of ``widths`` responses each; raises :class:`CacheUnusable`
+    saying why it cannot be used."""
     head, payload = _split_file(path.read_bytes())
-    expected = {"version": FORMAT_VERSION, "key": key, "split": split, "pairs": num_pairs}
+    offsets = row_offsets(widths)
+    n, r = len(widths), int(offsets[-1])
+    expected = {"version": FORMAT_VERSION, "key": key, "split": split, "rows": n, "responses": r}
     for name, want in expected.items():
         if head.get(name) != want:
             raise CacheUnusable(f"its header has {name} {head.get(name)!r}, expected {want!r}")
-    if len(payload) != head.get("payload_bytes") or len(payload) != 32 * num_pairs:
-        what = "truncated" if len(payload) < 32 * num_pairs else "oversized"
-        raise CacheUnusable(f"{what}: {len(payload)} payload bytes, expected {32 * num_pairs}")
+    size = 8 * (n + 1) + 16 * r
+    if len(payload) != head.get("payload_bytes") or len(payload) != size:
+        what = "truncated" if len(payload) < size else "oversized"
+        raise CacheUnusable(f"{what}: {len(payload)} payload bytes, expected {size}")
     if hashlib.blake2b(payload, digest_size=32).hexdigest() != head.get("payload_blake2b"):
         raise CacheUnusable("its payload does not match its checksum (corrupt)")
-    values = torch.from_numpy(np.frombuffer(payload, dtype="<f8").reshape(4, num_pairs).copy())
+    stored = torch.from_numpy(np.frombuffer(payload, dtype="<i8", count=n + 1).copy())
+    if not torch.equal(stored, offsets):
+        raise CacheUnusable("its rows hold other numbers of responses than the data")
+    values = np.frombuffer(payload, dtype="<f8", offset=8 * (n + 1)).reshape(2, r).copy()
     dtype = getattr(torch, str(head.get("dtype", "float32")), None)
     if not isinstance(dtype, torch.dtype):
         raise CacheUnusable(f"unknown dtype {head.get('dtype')!r} in its header")
-    return RefTable(values, dtype)
+    return RefTable(torch.from_numpy(values), offsets, dtype)
 
 
 class CachedReference:
-    """Reference log-probs looked up by each pair's id (``Batch.pair_ids``) in a precomputed table.
+    """Reference log-probs looked up by each batch row's id (``Batch.pair_ids``: a pair's or a prompt group's
+    slot in the run) in a precomputed table.
 
     ``state`` (hashes and keys) goes into every checkpoint, so a resumed run can check it trains against the
     same reference values.
@@ -203,29 +267,31 @@ class CachedReference:
         self.table = table
         self.state = dict(state)
 
-    def pair_logps(self, batch: Batch) -> PairForward:
+    def _lookup(self, batch: Batch) -> Tensor:
+        """(2, S) the stored log-probs and token counts of the batch's sequences, in sequence order."""
         ids = batch.pair_ids
-        n = self.table.num_pairs
+        n = self.table.num_rows
         if ids is None or ids.numel() != batch.num_pairs or bool((ids < 0).any() | (ids >= n).any()):
             raise ValueError(
-                f"a precomputed reference needs batches whose pair_ids index its {n} pairs; got {ids}"
+                f"a precomputed reference needs batches whose pair_ids index its {n} rows; got {ids}"
             )
-        got = self.table.values[:, ids.cpu()]
+        got = self.table.values[:, self.table.slots(ids.cpu(), batch)]
         # The batch's own response lengths must match the cached ones: a mismatch means the ids point at
-        # other pairs than the batch holds, which would silently train against wrong reference values.
-        counted = torch.bincount(batch.score_sequence.cpu(), minlength=2 * batch.num_pairs)
-        if not torch.equal(counted.double(), torch.cat([got[2], got[3]])):
-            raise RuntimeError(
-                "cached reference token counts do not match the batch: pair ids are misaligned"
-            )
-        device = batch.input_ids.device
-        chosen, rejected, chosen_tokens, rejected_tokens = got.to(device, self.table.dtype)
-        return PairForward(chosen, rejected, chosen_tokens, rejected_tokens)
+        # other rows than the batch holds, which would silently train against wrong reference values.
+        counted = torch.bincount(batch.score_sequence.cpu(), minlength=batch.num_sequences)
+        if not torch.equal(counted.double(), got[1]):
+            raise RuntimeError("cached reference token counts do not match the batch: row ids are misaligned")
+        return got.to(batch.input_ids.device, self.table.dtype)
+
+    def pair_logps(self, batch: Batch) -> PairForward:
+        if batch.sequence_group is not None:
+            raise ValueError("a batch of prompt groups has no chosen/rejected halves; use response_logps")
+        (logps, tokens), b = self._lookup(batch), batch.num_pairs
+        return PairForward(logps[:b], logps[b:], tokens[:b], tokens[b:])
 
     def response_logps(self, batch: Batch) -> ResponseForward:
-        raise ValueError(
-            "the reference cache holds pairs; prompt groups need a live reference (no ref.precompute)"
-        )
+        logps, tokens = self._lookup(batch)
+        return ResponseForward(logps, tokens)
 
     def state_for_checkpoint(self) -> dict[str, str]:
         return dict(self.state)

@@ -65,8 +65,6 @@ def plan_reference(cfg: Config) -> ReferencePlan:
         _refuse(ref.name_or_path is not None, "ref.name_or_path", f"{free}; remove the reference model")
         _refuse(ref.precompute, "ref.precompute", f"{free}; there are no reference log-probs to precompute")
         return ReferencePlan("none")
-    _refuse(ref.precompute and cfg.data.groups, "ref.precompute",
-            "the reference cache holds pairs; not with data.groups yet")  # fmt: skip
     cache_dir = Path(ref.cache_dir or Path(cfg.output_dir) / "ref_cache") if ref.precompute else None
     if lora.rank > 0:
         _refuse(ref.name_or_path is not None, "ref.name_or_path",

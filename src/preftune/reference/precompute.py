@@ -1,25 +1,28 @@
-"""``ref.precompute``: one pass of the reference over the train and eval pairs before training, cached on disk.
+"""``ref.precompute``: one pass of the reference over the train and eval rows (pairs or prompt groups) before
+training, cached on disk.
 
-Order of work: hash the reference weights and the tokenised pairs into one key per split; check a resumed
-checkpoint trained against the same key; reuse the split's cache file when it is whole, else score every pair
-with a live reference (each process a disjoint shard, combined by a sum over processes) and write the file on
-the main process. The caller (:func:`~preftune.reference.build.build_reference`) then frees the live model, so
+Order of work: hash the reference weights and the tokenised rows into one key per split; check a resumed
+checkpoint trained against the same key; reuse the split's cache file when it is whole, else score every
+response with a live reference (each process a disjoint shard, combined by a sum over processes) and write the
+file on the main process. The caller (:func:`~preftune.reference.build.build_reference`) then frees the live model, so
 training holds only the policy and the tables.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..data import TokenizedGroup, TokenizedPair
 from ..errors import ConfigError
-from ..layouts import Layout
+from ..layouts import Batch, Layout
+from ..layouts.batch import ResponseForward
 from ..strategy import Strategy, lockstep
 from .cache import (
     CachedReference,
@@ -27,31 +30,39 @@ from .cache import (
     RefTable,
     cache_key,
     cache_path,
-    pairs_fingerprint,
     read_cache,
     reference_fingerprint,
+    rows_fingerprint,
     write_cache,
 )
 from .sources import ReferenceSource
 
-if TYPE_CHECKING:
-    from ..data import TokenizedPair
+# One split's rows: pairs, or prompt groups (one kind per run, never mixed).
+Rows = Sequence[TokenizedPair | TokenizedGroup]
 
 
-def number_pairs(train_pairs: list[TokenizedPair], eval_pairs: list[TokenizedPair]) -> None:
-    """Give every pair its slot in the run's table: train pairs 0..N-1, then eval pairs N..N+M-1."""
-    for pair_id, pair in enumerate([*train_pairs, *eval_pairs]):
-        pair.pair_id = pair_id
+def number_rows(train_rows: Rows, eval_rows: Rows) -> None:
+    """Give every pair or group its row in the run's table: train rows 0..N-1, then eval rows N..N+M-1."""
+    for row_id, row in enumerate([*train_rows, *eval_rows]):
+        if isinstance(row, TokenizedGroup):
+            row.group_id = row_id
+        else:
+            row.pair_id = row_id
+
+
+def _described(rows: Rows, split: str) -> str:
+    """'49 train pairs' or '32 train groups', for the log."""
+    return f"{len(rows)} {split} {'groups' if rows and isinstance(rows[0], TokenizedGroup) else 'pairs'}"
 
 
 @dataclass
 class PrecomputeSetup:
     """What the pass scores and how, besides the reference itself."""
 
-    splits: dict[str, list[TokenizedPair]]  # non-empty splits, numbered by number_pairs
+    splits: Mapping[str, Rows]  # non-empty splits, numbered by number_rows
     layout: Layout
     compute: str  # StrategyOptions.compute_precision: part of the cache key
-    micro_batch: int  # pairs per forward (the eval micro batch size)
+    micro_batch: int  # rows per forward (the eval micro batch size)
     resume: tuple[Path, dict[str, str]] | None = None  # a checkpoint to resume, and its saved reference state
     progress: bool = True
 
@@ -76,8 +87,23 @@ def check_resume(saved: dict[str, str], current: dict[str, str], folder: Path | 
     )
 
 
+def _score(
+    rows: Rows, reference: ReferenceSource, layout: Layout, device: torch.device
+) -> tuple[Batch, ResponseForward]:
+    """One forward of the live reference over ``rows``; pairs go through the layout's pair scoring, as they
+    train, and come back in sequence order (B chosen, then B rejected)."""
+    groups = [row for row in rows if isinstance(row, TokenizedGroup)]
+    if groups:
+        batch = layout.collate_groups(groups).to(device)
+        return batch, reference.response_logps(batch)
+    batch = layout.collate([row for row in rows if isinstance(row, TokenizedPair)]).to(device)
+    out = reference.pair_logps(batch)
+    logps = torch.cat([out.chosen_logps, out.rejected_logps])
+    return batch, ResponseForward(logps, torch.cat([out.chosen_tokens, out.rejected_tokens]))
+
+
 def score_split(
-    pairs: Sequence[TokenizedPair],
+    rows: Rows,
     reference: ReferenceSource,
     layout: Layout,
     strategy: Strategy,
@@ -85,23 +111,23 @@ def score_split(
     progress: bool,
     desc: str,
 ) -> RefTable:
-    """Every pair's reference results; each process scores pairs rank, rank+W, ... and a sum combines them
+    """Every response's reference results; each process scores rows rank, rank+W, ... and a sum combines them
     (every process runs the same number of forwards: :func:`~preftune.strategy.lockstep`)."""
     from tqdm.auto import tqdm
 
-    table = RefTable.empty(len(pairs))
-    mine = list(range(strategy.rank, len(pairs), strategy.world_size))
+    table = RefTable.empty([len(row.responses) for row in rows])
+    mine = list(range(strategy.rank, len(rows), strategy.world_size))
     batches = [mine[i : i + micro_batch] for i in range(0, len(mine), micro_batch)]
-    bar = tqdm(total=len(pairs), desc=desc, disable=not (progress and strategy.is_main()), dynamic_ncols=True)
-    # A process with no pair of its own (fewer pairs than processes) still runs its forwards, on pair 0.
+    bar = tqdm(total=len(rows), desc=desc, disable=not (progress and strategy.is_main()), dynamic_ncols=True)
+    # A process with no row of its own (fewer rows than processes) still runs its forwards, on row 0.
     for positions, real in lockstep(strategy, batches, filler=[0]):
-        out = reference.pair_logps(layout.collate([pairs[i] for i in positions]).to(strategy.device))
+        batch, out = _score([rows[i] for i in positions], reference, layout, strategy.device)
         if real:
-            table.put(torch.tensor(positions), out)
-            bar.update(min(len(positions) * strategy.world_size, len(pairs) - bar.n))
+            table.put(table.slots(torch.tensor(positions), batch), out)
+            bar.update(min(len(positions) * strategy.world_size, len(rows) - bar.n))
     bar.close()
     values = strategy.all_reduce_tensor(table.values)  # each value is non-zero on exactly one process
-    return RefTable(values, table.dtype)
+    return RefTable(values, table.offsets, table.dtype)
 
 
 def _cache_state(weights: nn.Module, setup: PrecomputeSetup, log: Callable[[str], Any]) -> dict[str, str]:
@@ -109,8 +135,8 @@ def _cache_state(weights: nn.Module, setup: PrecomputeSetup, log: Callable[[str]
     started = time.perf_counter()
     state = {"reference": reference_fingerprint(weights), "compute": setup.compute}
     log(f"reference log-probs: weights hashed in {time.perf_counter() - started:.2f} s")
-    for split, pairs in setup.splits.items():
-        state[f"{split}_data"] = pairs_fingerprint(pairs)
+    for split, rows in setup.splits.items():
+        state[f"{split}_data"] = rows_fingerprint(rows)
         state[f"{split}_key"] = cache_key(state["reference"], setup.compute, state[f"{split}_data"])
     return state
 
@@ -123,17 +149,17 @@ def _reusable_tables(
     log: Callable[[str], Any],
 ) -> dict[str, RefTable]:
     tables: dict[str, RefTable] = {}
-    for split, pairs in setup.splits.items():
+    for split, rows in setup.splits.items():
         key, path = state[f"{split}_key"], cache_path(cache_dir, split, state[f"{split}_key"])
         try:
-            tables[split] = read_cache(path, key, split, len(pairs))
+            tables[split] = read_cache(path, key, split, [len(row.responses) for row in rows])
         except FileNotFoundError:
             pass
         except CacheUnusable as why:
             log(f"reference log-probs: cache {path} is unusable ({why}); recomputing")
         # All processes reuse, or all compute: a forward of a sharded reference needs every one of them.
         if strategy.all_reduce({"ok": float(split in tables)})["ok"] == strategy.world_size:
-            log(f"reference log-probs: reusing cache {path} (key {key[:16]}, {len(pairs)} {split} pairs)")
+            log(f"reference log-probs: reusing cache {path} (key {key[:16]}, {_described(rows, split)})")
         else:
             tables.pop(split, None)
     return tables
@@ -175,16 +201,14 @@ def precompute_reference(
         assert source is not None
         started = time.perf_counter()
         key, path = state[f"{split}_key"], cache_path(cache_dir, split, state[f"{split}_key"])
-        pairs = setup.splits[split]
+        rows = setup.splits[split]
         tables[split] = score_split(
-            pairs, source, setup.layout, strategy, setup.micro_batch, setup.progress, f"reference {split}"
+            rows, source, setup.layout, strategy, setup.micro_batch, setup.progress, f"reference {split}"
         )
         header = {"key": key, "split": split, "reference": state["reference"], "compute": setup.compute,
                   "data": state[f"{split}_data"]}  # fmt: skip
         _save_table(path, tables[split], header, strategy)
         log(
-            f"reference log-probs: computed {len(pairs)} {split} pairs in {time.perf_counter() - started:.1f} s, saved {path}"
+            f"reference log-probs: computed {_described(rows, split)} in {time.perf_counter() - started:.1f} s, saved {path}"
         )
-    joined = [tables[split] for split in setup.splits]
-    values = torch.cat([t.values for t in joined], dim=1) if joined else RefTable.empty(0).values
-    return CachedReference(RefTable(values, joined[0].dtype if joined else torch.float32), state)
+    return CachedReference(RefTable.concat([tables[split] for split in setup.splits]), state)

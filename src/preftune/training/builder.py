@@ -6,14 +6,13 @@ import copy
 import os
 import random
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..config import Config, ConfigError, validate
-from ..data import TokenizedPair
 from ..layouts import Layout, build_layout
 from ..model import loading
 from ..model.lora import wrap_lora
@@ -133,12 +132,7 @@ def _precompute_setup(
 ) -> PrecomputeSetup | None:
     if not plan.precompute:
         return None
-    # Pairs only: the plan refuses ref.precompute with data.groups.
-    splits = {
-        name: cast(list[TokenizedPair], rows)
-        for name, rows in (("train", train_pairs), ("eval", eval_pairs))
-        if rows
-    }
+    splits = {name: rows for name, rows in (("train", train_pairs), ("eval", eval_pairs)) if rows}
     folder = resume_point(cfg) if need_train else None
     return PrecomputeSetup(
         splits,

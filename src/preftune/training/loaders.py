@@ -13,7 +13,7 @@ from ..config import Config, ConfigError
 from ..data import TokenizedGroup, TokenizedPair, load_groups, load_pairs, write_data_report
 from ..data.sampler import ResumableSampler
 from ..layouts import Layout
-from ..reference.precompute import number_pairs
+from ..reference.precompute import number_rows
 from ..strategy import Strategy
 from .budget import TokenBudgetSteps, greedy_parts, oversized
 
@@ -24,7 +24,7 @@ Items = list[TokenizedPair] | list[TokenizedGroup]
 def load_splits(
     cfg: Config, tokenizer: Any, out: Path, need_train: bool, log: Any, strategy: Strategy
 ) -> tuple[Items, Items]:
-    """The run's train and eval pairs, numbered for the reference table, with a data report written and every
+    """The run's train and eval rows, numbered for the reference table, with a data report written and every
     size this run cannot train on refused (naming the key)."""
     train_pairs, eval_pairs = _read_splits(cfg, tokenizer, out, need_train, log, strategy.is_main())
     if 0 < len(eval_pairs) < strategy.world_size:
@@ -37,8 +37,7 @@ def load_splits(
             f"train.batch_size: {len(train_pairs)} usable training pairs are fewer than one batch of "
             f"{cfg.train.batch_size} (see {out / 'data_report.json'})"
         )
-    if not cfg.data.groups:  # the reference cache, the one reader of the numbers, holds pairs only
-        number_pairs(train_pairs, eval_pairs)  # type: ignore[arg-type]
+    number_rows(train_pairs, eval_pairs)
     left_out = len(train_pairs) % cfg.train.batch_size
     if need_train and left_out:
         log(
@@ -132,8 +131,7 @@ def _report_oversized(pairs: Items, layout: Layout, budget: int, log: Any) -> No
 
 def _padded_width(item: TokenizedPair | TokenizedGroup) -> int:
     """A padded row is as wide as its prompt plus its longest response."""
-    responses = item.responses if isinstance(item, TokenizedGroup) else [item.chosen_ids, item.rejected_ids]
-    return len(item.prompt_ids) + max(map(len, responses))
+    return len(item.prompt_ids) + max(map(len, item.responses))
 
 
 def _collate(layout: Layout, cfg: Config) -> Any:
