@@ -1,0 +1,76 @@
+"""TR-DPO's reference sync on 2 gloo processes (DDP, FSDP2, DeepSpeed ZeRO-3) equals one process, and the
+sharded reference a checkpoint holds resumes exactly (FSDP2's on another process count)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+from preftune.training import runner
+from test_distributed import RUN, _assert_same_metrics, _assert_same_weights, _torchrun
+from toy_env import toy_config, toy_workspace
+
+# Every step syncs, half way: steps 2-4 each score against a reference that the previous steps moved.
+SYNC = {"ref.sync_steps": 1, "ref.sync_alpha": 0.5}
+
+needs_deepspeed = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> dict[str, str]:
+    return toy_workspace(tmp_path_factory.mktemp("ws_sync_dist"), n_train=64, n_eval=13)
+
+
+@pytest.fixture(scope="module")
+def single_run(ws, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("single_sync")
+    runner.train(toy_config(ws, out, **RUN, **SYNC))
+    return out
+
+
+def _resume_copy(source: Path, dest: Path, step: int) -> None:
+    name = f"step-{step:08d}"
+    shutil.copytree(source / "checkpoints" / name, dest / "checkpoints" / name)
+    shutil.copy(source / "metrics.jsonl", dest / "metrics.jsonl")
+
+
+def test_ddp_sync_matches_one_process(ws, single_run, tmp_path) -> None:
+    _torchrun(ws, tmp_path, "ddp", SYNC)
+    _assert_same_metrics(single_run, tmp_path)
+    _assert_same_weights(single_run, tmp_path)
+
+
+def test_fsdp2_sync_matches_one_process_and_resumes_on_one(ws, single_run, tmp_path) -> None:
+    """The sharded reference is mixed shard by shard; its checkpoint (DCP, sharded) reshards onto 1 process."""
+    two = tmp_path / "two"
+    _torchrun(ws, two, "fsdp2", SYNC)
+    _assert_same_metrics(single_run, two)
+    _assert_same_weights(single_run, two)
+    resumed = tmp_path / "resumed_on_one"
+    _resume_copy(two, resumed, step=2)
+    assert (resumed / "checkpoints" / "step-00000002" / "reference" / ".metadata").is_file()
+    runner.train(toy_config(ws, resumed, **RUN, **SYNC))
+    _assert_same_metrics(single_run, resumed)
+    _assert_same_weights(single_run, resumed)
+
+
+@needs_deepspeed
+def test_zero3_sync_matches_one_process_and_resumes(ws, single_run, tmp_path) -> None:
+    """ZeRO-3 partitions mixed partition by partition (and the small persistent parameters whole); the
+    checkpoint's reference, gathered one parameter at a time, resumes to the same run."""
+    zero3 = {**SYNC, "strategy.zero_stage": 3}
+    full = tmp_path / "full"
+    _torchrun(ws, full, "deepspeed", zero3)
+    _assert_same_metrics(single_run, full)
+    _assert_same_weights(single_run, full)
+    resumed = tmp_path / "resumed"
+    _resume_copy(full, resumed, step=2)
+    assert (resumed / "checkpoints" / "step-00000002" / "reference" / "model.safetensors").is_file()
+    _torchrun(ws, resumed, "deepspeed", zero3)
+    _assert_same_metrics(single_run, resumed)
+    _assert_same_weights(single_run, resumed)
