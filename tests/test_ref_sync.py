@@ -20,6 +20,7 @@ from preftune.model.scorer import SequenceScorer
 from preftune.strategy import SingleProcessStrategy
 from preftune.toy import write_toy_model_dir
 from preftune.training import runner
+from test_distributed import _resume_copy
 from toy_env import assert_close_weights, load_weights, logged_metrics, toy_config, toy_workspace
 
 LORA = {"lora.rank": 8, "lora.alpha": 16, "optim.lr": 1e-2}
@@ -136,12 +137,6 @@ def test_hard_copy_every_step_gives_zero_rewards(ws, tmp_path, lora) -> None:
     assert last_eval["eval/loss"] == pytest.approx(math.log(2), abs=1e-6)
     unsynced = [r for r in logged_metrics(plain) if "loss" in r]
     assert abs(unsynced[-1]["rewards/margins"]) > 1e-5
-
-
-def _resume_copy(source: Path, dest: Path, step: int) -> None:
-    name = f"step-{step:08d}"
-    shutil.copytree(source / "checkpoints" / name, dest / "checkpoints" / name)
-    shutil.copy(source / "metrics.jsonl", dest / "metrics.jsonl")
 
 
 RESUME = {

@@ -4,13 +4,12 @@ sharded reference a checkpoint holds resumes exactly (FSDP2's on another process
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 
 import pytest
 
 from preftune.training import runner
-from test_distributed import RUN, _assert_same_metrics, _assert_same_weights, _torchrun
+from test_distributed import RUN, _assert_same_metrics, _assert_same_weights, _resume_copy, _torchrun
 from toy_env import toy_config, toy_workspace
 
 # Every step syncs, half way: steps 2-4 each score against a reference that the previous steps moved.
@@ -33,30 +32,31 @@ def single_run(ws, tmp_path_factory) -> Path:
     return out
 
 
-def _resume_copy(source: Path, dest: Path, step: int) -> None:
-    name = f"step-{step:08d}"
-    shutil.copytree(source / "checkpoints" / name, dest / "checkpoints" / name)
-    shutil.copy(source / "metrics.jsonl", dest / "metrics.jsonl")
+def _same_run(a: Path, b: Path) -> None:
+    _assert_same_metrics(a, b)
+    _assert_same_weights(a, b)
+
+
+def _resumed_at_step_2(run: Path, dest: Path, reference_file: str) -> Path:
+    """``run``'s step-2 checkpoint copied to ``dest``, checked to hold the synced reference as ``reference_file``."""
+    _resume_copy(run, dest, step=2)
+    assert (dest / "checkpoints" / "step-00000002" / "reference" / reference_file).is_file()
+    return dest
 
 
 def test_ddp_sync_matches_one_process(ws, single_run, tmp_path) -> None:
     _torchrun(ws, tmp_path, "ddp", SYNC)
-    _assert_same_metrics(single_run, tmp_path)
-    _assert_same_weights(single_run, tmp_path)
+    _same_run(single_run, tmp_path)
 
 
 def test_fsdp2_sync_matches_one_process_and_resumes_on_one(ws, single_run, tmp_path) -> None:
     """The sharded reference is mixed shard by shard; its checkpoint (DCP, sharded) reshards onto 1 process."""
     two = tmp_path / "two"
     _torchrun(ws, two, "fsdp2", SYNC)
-    _assert_same_metrics(single_run, two)
-    _assert_same_weights(single_run, two)
-    resumed = tmp_path / "resumed_on_one"
-    _resume_copy(two, resumed, step=2)
-    assert (resumed / "checkpoints" / "step-00000002" / "reference" / ".metadata").is_file()
+    _same_run(single_run, two)
+    resumed = _resumed_at_step_2(two, tmp_path / "resumed_on_one", ".metadata")  # DCP's index file
     runner.train(toy_config(ws, resumed, **RUN, **SYNC))
-    _assert_same_metrics(single_run, resumed)
-    _assert_same_weights(single_run, resumed)
+    _same_run(single_run, resumed)
 
 
 @needs_deepspeed
@@ -66,11 +66,7 @@ def test_zero3_sync_matches_one_process_and_resumes(ws, single_run, tmp_path) ->
     zero3 = {**SYNC, "strategy.zero_stage": 3}
     full = tmp_path / "full"
     _torchrun(ws, full, "deepspeed", zero3)
-    _assert_same_metrics(single_run, full)
-    _assert_same_weights(single_run, full)
-    resumed = tmp_path / "resumed"
-    _resume_copy(full, resumed, step=2)
-    assert (resumed / "checkpoints" / "step-00000002" / "reference" / "model.safetensors").is_file()
+    _same_run(single_run, full)
+    resumed = _resumed_at_step_2(full, tmp_path / "resumed", "model.safetensors")
     _torchrun(ws, resumed, "deepspeed", zero3)
-    _assert_same_metrics(single_run, resumed)
-    _assert_same_weights(single_run, resumed)
+    _same_run(single_run, resumed)
