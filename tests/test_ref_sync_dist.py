@@ -70,3 +70,11 @@ def test_zero3_sync_matches_one_process_and_resumes(ws, single_run, tmp_path) ->
     resumed = _resumed_at_step_2(full, tmp_path / "resumed", "model.safetensors")
     _torchrun(ws, resumed, "deepspeed", zero3)
     _same_run(single_run, resumed)
+
+
+def test_lora_deltas_under_ddp_match_one_process(ws, tmp_path) -> None:
+    """Each process keeps its own deltas, mixed from identical adapters: the same run as one process."""
+    lora = {**SYNC, "lora.rank": 8, "lora.alpha": 16, "optim.lr": 1e-2}
+    runner.train(toy_config(ws, tmp_path / "one", **RUN, **lora))
+    _torchrun(ws, tmp_path / "two", "ddp", lora)
+    _same_run(tmp_path / "one", tmp_path / "two")
