@@ -50,6 +50,15 @@ class RefConfig:
     cache_dir: str | None = _f(
         None, "folder of the reference log-prob cache (default <output_dir>/ref_cache; may be shared by runs)"
     )
+    sync_steps: int = _f(
+        0,
+        "TR-DPO: every N optimizer steps the reference becomes sync_alpha x policy + (1 - sync_alpha) x reference "
+        "(0 = off). A frozen reference copy is mixed in place; with LoRA each adapted layer keeps a frozen dense "
+        "delta (one extra weight matrix per adapted layer, in the model's dtype) that only the reference adds",
+    )
+    sync_alpha: float = _f(
+        0.6, "TR-DPO mixing weight of the policy, in (0, 1]; 1 copies the policy (TRL's 0.6)"
+    )
 
 
 @dataclass

@@ -52,9 +52,27 @@ def _refuse(bad: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def _refuse_sync(cfg: Config) -> None:
+    """TR-DPO's sync (``ref.sync_steps``) needs a live reference that every process mixes exactly."""
+    ref = cfg.ref
+    _refuse(ref.sync_steps < 0, "ref.sync_steps", f"must be >= 0 (0 = off), got {ref.sync_steps}")
+    _refuse(not 0 < ref.sync_alpha <= 1, "ref.sync_alpha", f"must be in (0, 1], got {ref.sync_alpha}")
+    if ref.sync_steps == 0:
+        return
+    sync = f"with ref.sync_steps {ref.sync_steps}"
+    _refuse(ref.precompute, "ref.precompute",
+            f"{sync} the reference moves during training, so precomputed log-probs would go stale")  # fmt: skip
+    _refuse(get_loss(cfg.loss.type).reference_free, "ref.sync_steps",
+            f"loss.type {cfg.loss.type!r} is reference-free; there is no reference to sync")  # fmt: skip
+    # LoRA itself runs on single or ddp only (its own check names strategy.name); the deltas assume it.
+    _refuse(cfg.lora.rank > 0 and cfg.strategy.name not in ("single", "ddp"), "ref.sync_steps",
+            f"with lora.rank > 0 the reference's deltas are kept on single or ddp, not {cfg.strategy.name}")  # fmt: skip
+
+
 def plan_reference(cfg: Config) -> ReferencePlan:
     """The run's reference; refuses a combination that cannot have one, naming the key."""
     ref, lora = cfg.ref, cfg.lora
+    _refuse_sync(cfg)
     _refuse(
         lora.rank > 0 and ref.offload,
         "ref.offload",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -15,6 +16,8 @@ from ..layouts import Batch, Layout, PairForward
 from ..layouts.batch import ResponseForward, score_responses
 from ..model.scorer import SequenceScorer
 from ..strategy import Strategy
+from ..strategy.mixing import paired_parameters
+from .lora_deltas import LoraDeltas
 
 
 class ReferenceSource(Protocol):
@@ -61,6 +64,22 @@ class LiveReference:
     def state_for_checkpoint(self) -> dict[str, str]:
         return {}
 
+    # TR-DPO (ref.sync_steps): a live reference can move towards the policy; each kind says how.
+
+    def sync_from(self, policy: nn.Module, alpha: float, strategy: Strategy) -> None:
+        """This reference <- ``alpha`` x ``policy`` + (1 - ``alpha``) x this reference (``policy`` prepared)."""
+        raise NotImplementedError
+
+    def check_sync(self, policy: nn.Module, strategy: Strategy) -> None:
+        """Refuse, before training, a reference that :meth:`sync_from` could not mix with ``policy``."""
+
+    def save_synced(self, folder: Path, strategy: Strategy) -> None:
+        """Write what the syncs changed into the new folder ``folder`` (every process calls it)."""
+        raise NotImplementedError
+
+    def load_synced(self, folder: Path, strategy: Strategy) -> None:
+        raise NotImplementedError
+
 
 class ModelReference(LiveReference):
     """A separate frozen model scored with the same layout as the policy (one forward per step)."""
@@ -81,6 +100,25 @@ class ModelReference(LiveReference):
             return dataclasses.replace(
                 out, **{k: v.to(back) for k, v in moved.items() if isinstance(v, Tensor)}
             )
+
+    def sync_from(self, policy: nn.Module, alpha: float, strategy: Strategy) -> None:
+        strategy.mix_weights(
+            self.scorer, policy, alpha
+        )  # how the weights are held is the strategy's business
+
+    def check_sync(self, policy: nn.Module, strategy: Strategy) -> None:
+        try:
+            list(paired_parameters(strategy.unwrap(self.scorer), strategy.unwrap(policy)))
+        except ValueError as exc:
+            raise ValueError(
+                f"ref.sync_steps: the reference cannot be mixed with the policy: {exc}"
+            ) from None
+
+    def save_synced(self, folder: Path, strategy: Strategy) -> None:
+        strategy.save_frozen(folder, self.scorer)
+
+    def load_synced(self, folder: Path, strategy: Strategy) -> None:
+        strategy.load_frozen(folder, self.scorer)
 
 
 def model_reference(
@@ -104,12 +142,25 @@ class AdapterDisabledReference(LiveReference):
         self.peft_model: Any = peft_model
         self.scorer = SequenceScorer(peft_model, lm_head_chunk)
         self.layout = layout
+        self.deltas = LoraDeltas(peft_model)  # what TR-DPO syncs add to the base weights; none until then
 
     def _run(self, score: Callable[[Batch], Result], batch: Batch) -> Result:
         was_training = self.scorer.training
         self.scorer.eval()
         try:
-            with torch.no_grad(), self.peft_model.disable_adapter():
+            with torch.no_grad(), self.peft_model.disable_adapter(), self.deltas.applied():
                 return score(batch)
         finally:
             self.scorer.train(was_training)
+
+    def sync_from(self, policy: nn.Module, alpha: float, strategy: Strategy) -> None:
+        # The policy is this same peft model (under DDP each process holds identical adapters, so identical deltas).
+        self.deltas.mix_from_adapters(alpha)
+
+    def save_synced(self, folder: Path, strategy: Strategy) -> None:
+        if strategy.is_main():
+            self.deltas.save(folder)
+        strategy.barrier()
+
+    def load_synced(self, folder: Path, strategy: Strategy) -> None:
+        self.deltas.load(folder)

@@ -92,6 +92,20 @@ class Strategy(Protocol):
         """Restore what :meth:`save_state` wrote (every process calls it)."""
         ...
 
+    def mix_weights(self, target: nn.Module, source: nn.Module, alpha: float) -> None:
+        """``target <- alpha * source + (1 - alpha) * target`` parameter by parameter, in place and in the
+        target's dtype, each process on the part it holds (never a whole sharded model): TR-DPO's reference
+        update. ``target`` and ``source`` are prepared modules of one architecture."""
+        ...
+
+    def save_frozen(self, folder: Path, module: nn.Module) -> None:
+        """Write a frozen prepared module's weights into the new folder ``folder`` (every process calls it)."""
+        ...
+
+    def load_frozen(self, folder: Path, module: nn.Module) -> None:
+        """Restore what :meth:`save_frozen` wrote (every process calls it)."""
+        ...
+
     def full_state_dict(self, module: nn.Module) -> dict[str, Tensor] | None:
         """The whole model's weights on the main process (None elsewhere), for a Hugging Face export."""
         ...

@@ -10,15 +10,21 @@ import json
 import os
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..config import Config, ConfigError
 from .distributed import DDPStrategy
+from .mixing import mix_, paired_parameters
 
 CHECKPOINT_TAG = "deepspeed"
+
+
+def _is_zero3(module: nn.Module) -> bool:
+    """The module's parameters are ZeRO-3 partitioned (a reference held in an inference engine)."""
+    return any(hasattr(p, "ds_id") for p in module.parameters())
 
 
 def default_cpu_accelerator() -> None:
@@ -187,6 +193,60 @@ class DeepSpeedStrategy(DDPStrategy):
         )
         if scheduler is not None and (folder / "scheduler.pt").is_file():
             scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+
+    def mix_weights(self, target: nn.Module, source: nn.Module, alpha: float) -> None:
+        """Under ZeRO-3 partition by partition: both engines split each parameter alike (its flattened elements
+        in world-size slices), so each process mixes the slice it holds. A whole tensor is mixed too where the
+        reference keeps one: offloaded to CPU (ref.offload), or a small parameter ZeRO-3 keeps gathered
+        (persistent), whose forward reads the whole tensor, not the slice."""
+        if self.stage != 3:
+            super().mix_weights(target, source, alpha)
+            return
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+        available = ZeroParamStatus.AVAILABLE
+        for name, mine, theirs in paired_parameters(self.unwrap(target), self.unwrap(source)):
+            ours, other = cast(Any, mine), cast(Any, theirs)  # ZeRO-3 adds attributes torch does not declare
+            if hasattr(ours, "ds_tensor"):
+                if ours.ds_tensor.numel() != other.ds_tensor.numel():
+                    raise ValueError(f"{name}: the reference is partitioned differently from the policy")
+                mix_(ours.ds_tensor, other.ds_tensor, alpha)
+            if not hasattr(ours, "ds_tensor") or ours.ds_status == available:
+                gathered = getattr(theirs, "ds_status", available) != available
+                with self.deepspeed.zero.GatheredParameters([theirs], enabled=gathered):
+                    mix_(mine.data, theirs.data, alpha)
+
+    def save_frozen(self, folder: Path, module: nn.Module) -> None:
+        """A ZeRO-3 engine's weights gathered one parameter at a time into a safetensors file on the main
+        process (DCP cannot read ZeRO-3 partitions); any other module through DCP."""
+        if not _is_zero3(module):
+            super().save_frozen(folder, module)
+            return
+        weights: dict[str, Tensor] = {}
+        for name, param in self.unwrap(module).named_parameters():
+            with self.deepspeed.zero.GatheredParameters([param]):
+                if self.is_main():
+                    weights[name] = param.data.detach().cpu().clone()
+        if self.is_main():
+            from safetensors.torch import save_file
+
+            folder.mkdir()
+            save_file(weights, str(folder / "model.safetensors"))
+        self.barrier()
+
+    def load_frozen(self, folder: Path, module: nn.Module) -> None:
+        if not _is_zero3(module):
+            super().load_frozen(folder, module)
+            return
+        from safetensors.torch import load_file
+
+        weights = load_file(str(folder / "model.safetensors")) if self.is_main() else {}
+        for name, param in self.unwrap(module).named_parameters():
+            # DeepSpeed's documented way to set a partitioned parameter: the main process writes the gathered
+            # tensor, the engine broadcasts and re-partitions it on exit.
+            with self.deepspeed.zero.GatheredParameters([param], modifier_rank=0), torch.no_grad():
+                if self.is_main():
+                    param.data.copy_(weights[name])
 
     def full_state_dict(self, module: nn.Module) -> dict[str, Tensor] | None:
         inner = self.unwrap(module)

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .mixing import mix_, paired_parameters
 from .single import SingleProcessStrategy
 from .state import full_model_state
 
@@ -150,6 +151,26 @@ class FSDP2Strategy(DDPStrategy):
 
     def unwrap(self, module: nn.Module) -> nn.Module:
         return module
+
+    def mix_weights(self, target: nn.Module, source: nn.Module, alpha: float) -> None:
+        """Shard by shard: the policy and a sharded reference are split alike (same layers, same mesh), so each
+        process mixes its local shards and nothing is communicated. An offloaded reference is whole on every
+        process; it takes each policy parameter gathered, one at a time."""
+        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.tensor import DTensor
+
+        for module in (*target.modules(), *source.modules()):
+            if isinstance(module, FSDPModule):
+                module.reshard()  # a forward-only root may still hold its gathered weights
+        for name, mine, theirs in paired_parameters(target, source):
+            if isinstance(mine, DTensor) and isinstance(theirs, DTensor):
+                if mine.placements != theirs.placements or mine.device_mesh != theirs.device_mesh:
+                    raise ValueError(f"{name}: the reference is sharded differently from the policy")
+                mix_(mine.to_local(), theirs.to_local(), alpha)
+            elif isinstance(mine, DTensor):
+                raise ValueError(f"{name}: a sharded reference needs a sharded policy")
+            else:
+                mix_(mine, theirs.full_tensor() if isinstance(theirs, DTensor) else theirs, alpha)
 
     def accumulate(self, module: nn.Module, is_last_micro_step: bool) -> AbstractContextManager[Any]:
         set_sync = getattr(module, "set_requires_gradient_sync", None)

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .state import load_training_state, save_training_state
+from .mixing import mix_, paired_parameters
+from .state import load_frozen_state, load_training_state, save_frozen_state, save_training_state
 
 
 def default_device() -> torch.device:
@@ -86,6 +87,16 @@ class SingleProcessStrategy:
         self, folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any
     ) -> None:
         load_training_state(folder, module, optimizer, scheduler)
+
+    def mix_weights(self, target: nn.Module, source: nn.Module, alpha: float) -> None:
+        for _, mine, theirs in paired_parameters(self.unwrap(target), self.unwrap(source)):
+            mix_(mine, theirs, alpha)
+
+    def save_frozen(self, folder: Path, module: nn.Module) -> None:
+        save_frozen_state(folder, module)
+
+    def load_frozen(self, folder: Path, module: nn.Module) -> None:
+        load_frozen_state(folder, module)
 
     def full_state_dict(self, module: nn.Module) -> dict[str, Tensor] | None:
         return self.unwrap(module).state_dict()

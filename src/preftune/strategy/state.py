@@ -19,6 +19,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 
@@ -76,3 +77,19 @@ def full_model_state(module: nn.Module) -> dict[str, torch.Tensor]:
         module, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
     return state
+
+
+def save_frozen_state(folder: Path, module: nn.Module) -> None:
+    """A frozen module's whole state (a TR-DPO reference that has drifted from its files) in DCP form; a
+    sharded module stays sharded, since DCP writes each process's shards."""
+    state: Any = get_model_state_dict(module)
+    with _single_process_quiet():
+        dcp.save({"model": state}, checkpoint_id=str(folder))
+
+
+def load_frozen_state(folder: Path, module: nn.Module) -> None:
+    """Restore what :func:`save_frozen_state` wrote, resharded to this run's processes."""
+    state: Any = get_model_state_dict(module)
+    with _single_process_quiet():
+        dcp.load({"model": state}, checkpoint_id=str(folder))
+    set_model_state_dict(module, state)

@@ -105,7 +105,7 @@ def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tup
         scheduler, max_norm=cfg.optim.max_norm, beta=cfg.loss.beta, max_epochs=cfg.train.max_epochs,
         save_hf_ckpt=cfg.ckpt.save_hf, disable_ds_ckpt=cfg.ckpt.disable,
         loss_config=cfg.loss, layout=layout, lm_head_chunk=cfg.train.lm_head_chunk, reference=reference,
-        groups=cfg.data.groups,
+        groups=cfg.data.groups, ref_sync_steps=cfg.ref.sync_steps, ref_sync_alpha=cfg.ref.sync_alpha,
     )  # fmt: skip
     return trainer, steps_per_epoch
 

@@ -90,11 +90,13 @@ def save_checkpoint(
     keep: int,
     export: Any = None,
     extra: dict[str, Any] | None = None,
+    reference: Any = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically, then drop all but the newest ``keep``.
 
     ``export`` (optional) is called with a folder to also write a Hugging Face copy inside the checkpoint;
-    ``extra`` holds tensors-bearing trainer state (e.g. a loss's running statistics), saved with torch.save.
+    ``extra`` holds tensors-bearing trainer state (e.g. a loss's running statistics), saved with torch.save;
+    ``reference`` (optional) is called on every process with the folder to save a reference that has moved.
     """
     final = _step_dir(root, step)
     tmp = root / f".tmp-step-{step:08d}"
@@ -106,6 +108,8 @@ def save_checkpoint(
             tmp.mkdir()
         strategy.barrier()
         strategy.save_state(tmp, module, optimizer, scheduler, trainer_state)
+        if reference is not None:
+            reference(tmp)
         if export is not None:
             export(tmp / "hf")
         _write(tmp, strategy, trainer_state, extra)

@@ -3,6 +3,7 @@ does that)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from ..losses import LossState, get_loss
 from ..model.scorer import SequenceScorer
 from ..reference.build import trainer_reference
 from ..reference.sources import ReferenceSource
+from ..reference.sync import reference_sync
 from ..strategy import Strategy, lockstep
 from .checkpoint import export_hf, load_checkpoint, save_checkpoint
 from .metrics import GroupStats, PairStats, Sinks, StepWindow, build_sinks
@@ -37,6 +39,9 @@ class DPOTrainer:
     given. Dataloaders yield :class:`~preftune.layouts.Batch` objects made by ``layout.collate``, the train one
     ``strategy.accumulation_steps`` per step; or the train one is a :class:`~.step.StepLoader` that yields each
     step's micro-batches itself (a token budget, :class:`~.budget.TokenBudgetSteps`).
+
+    ``ref_sync_steps`` > 0: TR-DPO, the reference becomes ``ref_sync_alpha`` x policy + (1 - ``ref_sync_alpha``) x
+    reference after every ``ref_sync_steps``-th optimizer step (see :mod:`preftune.reference.sync`).
 
     ``groups``: the dataloaders yield batches of prompt groups (``layout.collate_groups``), each trained on all
     its responses at once by the loss ``loss_config.type`` names (listwise, or pairwise over the group's pairs).
@@ -66,6 +71,8 @@ class DPOTrainer:
         reference: ReferenceSource | None = None,
         lm_head_chunk: int = 1024,
         groups: bool = False,
+        ref_sync_steps: int = 0,
+        ref_sync_alpha: float = 0.6,
     ) -> None:
         self.strategy = strategy
         self.tokenizer = tokenizer
@@ -94,7 +101,13 @@ class DPOTrainer:
         # Polled after every optimizer step (e.g. a SIGTERM handler); the runner installs one.
         self.should_stop: Callable[[], bool] = lambda: False
         self.on_gradients: list[Callable[[DPOTrainer], None]] = []
-        self.on_step_end: list[Callable[[DPOTrainer, StepResult], None]] = []
+        # TR-DPO: the reference follows the policy every ref_sync_steps steps (first of the step-end hooks).
+        self.reference_sync = reference_sync(
+            self.reference, self.scorer, strategy, ref_sync_steps, ref_sync_alpha
+        )
+        self.on_step_end: list[Callable[[DPOTrainer, StepResult], None]] = (
+            [self.reference_sync] if self.reference_sync else []
+        )
 
     # ------------------------------------------------------------------ one micro-batch, shared by train and eval
 
@@ -265,6 +278,7 @@ class DPOTrainer:
         return save_checkpoint(
             Path(args.output_dir) / "checkpoints", self.global_step, self.strategy, self.scorer, self.optimizer,
             self.scheduler, state, keep=args.ckpt.keep, export=export, extra={"loss_state": self.loss_state.state_dict()},
+            reference=functools.partial(self.reference_sync.save, step=self.global_step) if self.reference_sync else None,
         )  # fmt: skip
 
     def _export(self, folder: Path, args: Config, config_yaml: str | None) -> None:
@@ -277,6 +291,8 @@ class DPOTrainer:
         state = load_checkpoint(folder, self.strategy, self.scorer, self.optimizer, self.scheduler)
         self.loss_state.load_state_dict(state["extra"].get("loss_state", {}))
         self.global_step = state["global_step"]
+        if self.reference_sync is not None:
+            self.reference_sync.load(folder, self.global_step)
         return int(state["consumed_samples"])
 
 
