@@ -98,3 +98,53 @@ def test_aligned_logps_equal_the_naive_full_logits_value(layout_cls) -> None:
     torch.testing.assert_close(out.rejected_aligned, want_r, rtol=1e-5, atol=1e-5)
     assert plain.chosen_aligned is None  # only computed when asked for
     assert torch.equal(out.chosen_logps, plain.chosen_logps)
+
+
+def _pair_losses(layout, cfg, model, ref_model, pairs=PAIRS):
+    from preftune.losses import LossState
+    from preftune.reference.sources import ModelReference, freeze
+    from preftune.training.objective import pair_losses
+
+    reference = ModelReference(freeze(SequenceScorer(ref_model, chunk_size=3)), layout)
+    scorer = SequenceScorer(model, chunk_size=3)
+    return pair_losses(scorer, reference, layout, layout.collate(pairs), cfg, LossState())
+
+
+@pytest.mark.parametrize("layout_cls", LAYOUTS)
+def test_ld_alpha_one_trains_exactly_as_plain_dpo(layout_cls) -> None:
+    from preftune.config import LossConfig
+
+    model, ref_model = build_toy_model(97, seed=3), build_toy_model(97, seed=4)
+    got = _pair_losses(layout_cls(0, ld_alpha=1.0), LossConfig(ld_alpha=1.0), model, ref_model)
+    want = _pair_losses(layout_cls(0), LossConfig(), model, ref_model)
+    assert torch.equal(got.per_pair, want.per_pair)
+    assert torch.equal(got.loss.chosen_rewards, want.loss.chosen_rewards)
+
+
+def test_a_batch_collated_for_another_ld_alpha_is_refused() -> None:
+    from preftune.config import LossConfig
+
+    model = build_toy_model(97, seed=3)
+    with pytest.raises(
+        ValueError, match=r"loss\.ld_alpha is 0\.5 but the batch was collated with ld_alpha None"
+    ):
+        _pair_losses(PaddedLayout(0), LossConfig(ld_alpha=0.5), model, model)
+
+
+@pytest.mark.parametrize("layout_cls", LAYOUTS)
+def test_wpo_model_gradient_is_the_weight_times_the_plain_gradient(layout_cls) -> None:
+    """Through the chunked LM head and a real model: the lse outputs carry no gradient, so with one pair
+    d(w loss)/d theta = w d(loss)/d theta, with w from the policy's own forward."""
+    from preftune.config import LossConfig
+
+    ref_model = build_toy_model(97, seed=4)
+    grads, weights = {}, None
+    for wpo in (True, False):
+        model = build_toy_model(97, seed=3)
+        out = _pair_losses(layout_cls(0), LossConfig(wpo=wpo, wpo_clamp=False), model, ref_model, PAIRS[:1])
+        out.objective.backward()
+        grads[wpo] = {n: p.grad.clone() for n, p in model.named_parameters()}
+        weights = out.loss.weights if wpo else weights
+    assert weights is not None and weights.shape == (1,) and float(weights) != 1.0
+    for name, plain in grads[False].items():
+        torch.testing.assert_close(grads[True][name], weights[0] * plain, rtol=1e-5, atol=1e-7, msg=name)
