@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,41 @@ def test_train_takes_a_token_budget(ws, tmp_path) -> None:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2] and all(row["pairs"] == 8 for row in rows)
     assert "micro_batch_tokens: 100" in (out / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("--loss.wpo", "true"),  # auto layout (prefix_shared), live reference
+        (
+            "--loss.ld_alpha",
+            "0.5",
+            "--ref.precompute",
+            "true",
+            "--train.layout",
+            "packed",
+        ),  # cached reference
+    ],
+)
+def test_train_with_wpo_or_ld_alpha_logs_finite_losses(ws, tmp_path, options) -> None:
+    out = tmp_path / "run"
+    result = _cli(
+        "train", "--model.name_or_path", ws["model"], "--data.train", ws["train"], "--data.eval", ws["eval"],
+        "--output_dir", str(out), "--optim.lr", "1e-3", "--train.micro_batch_size", "4", "--train.batch_size", "8",
+        "--train.max_steps", "3", "--data.max_len", "64", "--log.progress", "false", "--log.report", "false",
+        "--data.max_samples", "24", "--data.eval_max_samples", "8", *options,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "eval/loss" in r]
+    assert len(train) == 3 and evals
+    assert all(math.isfinite(r["loss"]) for r in train) and math.isfinite(evals[-1]["eval/loss"])
+    wpo = options[0] == "--loss.wpo"
+    # The mean WPO weight is logged when (and only when) WPO is on; min(1, w) keeps it in (0, 1].
+    assert all(("wpo/weight" in r) == wpo for r in train) and ("eval/wpo/weight" in evals[-1]) == wpo
+    if wpo:
+        assert all(0 < r["wpo/weight"] <= 1 for r in train)
 
 
 def test_eval_command_reports_metrics(ws, tmp_path) -> None:

@@ -38,6 +38,9 @@ def test_yaml_then_overrides(tmp_path) -> None:
         ({"nope.key": "1"}, "unknown config key 'nope.key'"),
         ({"data.input_template": "no slot"}, "data.input_template"),
         ({"data.train": "a,b", "data.train_probs": "1"}, "data.train_probs: has 1 values for 2 sources"),
+        ({"loss.ld_alpha": "0"}, "loss.ld_alpha: must be in (0, 1] (or none: off), got 0.0"),
+        ({"loss.ld_alpha": "1.5"}, "loss.ld_alpha: must be in (0, 1]"),
+        ({"loss.wpo": "maybe"}, "loss.wpo: expected true or false"),
     ],
 )
 def test_bad_values_name_the_key(overrides, needle) -> None:
@@ -45,6 +48,14 @@ def test_bad_values_name_the_key(overrides, needle) -> None:
         load_config(None, overrides)
     assert needle in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_scoring_options_default_off_and_parse() -> None:
+    loss = load_config(None, {}).loss
+    assert (loss.wpo, loss.wpo_clamp, loss.ld_alpha) == (False, True, None)
+    loss = load_config(None, {"loss.wpo": "true", "loss.wpo_clamp": "false", "loss.ld_alpha": "0.5"}).loss
+    assert (loss.wpo, loss.wpo_clamp, loss.ld_alpha) == (True, False, 0.5)
+    assert load_config(None, {"loss.ld_alpha": "none"}).loss.ld_alpha is None
 
 
 def test_world_size_enters_divisibility() -> None:

@@ -1,10 +1,12 @@
 """The chunked LM-head log-probs and the padded layout equal the naive full-logits path."""
 
+import math
+
 import pytest
 import torch
 
 from preftune.layouts import PaddedLayout
-from preftune.model.logps import chunked_token_logps, naive_token_logps
+from preftune.model.logps import chunked_token_logps, chunked_token_logps_lse, naive_token_logps
 from preftune.model.scorer import SequenceScorer
 from preftune.toy import build_toy_model
 from toy_env import id_pair
@@ -110,3 +112,36 @@ def test_moe_aux_loss_is_returned_for_mixtral() -> None:
         SequenceScorer(model), layout.collate([id_pair([4, 5], [6, 7], [8])]), want_aux=True
     )
     assert out.aux_loss is not None and out.aux_loss.requires_grad and float(out.aux_loss.detach()) > 0
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("chunk", [1, 3, 4, 64])
+def test_chunked_lse_outputs_equal_logsumexp_of_full_logits(with_bias: bool, chunk: int) -> None:
+    gen = torch.Generator().manual_seed(7)
+    hidden = torch.randn(10, 8, generator=gen, requires_grad=True)
+    weight = torch.randn(50, 8, generator=gen, requires_grad=True)
+    bias = torch.randn(50, generator=gen) if with_bias else None
+    targets = torch.randint(0, 50, (10,), generator=gen)
+
+    logps, lse = chunked_token_logps_lse(hidden, weight, targets, bias, chunk_size=chunk)
+    logits = torch.nn.functional.linear(hidden, weight, bias).detach()
+    assert lse.shape == (10, 2) and not lse.requires_grad
+    torch.testing.assert_close(lse[:, 0], torch.logsumexp(logits, dim=-1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(lse[:, 1], torch.logsumexp(2 * logits, dim=-1), rtol=1e-6, atol=1e-6)
+    # The log-probs and their gradients are those of the plain call: the extra output changes nothing.
+    plain = chunked_token_logps(hidden, weight, targets, bias, chunk_size=chunk)
+    assert torch.equal(logps, plain)
+    got = torch.autograd.grad(logps.sum(), [hidden, weight])
+    want = torch.autograd.grad(plain.sum(), [hidden, weight])
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+
+
+def test_chunked_lse_closed_form_and_empty() -> None:
+    # One row, hidden [1], weight [[0], [ln 3]]: logits [0, ln 3] -> lse(z) = ln 4, lse(2z) = ln 10.
+    weight = torch.tensor([[0.0], [math.log(3)]])
+    logps, lse = chunked_token_logps_lse(torch.ones(1, 1), weight, torch.tensor([1]))
+    torch.testing.assert_close(logps, torch.tensor([math.log(3 / 4)]))
+    torch.testing.assert_close(lse, torch.tensor([[math.log(4), math.log(10)]]))
+    logps, lse = chunked_token_logps_lse(torch.zeros(0, 1), weight, torch.zeros(0, dtype=torch.long))
+    assert logps.shape == (0,) and lse.shape == (0, 2)

@@ -417,3 +417,72 @@ def test_low_precision_inputs_keep_dtype_and_compute_wide(name: str, dtype: torc
     assert out.losses.device == low.policy_chosen.device
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(out.losses.double(), ref.losses, rtol=tol, atol=tol)
+
+
+# ---------------------------------------------------------------- WPO (loss.wpo), an option of every pairwise type
+
+
+def _wpo_example() -> tuple[PairLogps, list[float]]:
+    """Two pairs scored from hand-made logits; their WPO weights in closed form.
+
+    Vocabulary of 2, hidden size 1, head weight [[0], [ln 3]]: a hidden state h gives logits [0, h ln 3].
+    h = 1: p = (1/4, 3/4), sum p^2 = 10/16;  h = 2: p = (1/10, 9/10), sum p^2 = 82/100.
+    Per token, log p(t) - log sum p^2:  h=1,t=1: ln(6/5);  h=2,t=0: ln(5/41);  h=2,t=1: ln(45/41).
+    Pair 0: chosen = (h=1,t=1), (h=2,t=0): a_c = ln(6/41)/2; rejected = (h=1,t=1): a_r = ln(6/5)
+            -> w = sqrt(6/41) * 6/5 = 0.459...
+    Pair 1: chosen = (h=2,t=1): a_c = ln(45/41); rejected = (h=1,t=1): a_r = ln(6/5) -> w = 54/41 > 1.
+    """
+    from preftune.layouts.batch import mean_aligned_logps
+    from preftune.model.logps import chunked_token_logps_lse
+
+    hidden = torch.tensor([[1.0], [2.0], [2.0], [1.0], [1.0]])  # sequences: c0 c0 c1 r0 r1
+    targets = torch.tensor([1, 0, 1, 1, 1])
+    sequence = torch.tensor([0, 0, 1, 2, 3])
+    weight = torch.tensor([[0.0], [math.log(3)]])
+    token_logps, lse = chunked_token_logps_lse(hidden, weight, targets, chunk_size=2)
+    aligned = mean_aligned_logps(token_logps, lse, sequence, torch.tensor([2.0, 1.0, 1.0, 1.0]))
+    logps = dataclasses.replace(
+        point(pc=[-10.0, -10.0], pr=[-15.0, -15.0], rc=[-12.0, -12.0], rr=[-14.0, -14.0], lc=None, lr=None),
+        chosen_aligned=aligned[:2].double(),
+        rejected_aligned=aligned[2:].double(),
+    )
+    return logps, [math.sqrt(6 / 41) * 6 / 5, 54 / 41]
+
+
+def test_wpo_weight_from_hand_made_logits_matches_closed_form() -> None:
+    logps, (w0, w1) = _wpo_example()
+    plain = run("sigmoid", logps)
+    capped = run("sigmoid", logps, wpo=True)  # default loss.wpo_clamp: min(1, w)
+    free = run("sigmoid", logps, wpo=True, wpo_clamp=False)  # TRL 1.x: w unclamped
+    assert capped.weights is not None and free.weights is not None and plain.weights is None
+    assert capped.weights.tolist() == pytest.approx([w0, 1.0], rel=1e-6)
+    assert free.weights.tolist() == pytest.approx([w0, w1], rel=1e-6)
+    # Each pair's loss is the plain loss times its weight; rewards are the plain ones.
+    assert capped.losses.tolist() == pytest.approx([w0 * softplus(-0.3), softplus(-0.3)], rel=1e-6)
+    assert free.losses.tolist() == pytest.approx([w0 * softplus(-0.3), w1 * softplus(-0.3)], rel=1e-6)
+    assert torch.equal(free.chosen_rewards, plain.chosen_rewards)
+
+
+@pytest.mark.parametrize("name", LOSS_TYPES)
+def test_wpo_gradient_is_the_weight_times_the_plain_gradient(name: str) -> None:
+    """No gradient flows through w: d(w loss)/d logps = w d(loss)/d logps, and nothing reaches a_c, a_r."""
+    logps, _ = _wpo_example()
+    leaves = {
+        key: getattr(logps, key).clone().requires_grad_(True)
+        for key in ("policy_chosen", "policy_rejected", "chosen_aligned", "rejected_aligned")
+    }
+    weighted = dataclasses.replace(logps, **leaves)
+    out = compute_loss(weighted, LossConfig(type=name, wpo=True, wpo_clamp=False))
+    assert out.weights is not None and not out.weights.requires_grad
+    got = torch.autograd.grad(out.losses.sum(), list(leaves.values()), allow_unused=True)
+    assert got[2] is None and got[3] is None
+    plain_leaves = {k: v.detach().clone().requires_grad_(True) for k, v in leaves.items() if "policy" in k}
+    plain = compute_loss(dataclasses.replace(logps, **plain_leaves), LossConfig(type=name))
+    want = torch.autograd.grad(plain.losses.sum(), list(plain_leaves.values()))
+    for g, w in zip(got[:2], want, strict=True):
+        torch.testing.assert_close(g, out.weights * w, rtol=1e-12, atol=1e-12)
+
+
+def test_wpo_without_aligned_logps_is_refused() -> None:
+    with pytest.raises(ValueError, match="want_aligned"):
+        run("sigmoid", point(), wpo=True)

@@ -202,6 +202,19 @@ def test_all_pairs_uniform_is_the_mean_of_the_pairwise_loss(name: str) -> None:
         assert out.rewards[j].item() == pytest.approx(single.rejected_rewards[p].item(), rel=1e-9)
 
 
+def test_wpo_weighs_each_expanded_pair_by_its_own_responses() -> None:
+    """loss.wpo over groups: pair (i, j) carries exp(a_i + a_j), as the same pair would on pair data."""
+    aligned = [0.1, -0.4, -0.2, -0.3, 0.5, -1.0, -0.6]  # a per response, made up
+    x = dataclasses.replace(groups(**TWO), aligned=torch.tensor(aligned, dtype=torch.float64))
+    out = run("sigmoid", x, pairs="all", wpo=True)
+    plain = compute_loss(pair_logps(x, ALL_PAIRS), LossConfig(type="sigmoid")).losses.tolist()
+    w = [min(1.0, math.exp(aligned[i] + aligned[j])) for i, j in ALL_PAIRS]
+    assert max(math.exp(aligned[i] + aligned[j]) for i, j in ALL_PAIRS) > 1  # the cap acts on one pair
+    weighted = [wp * lp for wp, lp in zip(w, plain, strict=True)]
+    assert out.losses.tolist() == pytest.approx([sum(weighted[:3]) / 3, sum(weighted[3:]) / 5], rel=1e-9)
+    assert torch.equal(out.rewards, run("sigmoid", x, pairs="all").rewards)  # rewards stay unweighted
+
+
 def test_gap_weighting_point() -> None:
     # Group K3, all pairs, sigmoid: (0,1) gap 2, z gap 0.3; (0,2) gap 1, z gap 0.15; (2,1) gap 1, z gap 0.15.
     out = run("sigmoid", groups(**K3), pairs="all", pair_weighting="gap")
@@ -291,6 +304,12 @@ def test_config_keys_are_validated_by_name() -> None:
     with pytest.raises(ConfigError, match=r"loss\.type: 'plackett_luce' is listwise.*set data\.groups true"):
         load_config(None, {"loss.type": "plackett_luce"})
     assert load_config(None, {"loss.type": "plackett_luce", "data.groups": "true"}).data.groups
+    # WPO weighs pairs: refused for a listwise type; LD-DPO's shared length is a pair's: refused with groups.
+    with pytest.raises(ConfigError, match=r"loss\.wpo: .*listwise loss\.type 'plackett_luce' has no pairs"):
+        load_config(None, {"loss.type": "plackett_luce", "data.groups": "true", "loss.wpo": "true"})
+    assert load_config(None, {"loss.pairs": "all", "data.groups": "true", "loss.wpo": "true"}).loss.wpo
+    with pytest.raises(ConfigError, match=r"loss\.ld_alpha: .*not with data\.groups"):
+        load_config(None, {"data.groups": "true", "loss.ld_alpha": "0.5"})
 
 
 # ---------------------------------------------------------------- metrics

@@ -25,7 +25,13 @@ from preftune.reference.cache import (
     rows_fingerprint,
     write_cache,
 )
-from preftune.reference.precompute import check_resume, number_rows, score_split
+from preftune.reference.precompute import (
+    PrecomputeSetup,
+    check_resume,
+    number_rows,
+    precompute_reference,
+    score_split,
+)
 from preftune.reference.sources import ModelReference, freeze
 from preftune.strategy import SingleProcessStrategy
 from preftune.toy import build_toy_model
@@ -132,6 +138,34 @@ def test_groups_fingerprint_sees_every_response_but_not_scores() -> None:
     )
 
 
+def test_cache_key_changes_with_ld_alpha_and_not_without_it() -> None:
+    plain = cache_key("r", "c", "d")
+    assert cache_key("r", "c", "d", None) == plain  # caches written before loss.ld_alpha existed stay valid
+    assert len({plain, cache_key("r", "c", "d", 0.5), cache_key("r", "c", "d", 0.25)}) == 3
+
+
+def test_precomputed_reference_is_keyed_by_the_layouts_ld_alpha(model, tmp_path: Path) -> None:
+    """A cache of plain sums is never read back as LD-DPO sums: the second run computes its own table."""
+    pairs, strategy, logs = random_pairs(6, seed=6), SingleProcessStrategy("cpu"), []
+    tables = {}
+    for alpha in (None, 0.5, None):
+        layout = build_layout("padded", pad_token_id=0, ld_alpha=alpha)
+        live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model))), layout)
+        setup = PrecomputeSetup({"train": pairs}, layout, "fp32", 4, progress=False)
+        cached = precompute_reference(model, lambda live=live: live, strategy, setup, tmp_path, logs.append)
+        batch = layout.collate(pairs)
+        torch.testing.assert_close(
+            cached.pair_logps(batch).rejected_logps, live.pair_logps(batch).rejected_logps
+        )
+        tables[alpha] = cached.state_for_checkpoint()
+    assert tables[0.5]["ld_alpha"] == "0.5" and "ld_alpha" not in tables[None]
+    assert tables[0.5]["train_key"] != tables[None]["train_key"]
+    passes = ["reused" if "reusing cache" in line else "computed" for line in logs if " train pairs" in line]
+    assert passes == ["computed", "computed", "reused"]  # the third run finds the first one's table
+    with pytest.raises(ConfigError, match=r"loss\.ld_alpha \(the reference sums it weighs\) changed"):
+        check_resume(tables[None], tables[0.5], Path("ckpt"))
+
+
 # ---------------------------------------------------------------- file format
 
 
@@ -219,10 +253,11 @@ class CountingStrategy(SingleProcessStrategy):
         return super().all_reduce(values, op)
 
 
+@pytest.mark.parametrize("ld_alpha", [None, 0.5])
 @pytest.mark.parametrize("layout_name", ["padded", "packed", "prefix_shared"])
-def test_cached_reference_equals_model_reference_on_random_batches(model, layout_name) -> None:
+def test_cached_reference_equals_model_reference_on_random_batches(model, layout_name, ld_alpha) -> None:
     pairs = random_pairs(29, seed=2)
-    layout = build_layout(layout_name, pad_token_id=0)
+    layout = build_layout(layout_name, pad_token_id=0, ld_alpha=ld_alpha)
     live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model), chunk_size=7)), layout)
     # The table is scored in batches of 5 in order, the checks below in other, shuffled batches.
     table = score_split(pairs, live, layout, SingleProcessStrategy("cpu"), 5, False, "test")

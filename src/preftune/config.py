@@ -141,6 +141,23 @@ class LossConfig:
     aux_loss_coef: float = _f(0.0, "weight of the MoE load-balancing auxiliary loss")
     simpo_gamma: float = _f(0.5, "SimPO target reward margin gamma")
     discopop_tau: float = _f(0.05, "DiscoPOP modulation temperature tau")
+    wpo: bool = _f(
+        False,
+        "WPO (Zhou et al. 2024), for any pairwise loss.type: each pair's loss times w = exp(a_c + a_r), a = a "
+        "response's mean over its tokens of log p(token) - log sum_v p(v)^2 under the policy, no gradient "
+        "through w (TRL's use_weighting); logged as wpo/weight. Over data.groups: per expanded pair",
+    )
+    wpo_clamp: bool = _f(
+        True,
+        "with loss.wpo: w = min(1, w), as the WPO authors' code and TRL 0.x; false = TRL 1.x (1.16) exactly, "
+        "whose w can exceed 1",
+    )
+    ld_alpha: float | None = _f(
+        None,
+        "LD-DPO (Liu et al. 2024), in (0, 1]: a response's log-prob sums its first l tokens (l = the shorter "
+        "response of its pair) plus ld_alpha times the rest, for policy and reference alike (as TRL's "
+        "ld_alpha); 1 = plain DPO; token counts stay the full lengths; not with data.groups",
+    )
     pairs: Literal["all", "best_vs_rest", "best_vs_worst"] = _f(
         "best_vs_worst",
         "prompt groups with a pairwise loss.type: which pairs (better, worse) of each group's responses train; "
@@ -502,6 +519,10 @@ def _validate_loss(loss: LossConfig) -> None:
     _check(loss.nll_coef >= 0, "loss.nll_coef", f"must be >= 0, got {loss.nll_coef}")
     _check(loss.aux_loss_coef >= 0, "loss.aux_loss_coef", f"must be >= 0, got {loss.aux_loss_coef}")
     _check(loss.discopop_tau > 0, "loss.discopop_tau", f"must be > 0, got {loss.discopop_tau}")
+    alpha = loss.ld_alpha
+    _check(alpha is None or 0 < alpha <= 1, "loss.ld_alpha", f"must be in (0, 1] (or none: off), got {alpha}")
+    _check(not (loss.wpo and get_loss(loss.type).listwise), "loss.wpo",
+           f"WPO weighs each pair's loss; the listwise loss.type {loss.type!r} has no pairs to weigh")  # fmt: skip
     for key in ("pairs", "pair_weighting", "f_divergence"):  # set directly on a LossConfig, skips _coerce
         choices = typing.get_args(typing.get_type_hints(LossConfig)[key])
         value = getattr(loss, key)
@@ -513,6 +534,12 @@ def _validate_groups(cfg: Config) -> None:
     loss = cfg.loss
     _check(not get_loss(loss.type).listwise or cfg.data.groups, "loss.type",
            f"{loss.type!r} is listwise: it trains on prompt groups of K responses; set data.groups true")  # fmt: skip
+    if cfg.data.groups:
+        # LD-DPO's shared length l is min(len chosen, len rejected): a group's responses pair up differently in
+        # each pair loss.pairs expands, so one per-token weight per response cannot serve them all.
+        _check(loss.ld_alpha is None, "loss.ld_alpha",
+               "LD-DPO's shared length is that of one pair; not with data.groups (a response of a group "
+               "belongs to several pairs)")  # fmt: skip
 
 
 def _validate_train(t: TrainConfig, loss: LossConfig, world_size: int, training: bool) -> None:

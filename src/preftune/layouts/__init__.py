@@ -27,11 +27,16 @@ LAYOUT_CHOICES = ("auto", *LAYOUTS)
 
 
 def build_layout(
-    name: str, pad_token_id: int, model: nn.Module | None = None, aux_loss: bool = False
+    name: str,
+    pad_token_id: int,
+    model: nn.Module | None = None,
+    aux_loss: bool = False,
+    ld_alpha: float | None = None,
 ) -> Layout:
     """The layout named by ``train.layout``. ``auto`` picks the fastest exact one ``model`` supports:
     prefix_shared, or packed when an MoE balancing loss must see each token once per sequence as padded does,
-    or padded when the model's attention does not take a segment plan (remote or older model code)."""
+    or padded when the model's attention does not take a segment plan (remote or older model code).
+    ``ld_alpha`` (``loss.ld_alpha``) makes its pair batches carry LD-DPO's per-token weights."""
     if name == "auto":
         if model is None or not supports_segments(model):
             name = "padded"
@@ -39,7 +44,7 @@ def build_layout(
             name = "packed" if aux_loss else "prefix_shared"
     if name not in LAYOUTS:
         raise ValueError(f"train.layout: unknown layout {name!r}; choose one of {', '.join(LAYOUT_CHOICES)}")
-    return LAYOUTS[name](pad_token_id)
+    return LAYOUTS[name](pad_token_id, ld_alpha)
 
 
 __all__ = [

@@ -29,6 +29,8 @@ class Batch:
     responses) numbers its sequences group by group: group 0's responses, then group 1's, ...
     ``score_from`` indexes the flattened (rows x T) hidden states that predict each scored token,
     ``score_targets`` holds those tokens and ``score_sequence`` the sequence (0..S-1) each one belongs to.
+    ``score_weights`` (LD-DPO, ``loss.ld_alpha``) weighs each scored token in its sequence's sum; None sums
+    them plainly.
     """
 
     input_ids: Tensor
@@ -48,6 +50,10 @@ class Batch:
     # Group batches only (pair batches leave them None): (S,) the group each sequence answers, and its score.
     sequence_group: Tensor | None = None
     sequence_scores: Tensor | None = None
+    # LD-DPO only: (N,) float32, 1 on a response's first l tokens (l = the shorter response of its pair), ld_alpha
+    # after; decided here, when the batch is made, so every layout and every model sums the same tokens alike.
+    score_weights: Tensor | None = None
+    ld_alpha: float | None = None  # the loss.ld_alpha score_weights was made with (None: plain sums)
 
     @property
     def num_sequences(self) -> int:
@@ -70,15 +76,19 @@ class PairForward:
     chosen_tokens: Tensor  # (B,)
     rejected_tokens: Tensor  # (B,)
     aux_loss: Tensor | None = None
+    # Only when asked for (WPO): each response's :func:`mean_aligned_logps`, no gradient.
+    chosen_aligned: Tensor | None = None  # (B,)
+    rejected_aligned: Tensor | None = None  # (B,)
 
 
 @dataclass
 class ResponseForward:
     """Per-sequence results of one forward, in sequence order."""
 
-    logps: Tensor  # (S,) summed response log-probs
+    logps: Tensor  # (S,) summed response log-probs (weighted by Batch.score_weights under LD-DPO)
     tokens: Tensor  # (S,) response token counts
     aux_loss: Tensor | None = None
+    aligned: Tensor | None = None  # (S,) :func:`mean_aligned_logps`, only when asked for (WPO)
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,14 @@ class Layout(Protocol):
 
     def collate_groups(self, groups: list[TokenizedGroup]) -> Batch: ...
 
-    def pair_logps(self, scorer: nn.Module, batch: Batch, want_aux: bool = False) -> PairForward: ...
+    @property
+    def ld_alpha(self) -> float | None:
+        """LD-DPO's alpha (``loss.ld_alpha``): ``collate`` weighs tokens past a pair's shared length by it."""
+        ...
+
+    def pair_logps(
+        self, scorer: nn.Module, batch: Batch, want_aux: bool = False, want_aligned: bool = False
+    ) -> PairForward: ...
 
     def laid_out_tokens(self, items: Sequence[TokenizedPair | TokenizedGroup]) -> int:
         """Tokens one micro-batch of ``items`` (pairs or prompt groups) feeds the model in this layout: what
@@ -165,17 +182,37 @@ class Scoring:
         )
 
 
+def shared_length_weights(groups: list[PromptGroup], ld_alpha: float) -> Tensor:
+    """LD-DPO's per-token weights in score order (sequence by sequence, as :meth:`Scoring.tensors` lists them):
+    1 on each response's first l tokens, l the length of the shortest response laid out with it (its pair's
+    shorter one), ``ld_alpha`` on the rest.
+
+    Pair chosen [8], rejected [9, 2] (sequences 0 and 1), alpha 0.5: l = 1, weights [1.] + [1., 0.5].
+    """
+    per_sequence: dict[int, list[float]] = {}
+    for group in groups:
+        shared = min(len(response) for response in group.responses)
+        for sequence, response in zip(group.sequences, group.responses, strict=True):
+            per_sequence[sequence] = [1.0] * shared + [ld_alpha] * (len(response) - shared)
+    return torch.tensor([w for s in sorted(per_sequence) for w in per_sequence[s]], dtype=torch.float32)
+
+
 def make_batch(
     items: Sequence[TokenizedPair | TokenizedGroup],
     groups: list[PromptGroup],
     inputs: tuple[Tensor, Tensor | None, Tensor | None],
     scoring: Scoring,
     attention_plan: SegmentPlan | None = None,
+    ld_alpha: float | None = None,
 ) -> Batch:
-    """A batch of ``items`` (pairs or groups) laid out as ``groups``; ``inputs`` = (ids, mask, positions)."""
+    """A batch of ``items`` (pairs or groups) laid out as ``groups``; ``inputs`` = (ids, mask, positions);
+    ``ld_alpha`` (pairs only) gives it LD-DPO's :func:`shared_length_weights`."""
     score_from, score_targets, score_sequence = scoring.tensors()
     sequence_group = sequence_scores = None
-    if items and isinstance(items[0], TokenizedGroup):  # prompt groups: each sequence's group and score
+    is_groups = bool(items) and isinstance(items[0], TokenizedGroup)
+    if is_groups and ld_alpha is not None:
+        raise ValueError("loss.ld_alpha: LD-DPO's shared length is that of a pair; not with prompt groups")
+    if is_groups:  # prompt groups: each sequence's group and score
         scores = [item.scores for item in items if isinstance(item, TokenizedGroup)]
         owner = {
             s: (g, float(scores[g][k]))
@@ -201,6 +238,8 @@ def make_batch(
         ),
         sequence_group=sequence_group,
         sequence_scores=sequence_scores,
+        score_weights=None if ld_alpha is None else shared_length_weights(groups, ld_alpha),
+        ld_alpha=ld_alpha,
     )
 
 
@@ -210,10 +249,28 @@ def sum_per_sequence(token_values: Tensor, sequence_ids: Tensor, num_sequences: 
     return out.index_add(0, sequence_ids, token_values)
 
 
-def score_responses(scorer: nn.Module, batch: Batch, want_aux: bool = False) -> ResponseForward:
+def mean_aligned_logps(token_logps: Tensor, lse: Tensor, sequence_ids: Tensor, tokens: Tensor) -> Tensor:
+    """WPO's per-response term a = mean over the response's tokens of log p(token) - log sum_v p(v)^2, where
+    log sum_v p(v)^2 = lse(2z) - 2 lse(z) from ``lse`` (N, 2); no gradient. ``tokens`` (S,) are the response
+    lengths; an empty response gets a = 0 (its length is clamped to 1, as TRL does).
+
+    One token with logits [0, ln 3], target 1: log p = ln(3/4), log sum p^2 = ln(10/16), a = ln(6/5).
+    """
+    gap = token_logps.detach() - (lse[:, 1] - 2 * lse[:, 0])
+    return sum_per_sequence(gap, sequence_ids, tokens.numel()) / tokens.clamp(min=1)
+
+
+def score_responses(
+    scorer: nn.Module, batch: Batch, want_aux: bool = False, want_aligned: bool = False
+) -> ResponseForward:
     """Per-sequence summed log-probs and token counts of a batch of any layout: the batch says which hidden
-    state predicts each scored token (``score_from``) and which sequence it belongs to (``score_sequence``)."""
-    token_logps, aux = scorer(
+    state predicts each scored token (``score_from``) and which sequence it belongs to (``score_sequence``).
+
+    The one place token log-probs are summed per sequence: LD-DPO's ``batch.score_weights`` apply here, so
+    every layout, the policy and the reference all weigh the same tokens alike. ``want_aligned`` (WPO) also
+    returns :func:`mean_aligned_logps` of every sequence, from the unweighted token log-probs.
+    """
+    token_logps, aux, lse = scorer(
         batch.input_ids,
         batch.attention_mask,
         batch.position_ids,
@@ -221,16 +278,30 @@ def score_responses(scorer: nn.Module, batch: Batch, want_aux: bool = False) -> 
         batch.score_targets,
         want_aux,
         batch.attention_plan,
+        want_aligned,
     )
-    num_seqs = batch.num_sequences
-    seq_logps = sum_per_sequence(token_logps, batch.score_sequence, num_seqs)
-    seq_tokens = sum_per_sequence(torch.ones_like(token_logps), batch.score_sequence, num_seqs)
-    return ResponseForward(seq_logps, seq_tokens, aux)
+    num_seqs, seq_ids = batch.num_sequences, batch.score_sequence
+    weighted = token_logps if batch.score_weights is None else token_logps * batch.score_weights
+    seq_logps = sum_per_sequence(weighted, seq_ids, num_seqs)
+    seq_tokens = sum_per_sequence(torch.ones_like(token_logps), seq_ids, num_seqs)
+    aligned = mean_aligned_logps(token_logps, lse, seq_ids, seq_tokens) if lse is not None else None
+    return ResponseForward(seq_logps, seq_tokens, aux, aligned)
 
 
-def score_pairs(scorer: nn.Module, batch: Batch, want_aux: bool = False) -> PairForward:
+def score_pairs(
+    scorer: nn.Module, batch: Batch, want_aux: bool = False, want_aligned: bool = False
+) -> PairForward:
     """:func:`score_responses` of a pair batch, split into its chosen and rejected halves."""
     if batch.sequence_group is not None:
         raise ValueError("a batch of prompt groups has no chosen/rejected halves; use score_responses")
-    out, b = score_responses(scorer, batch, want_aux), batch.num_pairs
-    return PairForward(out.logps[:b], out.logps[b:], out.tokens[:b], out.tokens[b:], out.aux_loss)
+    out, b = score_responses(scorer, batch, want_aux, want_aligned), batch.num_pairs
+    aligned = out.aligned
+    return PairForward(
+        out.logps[:b],
+        out.logps[b:],
+        out.tokens[:b],
+        out.tokens[b:],
+        out.aux_loss,
+        aligned[:b] if aligned is not None else None,
+        aligned[b:] if aligned is not None else None,
+    )

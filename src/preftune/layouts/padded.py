@@ -41,13 +41,14 @@ class PaddedLayout:
 
     name = "padded"
     pad_token_id: int
+    ld_alpha: float | None = None  # LD-DPO (loss.ld_alpha): see make_batch
     pair_logps = staticmethod(score_pairs)
 
     def collate(self, pairs: list[TokenizedPair]) -> Batch:
-        return self._lay_out(pairs, pair_groups(pairs))
+        return self._lay_out(pairs, pair_groups(pairs), self.ld_alpha)
 
     def collate_groups(self, groups: list[TokenizedGroup]) -> Batch:
-        return self._lay_out(groups, response_groups(groups))
+        return self._lay_out(groups, response_groups(groups), self.ld_alpha)
 
     def laid_out_tokens(self, items: Sequence[TokenizedPair | TokenizedGroup]) -> int:
         """The padded rectangle, sequences x the longest (padding included): what the forward holds. Two pairs
@@ -55,7 +56,12 @@ class PaddedLayout:
         sequences = in_sequence_order(laid_out_groups(items))
         return len(sequences) * max(len(prompt) + len(resp) for prompt, resp in sequences)
 
-    def _lay_out(self, items: Sequence[TokenizedPair | TokenizedGroup], groups: list[PromptGroup]) -> Batch:
+    def _lay_out(
+        self,
+        items: Sequence[TokenizedPair | TokenizedGroup],
+        groups: list[PromptGroup],
+        ld_alpha: float | None,
+    ) -> Batch:
         sequences = in_sequence_order(groups)
         width = max(len(prompt) + len(resp) for prompt, resp in sequences)
         input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
@@ -67,4 +73,4 @@ class PaddedLayout:
             attention_mask[row, :length] = 1
             first = row * width + len(prompt)  # flat position of the first response token
             scoring.add(row, list(range(first - 1, first - 1 + len(resp))), resp)
-        return make_batch(items, groups, (input_ids, attention_mask, None), scoring)
+        return make_batch(items, groups, (input_ids, attention_mask, None), scoring, ld_alpha=ld_alpha)

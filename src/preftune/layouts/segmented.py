@@ -46,20 +46,23 @@ class PackedLayout:
 
     name = "packed"
     pad_token_id: int = 0  # taken like every layout's; nothing is padded
+    ld_alpha: float | None = None  # LD-DPO (loss.ld_alpha): see make_batch
     pair_logps = staticmethod(score_pairs)
 
     def collate(self, pairs: list[TokenizedPair]) -> Batch:
-        return _packed(pairs, pair_groups(pairs))
+        return _packed(pairs, pair_groups(pairs), self.ld_alpha)
 
     def collate_groups(self, groups: list[TokenizedGroup]) -> Batch:
-        return _packed(groups, response_groups(groups))
+        return _packed(groups, response_groups(groups), self.ld_alpha)
 
     def laid_out_tokens(self, items: Sequence[TokenizedPair | TokenizedGroup]) -> int:
         """Every sequence's own tokens, its prompt once per response (12 in the example above)."""
         return sequence_tokens(laid_out_groups(items))
 
 
-def _packed(items: Sequence[TokenizedPair | TokenizedGroup], groups: list[PromptGroup]) -> Batch:
+def _packed(
+    items: Sequence[TokenizedPair | TokenizedGroup], groups: list[PromptGroup], ld_alpha: float | None
+) -> Batch:
     row: list[int] = []
     positions: list[int] = []
     segments: list[Segment] = []
@@ -71,7 +74,7 @@ def _packed(items: Sequence[TokenizedPair | TokenizedGroup], groups: list[Prompt
         scoring.add(sequence, list(range(first - 1, first - 1 + len(resp))), resp)
         row.extend(prompt + resp)
         positions.extend(range(len(prompt) + len(resp)))
-    return _one_row(items, groups, row, positions, segments, scoring)
+    return _one_row(items, groups, row, positions, segments, scoring, ld_alpha)
 
 
 @dataclass(frozen=True)
@@ -91,20 +94,23 @@ class PrefixSharedLayout:
 
     name = "prefix_shared"
     pad_token_id: int = 0  # taken like every layout's; nothing is padded
+    ld_alpha: float | None = None  # LD-DPO (loss.ld_alpha): see make_batch
     pair_logps = staticmethod(score_pairs)
 
     def collate(self, pairs: list[TokenizedPair]) -> Batch:
-        return _prefix_shared(pairs, pair_groups(pairs))
+        return _prefix_shared(pairs, pair_groups(pairs), self.ld_alpha)
 
     def collate_groups(self, groups: list[TokenizedGroup]) -> Batch:
-        return _prefix_shared(groups, response_groups(groups))
+        return _prefix_shared(groups, response_groups(groups), self.ld_alpha)
 
     def laid_out_tokens(self, items: Sequence[TokenizedPair | TokenizedGroup]) -> int:
         """Each prompt once, then all of its responses (5 in the example above)."""
         return sum(len(g.prompt) + sum(map(len, g.responses)) for g in laid_out_groups(items))
 
 
-def _prefix_shared(items: Sequence[TokenizedPair | TokenizedGroup], groups: list[PromptGroup]) -> Batch:
+def _prefix_shared(
+    items: Sequence[TokenizedPair | TokenizedGroup], groups: list[PromptGroup], ld_alpha: float | None
+) -> Batch:
     row: list[int] = []
     positions: list[int] = []
     segments: list[Segment] = []
@@ -125,7 +131,7 @@ def _prefix_shared(items: Sequence[TokenizedPair | TokenizedGroup], groups: list
             scoring.add(sequence, [last_prompt, *range(begin, begin + len(resp) - 1)], resp)
             row.extend(resp)
             positions.extend(range(len(prompt), len(prompt) + len(resp)))
-    return _one_row(items, groups, row, positions, segments, scoring)
+    return _one_row(items, groups, row, positions, segments, scoring, ld_alpha)
 
 
 def _one_row(
@@ -135,6 +141,7 @@ def _one_row(
     positions: list[int],
     segments: list[Segment],
     scoring: Scoring,
+    ld_alpha: float | None,
 ) -> Batch:
     inputs = (torch.tensor([row], dtype=torch.long), None, torch.tensor([positions], dtype=torch.long))
-    return make_batch(items, groups, inputs, scoring, SegmentPlan(segments))
+    return make_batch(items, groups, inputs, scoring, SegmentPlan(segments), ld_alpha)

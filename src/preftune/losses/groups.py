@@ -30,6 +30,7 @@ from .registry import (
     LossState,
     PairLogps,
     get_loss,
+    pair_loss,
     register_group_loss,
 )
 
@@ -172,12 +173,13 @@ def pairwise_group_loss(x: GroupLogps, cfg: LossConfig, fn: LossFn, state: LossS
 
     w_p = 1 (loss.pair_weighting uniform) or s_i - s_j (gap). loss(i, j) is the registry's own function on the
     pair (chosen i, rejected j), so no formula is copied here; a stateful variant (bco_pair) sees every pair of
-    the micro-batch as one batch. Rewards: the variant's reward of each response, which depends on that response
+    the micro-batch as one batch. With loss.wpo each pair's loss carries its own WPO weight exp(a_i + a_j), as
+    on pair data. Rewards: the variant's reward of each response, which depends on that response
     alone (read as the chosen side of a pair of the response with itself, with a copy of the state that is not
     updated). A group with no two different scores has no pair, and is refused.
     """
     i, j = expand_pairs(x, cfg.pairs)
-    ref = x.ref
+    ref, aligned = x.ref, x.aligned
     pair_logps = PairLogps(
         policy_chosen=x.policy[i],
         policy_rejected=x.policy[j],
@@ -185,8 +187,10 @@ def pairwise_group_loss(x: GroupLogps, cfg: LossConfig, fn: LossFn, state: LossS
         ref_rejected=None if ref is None else ref[j],
         chosen_tokens=x.tokens[i],
         rejected_tokens=x.tokens[j],
+        chosen_aligned=None if aligned is None else aligned[i],
+        rejected_aligned=None if aligned is None else aligned[j],
     )
-    per_pair = wide(fn(pair_logps, cfg, state).losses)
+    per_pair = wide(pair_loss(fn, pair_logps, cfg, state).losses)
     weights = _pair_weights(x, i, j, cfg.pair_weighting).to(per_pair.dtype)
     pair_group = x.group[i]
     total = _sum_per_group(weights, pair_group, x.num_groups)

@@ -5,6 +5,9 @@ A new pairwise variant is one decorated function: ``@register_loss("name")``, pl
 it never reads ``ref_*`` and ``reports_nll=True`` when its loss holds the chosen NLL (logged as ``nll``). A
 listwise variant (one loss per prompt group of K responses) is ``@register_group_loss("name")``. Either name is
 then a valid ``loss.type``: the config reads the names and needs from :data:`LOSSES` alone.
+
+``loss.wpo`` is an option of every pairwise variant, not a variant: :func:`pair_loss` multiplies each pair's
+loss by its :func:`wpo_weights`, for pairs (:func:`compute_loss`) and for the pairs of prompt groups alike.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
+import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -27,6 +31,9 @@ class PairLogps:
     ref_rejected: Tensor | None
     chosen_tokens: Tensor  # (B,) number of response tokens scored (float or int)
     rejected_tokens: Tensor  # (B,)
+    # WPO (loss.wpo) only: each response's mean over tokens of log p(token) - log sum_v p(v)^2, policy, no grad.
+    chosen_aligned: Tensor | None = None  # (B,)
+    rejected_aligned: Tensor | None = None  # (B,)
 
 
 @dataclass
@@ -36,6 +43,9 @@ class LossOutput:
     rejected_rewards: Tensor  # (B,) detached
     # A mixture's terms: name -> (B,) detached, unweighted per-pair loss of that term (logged as loss/<name>).
     terms: dict[str, Tensor] = field(default_factory=dict)
+    weights: Tensor | None = (
+        None  # (B,) detached WPO weight each loss was multiplied by; None without loss.wpo
+    )
 
 
 @dataclass
@@ -73,6 +83,7 @@ class GroupLogps:
     scores: Tensor  # (S,) the responses' scores, higher is better
     group: Tensor  # (S,) long, the group index 0..G-1 of each response
     num_groups: int  # G
+    aligned: Tensor | None = None  # (S,) WPO (loss.wpo) only: as PairLogps.chosen_aligned, per response
 
 
 @dataclass
@@ -179,6 +190,38 @@ def mixture_loss(x: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
     return LossOutput(total, shown.chosen_rewards, shown.rejected_rewards, terms)
 
 
+def wpo_weights(x: PairLogps, clamp: bool) -> Tensor:
+    """WPO's pair weight (Zhou et al. 2024, eq. 2), from the policy and without gradient:
+
+        w = exp(a_c + a_r),   a = (1/|y|) sum_t [log p(y_t) - log sum_v p(v)^2]   (``x.chosen_aligned`` ...)
+
+    and min(1, w) with ``clamp``. TRL 1.x (1.16 included) computes exp(a_c) exp(a_r) unclamped, which is
+    ``clamp=False``; the WPO authors' code and TRL 0.x cap it at 1, ``clamp=True``. log sum_v p(v)^2 <= log p_max,
+    so a >= 0 whenever every token is the model's top one; w > 1 is possible and the cap matters.
+    Example: a_c = ln 1.2, a_r = ln 0.5 -> w = 0.6 either way; a_c = a_r = ln 1.2 -> 1.44, or 1 with clamp.
+    """
+    if x.chosen_aligned is None or x.rejected_aligned is None:
+        raise ValueError(
+            "loss.wpo needs each response's aligned log-probs (chosen_aligned / rejected_aligned): "
+            "score the policy with want_aligned=True"
+        )
+    wide = torch.promote_types(x.chosen_aligned.dtype, torch.float32)
+    w = torch.exp(x.chosen_aligned.detach().to(wide) + x.rejected_aligned.detach().to(wide))
+    return w.clamp(max=1.0) if clamp else w
+
+
+def pair_loss(fn: LossFn, logps: PairLogps, cfg: LossConfig, state: LossState) -> LossOutput:
+    """The pairwise variant ``fn`` on ``logps``, each pair's loss times its WPO weight when ``loss.wpo`` is on
+    (the rewards are the variant's own, unweighted). The one place the weight applies, pairs or groups."""
+    out = fn(logps, cfg, state)
+    if not cfg.wpo:
+        return out
+    weights = wpo_weights(logps, cfg.wpo_clamp)
+    losses = out.losses * weights.to(out.losses.dtype)
+    weighted = weights.to(out.losses.dtype)
+    return LossOutput(losses, out.chosen_rewards, out.rejected_rewards, out.terms, weights=weighted)
+
+
 def compute_loss(logps: PairLogps, cfg: LossConfig, state: LossState | None = None) -> LossOutput:
     """Per-pair loss and detached rewards of the variant named by ``cfg.type``."""
     spec = get_loss(cfg.type)
@@ -193,4 +236,4 @@ def compute_loss(logps: PairLogps, cfg: LossConfig, state: LossState | None = No
             f"give a reference model, or pick a reference-free loss ({free})"
         )
     fn = cast(LossFn, spec.fn)  # not listwise, so a pairwise LossFn
-    return fn(logps, cfg, state if state is not None else LossState())
+    return pair_loss(fn, logps, cfg, state if state is not None else LossState())

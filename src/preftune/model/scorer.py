@@ -9,11 +9,14 @@ from torch import Tensor, nn
 
 from ..layouts.attention import decoder_of, enable_segment_attention
 from ..layouts.plan import PLAN_KWARG, SegmentPlan
-from .logps import chunked_token_logps
+from .logps import chunked_token_logps, chunked_token_logps_lse
 
 
 class SequenceScorer(nn.Module):
     """Wraps a causal LM so one ``forward`` returns log-probs of selected tokens, never full logits.
+
+    ``forward`` returns (token log-probs (N,), the MoE aux loss or None, per-token (lse(z), lse(2z)) as (N, 2)
+    without gradient, or None); the last only with ``want_lse`` (WPO's weight), so it costs nothing otherwise.
 
     Strategies wrap this module (DDP, FSDP2) rather than the bare LM, so their forward hooks see the call.
     """
@@ -38,7 +41,8 @@ class SequenceScorer(nn.Module):
         score_targets: Tensor,
         want_aux: bool = False,
         attention_plan: SegmentPlan | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
+        want_lse: bool = False,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         lm: Any = self.model
         decoder = decoder_of(lm)
         extra: dict[str, Any] = {"output_router_logits": True} if want_aux else {}
@@ -63,9 +67,15 @@ class SequenceScorer(nn.Module):
         hidden = out.last_hidden_state
         head = lm.get_output_embeddings()
         picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, score_from)
-        token_logps = chunked_token_logps(picked, head.weight, score_targets, head.bias, self.chunk_size)
+        lse: Tensor | None = None
+        if want_lse:
+            token_logps, lse = chunked_token_logps_lse(
+                picked, head.weight, score_targets, head.bias, self.chunk_size
+            )
+        else:
+            token_logps = chunked_token_logps(picked, head.weight, score_targets, head.bias, self.chunk_size)
         aux = moe_aux_loss(lm, out.router_logits, attention_mask) if want_aux else None
-        return token_logps, aux
+        return token_logps, aux, lse
 
 
 def moe_aux_loss(

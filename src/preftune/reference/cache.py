@@ -93,14 +93,17 @@ def rows_fingerprint(rows: Sequence[TokenizedPair | TokenizedGroup]) -> str:
     return h.hexdigest()
 
 
-def cache_key(reference: str, compute: str, data: str) -> str:
+def cache_key(reference: str, compute: str, data: str, ld_alpha: float | None = None) -> str:
     """The key of one split's cache: everything that changes its numbers beyond float rounding.
 
     ``compute`` names the precision the reference runs in (e.g. FSDP2 bf16 mixed precision); the batch layout
     and LM-head chunk size are left out, as they change the log-probs only at float32 rounding level.
+    ``ld_alpha`` (LD-DPO) changes what a response's sum is; without it the key is what it always was, so caches
+    written before the option existed stay valid.
     """
     h = _hasher()
-    h.update(f"preftune-ref-cache/v{FORMAT_VERSION}|{reference}|{compute}|{data}".encode())
+    summed = "" if ld_alpha is None else f"|ld_alpha={ld_alpha!r}"
+    h.update(f"preftune-ref-cache/v{FORMAT_VERSION}|{reference}|{compute}|{data}{summed}".encode())
     return h.hexdigest()
 
 

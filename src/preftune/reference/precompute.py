@@ -77,6 +77,7 @@ def check_resume(saved: dict[str, str], current: dict[str, str], folder: Path | 
             ("reference", "the reference weights or model config"),
             ("compute", "the reference's compute precision"),
             ("train_data", "the tokenised training data"),
+            ("ld_alpha", "loss.ld_alpha (the reference sums it weighs)"),
         )
         if saved.get(field) != current.get(field)
     ]
@@ -135,9 +136,13 @@ def _cache_state(weights: nn.Module, setup: PrecomputeSetup, log: Callable[[str]
     started = time.perf_counter()
     state = {"reference": reference_fingerprint(weights), "compute": setup.compute}
     log(f"reference log-probs: weights hashed in {time.perf_counter() - started:.2f} s")
+    # The layout's LD-DPO weights are part of every cached sum (the pass collates with that layout).
+    ld_alpha = setup.layout.ld_alpha
+    if ld_alpha is not None:
+        state["ld_alpha"] = repr(ld_alpha)
     for split, rows in setup.splits.items():
         state[f"{split}_data"] = rows_fingerprint(rows)
-        state[f"{split}_key"] = cache_key(state["reference"], setup.compute, state[f"{split}_data"])
+        state[f"{split}_key"] = cache_key(state["reference"], setup.compute, state[f"{split}_data"], ld_alpha)
     return state
 
 

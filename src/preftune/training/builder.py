@@ -115,7 +115,9 @@ def _policy_and_layout(cfg: Config, pad_token_id: int, log: Any) -> tuple[nn.Mod
     model = loading.load_model(cfg.model.name_or_path, cfg.model)
     if cfg.model.gradient_checkpointing:
         loading.enable_activation_checkpointing(model)
-    layout = build_layout(cfg.train.layout, pad_token_id, model, aux_loss=cfg.loss.aux_loss_coef > 0)
+    layout = build_layout(
+        cfg.train.layout, pad_token_id, model, aux_loss=cfg.loss.aux_loss_coef > 0, ld_alpha=cfg.loss.ld_alpha
+    )
     if cfg.train.layout == "auto":
         log(f"layout: {layout.name} (train.layout auto)")
     return (wrap_lora(model, cfg.lora) if cfg.lora.rank > 0 else model), layout

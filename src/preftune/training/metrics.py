@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 # so a mean over processes or micro-batches is exact rather than a mean of means.
 _PAIR_SUMS = (
     "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-    "logps/chosen", "logps/rejected", "nll",
+    "logps/chosen", "logps/rejected", "nll", "wpo/weight",
 )  # fmt: skip
 
 
@@ -55,6 +55,8 @@ class PairStats:
             "logps/chosen": fwd.chosen_logps.detach().float().sum(),
             "logps/rejected": fwd.rejected_logps.detach().float().sum(),
             "nll": nll.detach().float().sum(),
+            # Summed as 0 without loss.wpo, like nll without its term: the trainer drops what a run does not log.
+            "wpo/weight": out.weights.float().sum() if out.weights is not None else 0.0,
         }
         values.update({f"loss/{name}": term.float().sum() for name, term in out.terms.items()})
         for key, value in values.items():

@@ -27,9 +27,11 @@ def pair_losses(
     cfg: LossConfig,
     state: LossState,
 ) -> MicroBatchLosses:
-    """Losses of B pairs: per pair, the loss plus ``loss.nll_coef`` times the chosen response's per-token NLL."""
+    """Losses of B pairs: per pair, the loss (times its WPO weight with ``loss.wpo``) plus ``loss.nll_coef``
+    times the chosen response's per-token NLL."""
+    _check_token_weights(batch, cfg)
     want_aux = cfg.aux_loss_coef > 0
-    fwd = layout.pair_logps(scorer, batch, want_aux=want_aux)
+    fwd = layout.pair_logps(scorer, batch, want_aux=want_aux, want_aligned=cfg.wpo)
     ref = reference.pair_logps(batch) if reference is not None else None
     logps = PairLogps(
         policy_chosen=fwd.chosen_logps,
@@ -38,6 +40,8 @@ def pair_losses(
         ref_rejected=ref.rejected_logps if ref is not None else None,
         chosen_tokens=fwd.chosen_tokens,
         rejected_tokens=fwd.rejected_tokens,
+        chosen_aligned=fwd.chosen_aligned,
+        rejected_aligned=fwd.rejected_aligned,
     )
     out = compute_loss(logps, cfg, state)
     # Per-token NLL of each chosen response, averaged per pair, so micro-batch means compose exactly.
@@ -52,8 +56,9 @@ def group_losses(
     """Losses of G prompt groups: one per group, over all of its responses (each scored once)."""
     if batch.sequence_group is None or batch.sequence_scores is None:
         raise ValueError("a prompt-group loss needs a batch made by layout.collate_groups")
+    _check_token_weights(batch, cfg)
     want_aux = cfg.aux_loss_coef > 0
-    fwd = score_responses(scorer, batch, want_aux)
+    fwd = score_responses(scorer, batch, want_aux, want_aligned=cfg.wpo)
     ref = reference.response_logps(batch) if reference is not None else None
     device = fwd.logps.device
     logps = GroupLogps(
@@ -63,6 +68,7 @@ def group_losses(
         scores=batch.sequence_scores.to(device),
         group=batch.sequence_group.to(device),
         num_groups=batch.num_pairs,
+        aligned=fwd.aligned,
     )
     out = compute_group_loss(logps, cfg, state)
     nll = best_response_nll(logps)
@@ -79,6 +85,16 @@ def best_response_nll(logps: GroupLogps) -> Tensor:
     per_token = -logps.policy / logps.tokens.clamp(min=1)
     summed = per_token.new_zeros(logps.num_groups).index_add(0, group, per_token * is_top)
     return summed / is_top.new_zeros(logps.num_groups).index_add(0, group, is_top)
+
+
+def _check_token_weights(batch: Batch, cfg: LossConfig) -> None:
+    """A batch's LD-DPO weights are fixed when it is collated; one laid out for another loss.ld_alpha (a
+    hand-built layout without it, say) would silently train on other sums, so it is refused."""
+    if batch.ld_alpha != cfg.ld_alpha:
+        raise ValueError(
+            f"loss.ld_alpha is {cfg.ld_alpha} but the batch was collated with ld_alpha {batch.ld_alpha}; "
+            "collate with build_layout(..., ld_alpha=loss.ld_alpha)"
+        )
 
 
 def _objective(per_item: Tensor, aux_loss: Tensor | None, cfg: LossConfig) -> Tensor:

@@ -87,7 +87,7 @@ class DPOTrainer:
         self.loss_config = _agreed_loss_config(beta, loss_config)
         self.loss_spec = get_loss(self.loss_config.type)
         self.loss_state = LossState()
-        self.layout = layout or PaddedLayout(tokenizer.pad_token_id)
+        self.layout = layout or PaddedLayout(tokenizer.pad_token_id, self.loss_config.ld_alpha)
         self.groups = groups  # the dataloaders yield prompt groups (layout.collate_groups), not pairs
         self.new_stats = GroupStats if groups else PairStats
         self.model = model
@@ -123,6 +123,8 @@ class DPOTrainer:
         means = stats.means(self.strategy.all_reduce(stats.sums))
         if self.loss_config.nll_coef == 0 and not self.loss_spec.reports_nll:
             means.pop("nll", None)
+        if not self.loss_config.wpo:
+            means.pop("wpo/weight", None)
         return means
 
     # ------------------------------------------------------------------ training
