@@ -92,14 +92,18 @@ def test_two_processes_match_one(ws, single_run, tmp_path, strategy) -> None:
     )  # written once, by rank 0
 
 
-def test_loss_mixture_with_f_divergence_on_two_processes_matches_one(ws, tmp_path) -> None:
-    """A weighted mixture under an f-divergence, each term's metric included, is the same on 2 DDP processes
-    as on 1 (terms that sort or token-weight over a micro-batch, aot and sft, are per process by design)."""
-    loss = {"loss.type": "sigmoid,hinge", "loss.weights": "0.7,0.3", "loss.f_divergence": "js"}
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_loss_options_on_two_processes_match_one(ws, tmp_path, strategy) -> None:
+    """A weighted mixture under an f-divergence, with WPO weights (from the chunked head's lse outputs, under
+    FSDP2 from a sharded head) and LD-DPO sums, each term's metric included, is the same on 2 processes as on 1
+    (terms that sort or token-weight over a micro-batch, aot and sft, are per process by design)."""
+    loss = {"loss.type": "sigmoid,hinge", "loss.weights": "0.7,0.3", "loss.f_divergence": "js",
+            "loss.wpo": "true", "loss.ld_alpha": "0.5"}  # fmt: skip
     runner.train(toy_config(ws, tmp_path / "one", **RUN, **loss))
-    _torchrun(ws, tmp_path / "two", "ddp", loss)
+    _torchrun(ws, tmp_path / "two", strategy, loss)
     _assert_same_metrics(tmp_path / "one", tmp_path / "two")
-    assert "loss/hinge" in json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])
+    first = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "loss/hinge" in first and 0 < first["wpo/weight"] <= 1
 
 
 def _resume_copy(source: Path, dest: Path, step: int) -> None:

@@ -189,3 +189,16 @@ def test_aot_sorts_within_each_micro_batch(ws: dict[str, str], tmp_path: Path) -
         1
     ]  # after one update: the sort has moved the policy differently
     assert first["loss"] != pytest.approx(logged_metrics(tmp_path / "aot1")[1]["loss"], rel=1e-6)
+
+
+def test_the_loss_options_compose_with_lora(ws: dict[str, str], tmp_path: Path) -> None:
+    """LoRA's adapters-off reference under a mixture, an f-divergence, WPO and LD-DPO together: it starts at the
+    reference (rewards 0, each term at its closed form) and trains."""
+    opts = {"lora.rank": 4, "loss.type": "sigmoid,sft", "loss.weights": "1,0.1", "loss.f_divergence": "alpha",
+            "loss.wpo": True, "loss.ld_alpha": 0.5, "optim.lr": 1e-2, "train.eval_at_start": True}  # fmt: skip
+    runner.train(toy_config(ws, tmp_path, **opts))
+    rows = logged_metrics(tmp_path)
+    start = next(r for r in rows if "eval/loss" in r)
+    assert start["eval/rewards/chosen"] == 0 and start["eval/loss/sigmoid"] == pytest.approx(LN2, rel=1e-6)
+    train = [r for r in rows if "loss" in r]
+    assert all(math.isfinite(r["loss"]) for r in train) and train[-1]["rewards/margins"] != 0
