@@ -275,10 +275,16 @@ def run(args: Any, config_cls: Any, run_worker: Any) -> int:
     chosen = [c for c in all_configs if matches(c.name, filters, names)]
     spec = {"model_dir": str(files.model_dir), "steps": steps, "lr": args.lr, "beta": args.beta, "seed": 0,
             "max_len": work.max_len, "threads": args.threads}  # fmt: skip
+    # The pair benchmark's header, less its pair-data line: this workload's data line says what a step holds.
+    model_lines = report.header(
+        work, steps, prompts, args.threads, [0], wl.parameter_counts(work)
+    ).splitlines()
     print(
-        f"{report.header(work, steps, prompts, args.threads, [sum(prompt_tokens) // steps], wl.parameter_counts(work))}\n"
-        f"responses workload: K = {k} scored responses per prompt, {prompts} prompts per step; TRL trains the "
-        f"expanded pairs ({', '.join(f'{r}: {pairs_per_prompt(k, r)} per prompt' for r in RULES)})",
+        "\n".join(model_lines[:2])
+        + f"\ndata: prompts {work.prompt_tokens[0]}-{work.prompt_tokens[1]} tokens, K = {k} "
+        f"responses of {work.response_tokens[0]}-{work.response_tokens[1]} tokens each; {steps} steps x {prompts} "
+        f"prompts; {sum(prompt_tokens) / steps:.0f} tokens per step as preftune lays them out (each prompt once); TRL "
+        f"trains the expanded pairs ({', '.join(f'{r}: {pairs_per_prompt(k, r)} per prompt' for r in RULES)})",
         flush=True,
     )
     for repeat in range(args.repeats):
