@@ -65,14 +65,14 @@ def _same_group(x: GroupLogps) -> Tensor:
     return x.group[:, None] == x.group[None, :]
 
 
-def _at_group_extreme(x: GroupLogps, reduce: str) -> Tensor:
+def at_group_extreme(x: GroupLogps, reduce: str) -> Tensor:
     """(S,) bool: the response's score is its group's top (reduce "amax") or bottom ("amin") score."""
     scores = wide(x.scores)
     extreme = scores.new_zeros(x.num_groups).scatter_reduce(0, x.group, scores, reduce, include_self=False)
     return scores == extreme[x.group]
 
 
-def _sum_per_group(values: Tensor, group: Tensor, num_groups: int) -> Tensor:
+def sum_per_group(values: Tensor, group: Tensor, num_groups: int) -> Tensor:
     """(G,) sums of ``values`` (one per response, or per pair) over the group index ``group`` of each."""
     return values.new_zeros(num_groups).index_add(0, group, values)
 
@@ -107,7 +107,7 @@ def plackett_luce_loss(x: GroupLogps, cfg: LossConfig) -> GroupLossOutput:
     scores = wide(x.scores)
     at_or_below = _same_group(x) & (scores[None, :] <= scores[:, None])  # [k, j]: j is in k's denominator
     terms = _logsumexp_rows(z, at_or_below) - z
-    return _output(x, _sum_per_group(terms, x.group, x.num_groups), z)
+    return _output(x, sum_per_group(terms, x.group, x.num_groups), z)
 
 
 @register_group_loss("multi_negative")
@@ -122,12 +122,12 @@ def multi_negative_loss(x: GroupLogps, cfg: LossConfig) -> GroupLossOutput:
     number tied for the top. Rewards: z_k.
     """
     z = _rewards(x, cfg)
-    best = _at_group_extreme(x, "amax")
+    best = at_group_extreme(x, "amax")
     rivals = _same_group(x) & (~best[None, :] | torch.eye(len(z), dtype=torch.bool, device=z.device))
     terms = _logsumexp_rows(z, rivals) - z  # read only where k is a best response
     weights = best.to(z.dtype)
-    per_group = _sum_per_group(terms * weights, x.group, x.num_groups)
-    return _output(x, per_group / _sum_per_group(weights, x.group, x.num_groups), z)
+    per_group = sum_per_group(terms * weights, x.group, x.num_groups)
+    return _output(x, per_group / sum_per_group(weights, x.group, x.num_groups), z)
 
 
 # ---------------------------------------------------------------- every pairwise variant over response pairs
@@ -146,9 +146,9 @@ def expand_pairs(x: GroupLogps, pairs: str) -> tuple[Tensor, Tensor]:
     scores = wide(x.scores)
     chosen = _same_group(x) & (scores[:, None] > scores[None, :])  # [i, j]: i beats j
     if pairs == "best_vs_rest":
-        chosen &= _at_group_extreme(x, "amax")[:, None]
+        chosen &= at_group_extreme(x, "amax")[:, None]
     elif pairs == "best_vs_worst":
-        chosen &= _at_group_extreme(x, "amax")[:, None] & _at_group_extreme(x, "amin")[None, :]
+        chosen &= at_group_extreme(x, "amax")[:, None] & at_group_extreme(x, "amin")[None, :]
     elif pairs != "all":
         raise ValueError(
             f"loss.pairs: unknown pair selection {pairs!r}; choose all, best_vs_rest or best_vs_worst"
@@ -193,11 +193,11 @@ def pairwise_group_loss(x: GroupLogps, cfg: LossConfig, fn: LossFn, state: LossS
     per_pair = wide(pair_loss(fn, pair_logps, cfg, state).losses)
     weights = _pair_weights(x, i, j, cfg.pair_weighting).to(per_pair.dtype)
     pair_group = x.group[i]
-    total = _sum_per_group(weights, pair_group, x.num_groups)
+    total = sum_per_group(weights, pair_group, x.num_groups)
     if bool((total == 0).any()):
         empty = (total == 0).nonzero().flatten().tolist()
         raise ValueError(f"prompt groups {empty} have no two responses with different scores, so no pair")
-    losses = _sum_per_group(weights * per_pair, pair_group, x.num_groups) / total
+    losses = sum_per_group(weights * per_pair, pair_group, x.num_groups) / total
     itself = PairLogps(x.policy, x.policy, ref, ref, x.tokens, x.tokens)
     rewards = fn(itself, cfg, LossState(dict(state.values), update=False)).chosen_rewards
     return _output(x, losses, rewards)

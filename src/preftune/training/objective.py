@@ -7,14 +7,13 @@ response of a prompt at once.
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
 from ..config import LossConfig
 from ..layouts import Batch, Layout
 from ..layouts.batch import score_responses
 from ..losses import GroupLogps, LossState, PairLogps, compute_group_loss, compute_loss
+from ..losses.groups import at_group_extreme, sum_per_group
 from ..reference.sources import ReferenceSource
 from .step import MicroBatchLosses
 
@@ -79,12 +78,10 @@ def group_losses(
 def best_response_nll(logps: GroupLogps) -> Tensor:
     """(G,) per-token NLL of each group's top-scored response (the mean over responses tied for the top): a
     pair's chosen-response NLL when K = 2, so ``loss.nll_coef`` means the same on groups as on pairs."""
-    scores, group = logps.scores.double(), logps.group
-    top = scores.new_full((logps.num_groups,), -math.inf).scatter_reduce(0, group, scores, "amax")
-    is_top = (scores == top[group]).to(logps.policy.dtype)
+    is_top = at_group_extreme(logps, "amax").to(logps.policy.dtype)
     per_token = -logps.policy / logps.tokens.clamp(min=1)
-    summed = per_token.new_zeros(logps.num_groups).index_add(0, group, per_token * is_top)
-    return summed / is_top.new_zeros(logps.num_groups).index_add(0, group, is_top)
+    summed = sum_per_group(per_token * is_top, logps.group, logps.num_groups)
+    return summed / sum_per_group(is_top, logps.group, logps.num_groups)
 
 
 def _check_token_weights(batch: Batch, cfg: LossConfig) -> None:
