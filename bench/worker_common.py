@@ -49,15 +49,27 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def peak_rss_mib() -> float:
-    """High-water resident set of this process (VmHWM), in MiB; ru_maxrss where /proc is missing."""
+def _status_mib(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmHWM, VmRSS) in MiB; None where /proc is missing."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def peak_rss_mib() -> float:
+    """High-water resident set of this process (VmHWM), in MiB; ru_maxrss where /proc is missing."""
+    peak = _status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    """Resident set of this process now (VmRSS), in MiB; NaN where /proc is missing."""
+    now = _status_mib("VmRSS")
+    return now if now is not None else float("nan")
 
 
 class StepClock:

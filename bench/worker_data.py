@@ -16,20 +16,12 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import worker_common as wc
 
 ALLOCATOR_ON = wc.same_process_settings()
 wc.quiet_environment()
-
-
-def current_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def prepare_preftune(spec: dict[str, Any]) -> dict[str, Any]:
@@ -40,14 +32,14 @@ def prepare_preftune(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = load_config(None, {"model.name_or_path": spec["tokenizer"], "data.train": spec["data"],
                              "data.max_len": spec["max_len"], "output_dir": spec["output_dir"]})  # fmt: skip
     tokenizer = load_tokenizer(spec["tokenizer"])
-    before = current_rss_mib()
+    before = wc.current_rss_mib()
     start = time.perf_counter()
     pairs, report = load_pairs(cfg.data, tokenizer, "train", cfg.seed)
     seconds = time.perf_counter() - start
     gc.collect()
     tokens = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
     return {"prepare_s": seconds, "rows": len(pairs), "tokens": tokens, "truncated": report.truncated,
-            "held_mib": current_rss_mib() - before}  # fmt: skip
+            "held_mib": wc.current_rss_mib() - before}  # fmt: skip
 
 
 def prepare_trl(spec: dict[str, Any]) -> dict[str, Any]:
@@ -57,7 +49,7 @@ def prepare_trl(spec: dict[str, Any]) -> dict[str, Any]:
 
     tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
     with tempfile.TemporaryDirectory() as cache:  # a fresh datasets cache: nothing reused from an earlier run
-        before = current_rss_mib()
+        before = wc.current_rss_mib()
         start = time.perf_counter()
         dataset = load_dataset("json", data_files=spec["data"], split="train", cache_dir=cache)
         args = DPOConfig(output_dir=spec["output_dir"], max_length=spec["max_len"], report_to="none",
@@ -68,7 +60,7 @@ def prepare_trl(spec: dict[str, Any]) -> dict[str, Any]:
         seconds = time.perf_counter() - start
         rows = len(trainer.train_dataset)
         gc.collect()
-        held = current_rss_mib() - before
+        held = wc.current_rss_mib() - before
     return {"prepare_s": seconds, "rows": rows, "held_mib": held}
 
 
