@@ -7,16 +7,25 @@ further down can point at the exact row.
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import DataError
+from .readers import (
+    Located,
+    count_jsonl,
+    iter_csv,
+    iter_dataset,
+    iter_json,
+    iter_jsonl,
+    iter_parquet,
+    one_line,
+    parquet_rows,
+)
 
 SUPPORTED = (".jsonl", ".json", ".parquet", ".csv")
 _SUPPORTED_TEXT = ", ".join(SUPPORTED) + " files, or a folder written by datasets' save_to_disk"
@@ -39,199 +48,108 @@ class RawRow:
         return f"{self.source} row {self.index}"
 
 
-Located = list[tuple[Any, int | None]]  # (row value, 1-based line or None)
+def iter_source(name: str, split: str, chunk_rows: int = 2048) -> Iterator[list[RawRow]]:
+    """The rows of :func:`read_source`, in order, in lists of at most ``chunk_rows``: a chunk (and a block of
+    the file) is held at a time, never the whole source, except a .json file, one document parsed whole.
+
+    A missing or unsupported source raises here; an error in the data raises when the chunk holding it is
+    reached, so rows before it may already have been yielded.
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}.")
+    return _chunks(name, split, _located(name, _kind(name), split, chunk_rows), chunk_rows)
 
 
 def read_source(name: str, split: str) -> list[RawRow]:
     """All rows of one source. Files ignore ``split``; folders and Hub datasets read that split."""
+    return [row for chunk in iter_source(name, split) for row in chunk]
+
+
+def count_rows(name: str, split: str) -> int:
+    """How many rows :func:`read_source` gives for a valid source, found cheaply where the format allows:
+    non-blank lines of a .jsonl file (no JSON parsed), a Parquet footer, a dataset's length. .csv and .json
+    files are read. An empty source counts 0 (read_source refuses it); a missing or unsupported source raises
+    as read_source does. A malformed file may count rows that read_source then refuses.
+    """
+    kind = _kind(name)
+    if kind == ".jsonl":
+        return count_jsonl(Path(name))
+    if kind == ".parquet":
+        return parquet_rows(Path(name))
+    if kind in ("folder", "hub"):
+        return len(_dataset(name, kind, split))
+    return sum(1 for _ in _located(name, kind, split, 2048))
+
+
+def _kind(name: str) -> str:
+    """The source's kind: "folder", "hub", or a file's suffix from SUPPORTED; a DataError for anything else."""
     path = Path(name)
     if path.is_dir():
-        located: Located = [(row, None) for row in _read_folder(path, split)]
-    elif path.is_file():
-        reader = _READERS.get(path.suffix.lower())
-        if reader is None:
+        return "folder"
+    if path.is_file():
+        if path.suffix.lower() not in SUPPORTED:
             raise DataError(
                 f"{name}: unsupported file type {path.suffix or '(no extension)'!r}; "
                 f"supported: {_SUPPORTED_TEXT}, or a Hugging Face Hub dataset name."
             )
-        located = reader(path)
-    elif _HUB_NAME.match(name) and not _FILE_EXTENSION.search(name):
-        located = [(row, None) for row in _read_hub(name, split)]
+        return path.suffix.lower()
+    if _HUB_NAME.match(name) and not _FILE_EXTENSION.search(name):
+        return "hub"
+    raise DataError(
+        f"{name}: file not found (checked relative to {Path.cwd()}); give an existing "
+        f"{_SUPPORTED_TEXT}, or a Hub dataset name such as 'org/name'."
+    )
+
+
+def _located(name: str, kind: str, split: str, chunk_rows: int) -> Iterator[Located]:
+    # A generator, so that nothing is opened or loaded before the first chunk is asked for.
+    path = Path(name)
+    if kind in ("folder", "hub"):
+        yield from iter_dataset(_dataset(name, kind, split), chunk_rows)
+    elif kind == ".parquet":
+        yield from iter_parquet(path, chunk_rows)
     else:
-        raise DataError(
-            f"{name}: file not found (checked relative to {Path.cwd()}); give an existing "
-            f"{_SUPPORTED_TEXT}, or a Hub dataset name such as 'org/name'."
-        )
-    if not located:
-        raise DataError(f"{name}: holds no rows (split {split!r} where splits apply); nothing to train on.")
-    rows = []
+        yield from _FILE_READERS[kind](path)
+
+
+_FILE_READERS: dict[str, Callable[[Path], Iterator[Located]]] = {
+    ".jsonl": iter_jsonl,
+    ".json": iter_json,
+    ".csv": iter_csv,
+}
+
+
+def _chunks(name: str, split: str, located: Iterator[Located], chunk_rows: int) -> Iterator[list[RawRow]]:
+    chunk: list[RawRow] = []
+    index = -1
     for index, (value, line) in enumerate(located):
         if not isinstance(value, dict):
             where = f"{name}:{line}" if line is not None else f"{name} row {index}"
             raise DataError(
                 f"{where}: expected an object with prompt/chosen/rejected keys, got {type(value).__name__}."
             )
-        rows.append(RawRow(name, index, value, line))
-    return rows
+        chunk.append(RawRow(name, index, value, line))
+        if len(chunk) == chunk_rows:
+            yield chunk
+            chunk = []
+    if index < 0:
+        raise DataError(f"{name}: holds no rows (split {split!r} where splits apply); nothing to train on.")
+    if chunk:
+        yield chunk
 
 
-def _one_line(exc: BaseException) -> str:
-    """A library's message on one line: Arrow's, for one, spans several ("...Invalid data\nDeserializing page
-    header failed.\n"), and the CLI promises a one-line error."""
-    return " ".join(str(exc).split())
+def _dataset(name: str, kind: str, split: str) -> Any:
+    return _load_folder(Path(name), split) if kind == "folder" else _load_hub(name, split)
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = exc.object[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
-
-
-def _loads(text: str, where: str) -> Any:
-    """``json.loads``, with the two failures that are not a JSONDecodeError turned into a DataError too."""
-    try:
-        return json.loads(text)
-    except RecursionError:  # "[[[[..." thousands deep: the parser recurses once per level
-        raise DataError(f"{where}: not valid JSON (nested deeper than the JSON parser allows).") from None
-    except ValueError as exc:
-        if isinstance(exc, json.JSONDecodeError):
-            raise
-        # Python 3.11+ refuses to convert an integer literal of more than 4300 digits.
-        raise DataError(f"{where}: not usable JSON ({exc}).") from None
-
-
-# JSON lines end at \n, \r\n or \r only. str.splitlines() also splits at U+2028, U+2029 and U+0085, which JSON
-# allows raw inside strings (json.dumps(ensure_ascii=False) writes them), so it would cut valid rows in two.
-_JSON_LINE_END = re.compile(r"\r\n|\r|\n")
-
-
-def _read_jsonl(path: Path, text: str | None = None) -> Located:
-    rows: Located = []
-    lines = _JSON_LINE_END.split(_read_text(path) if text is None else text)
-    for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((_loads(line, f"{path}:{line_no}"), line_no))
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{path}:{line_no}: not valid JSON ({exc.msg}: column {exc.colno}); each line of a "
-                ".jsonl file must be one JSON object."
-            ) from None
-    return rows
-
-
-def _read_json(path: Path) -> Located:
-    text = _read_text(path)
-    try:
-        value = _loads(text, str(path))
-    except json.JSONDecodeError as exc:
-        if exc.msg == "Extra data":  # several top-level values: the file is JSON lines with a .json name
-            return _read_jsonl(path, text)
-        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}: column {exc.colno}).") from None
-    if isinstance(value, dict):
-        for key in ("data", "train"):
-            if isinstance(value.get(key), list):
-                value = value[key]
-                break
-        else:
-            raise DataError(
-                f"{path}: a .json file must hold a list of rows or an object with a 'data' or 'train' "
-                f"list; found an object with keys {sorted(value)}."
-            )
-    if not isinstance(value, list):
-        raise DataError(f"{path}: a .json file must hold a list of rows, found {type(value).__name__}.")
-    return [(row, None) for row in value]
-
-
-def _read_parquet(path: Path) -> Located:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{path}: cannot be read as Parquet ({_one_line(exc)}).") from None
-    unconvertible = (pa.ArrowException, ValueError, OverflowError)
-    try:
-        return [(row, None) for row in table.to_pylist()]
-    except unconvertible as exc:
-        # Every column is converted, used or not, and some Arrow values have no Python equivalent (a
-        # timestamp past year 9999 raises OverflowError, a name or string that is not UTF-8 a
-        # UnicodeDecodeError); find the column so the message can name it.
-        bad = []
-        for i in range(table.num_columns):
-            try:
-                table.column(i).to_pylist()
-                continue
-            except unconvertible:
-                pass
-            try:
-                bad.append(repr(table.schema.field(i).name))
-            except unconvertible:
-                bad.append(f"number {i + 1}")
-        what = f"column(s) {', '.join(bad)}" if bad else "the column names"
-        raise DataError(
-            f"{path}: {what} cannot be converted to Python values "
-            f"({type(exc).__name__}: {_one_line(exc)}); remove or fix them."
-        ) from None
-
-
-def _read_csv(path: Path) -> Located:
-    # Long answers exceed the csv module's default 128 KiB field limit.
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-    # newline="" lets the csv module see quoted newlines inside a field.
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        # strict: a quote left open (a file cut off mid-field) is an error, not one field swallowing the rest
-        # of the file, which would silently turn every later row into text of that one.
-        reader = csv.DictReader(f, strict=True)
-        rows: Located = []
-        start = 1  # first line of the row being read: reader.line_num lags when a row ends in an error
-        try:
-            if reader.fieldnames is None:  # reads the header; None for an empty file
-                return rows
-            header = reader.fieldnames
-            start = reader.line_num + 1
-            for row in reader:
-                # DictReader puts values past the header under the key None and fills missing ones with None.
-                # Either way a delimiter was lost or added (an unquoted comma, a cut-off line), so the values
-                # no longer line up with the columns and every field of the row is suspect.
-                extra, missing = row.get(None) or [], [k for k, v in row.items() if v is None]
-                if extra or missing:
-                    raise DataError(
-                        f"{path}:{start} (row {len(rows)}): has {len(header) - len(missing) + len(extra)} "
-                        f"values for the header's {len(header)} columns ({', '.join(map(repr, header))}); "
-                        "quote fields that contain the delimiter."
-                    )
-                rows.append((row, start))
-                start = reader.line_num + 1
-        except csv.Error as exc:
-            raise DataError(
-                f"{path}:{start}: not valid CSV ({exc}); check the quoting of the row starting on this line."
-            ) from None
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason}).") from None
-    return rows
-
-
-_READERS: dict[str, Callable[[Path], Located]] = {
-    ".jsonl": _read_jsonl,
-    ".json": _read_json,
-    ".parquet": _read_parquet,
-    ".csv": _read_csv,
-}
-
-
-def _read_folder(path: Path, split: str) -> list[Any]:
+def _load_folder(path: Path, split: str) -> Any:
     import datasets
 
     try:
         loaded = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as exc:
         raise DataError(
-            f"{path}: a folder must be written by datasets' save_to_disk ({_one_line(exc)}); for plain files give "
+            f"{path}: a folder must be written by datasets' save_to_disk ({one_line(exc)}); for plain files give "
             "the file itself."
         ) from None
     if isinstance(loaded, datasets.DatasetDict):
@@ -241,19 +159,18 @@ def _read_folder(path: Path, split: str) -> list[Any]:
                 "(set data.train_split / data.eval_split)."
             )
         loaded = loaded[split]
-    return loaded.to_list()
+    return loaded
 
 
-def _read_hub(name: str, split: str) -> list[Any]:
+def _load_hub(name: str, split: str) -> Any:
     import datasets
 
     try:
-        loaded = datasets.load_dataset(name, split=split)
-        return loaded.to_list()
+        return datasets.load_dataset(name, split=split)
     except Exception as exc:  # the Hub client raises many unrelated types; all mean "cannot use this name"
         raise DataError(
             f"{name}: neither a local file or folder nor a dataset loadable from the Hugging Face Hub "
-            f"with split {split!r} ({type(exc).__name__}: {_one_line(exc)})."
+            f"with split {split!r} ({type(exc).__name__}: {one_line(exc)})."
         ) from None
 
 
