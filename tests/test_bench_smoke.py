@@ -140,5 +140,8 @@ def test_data_scale_quick_runs_preftune_end_to_end(workdir: Path, capsys: pytest
     assert sorted(results) == ["preftune-rerun@2000", "preftune@2000"]
     for (run,) in results.values():
         # 2000 rows of 40-200 + 2 x 30-200 words: none is dropped, and each word is at least one token.
-        assert run["rows"] == 2000 and run["tokens"] > 2000 * (2 * 40 + 30 + 30)
+        assert run["rows"] == 2000 and run["tokens"] > 2000 * (40 + 30 + 30)
         assert run["prepare_s"] > 0 and run["peak_rss_mib"] > 50 and run["allocator_settings"] is True
+        assert run["first_batch_rows"] == 8 and run["store_mib"] > 2000 * 100 * 4 / 2**20
+    # The rerun maps the store the first run built (same file, tokenizer and settings).
+    assert not results["preftune@2000"][0]["reused"] and results["preftune-rerun@2000"][0]["reused"]

@@ -64,11 +64,14 @@ def train_args(launcher: list[str], ws: dict[str, str], out: Path, strategy: str
     return args
 
 
-def _torchrun(ws: dict[str, str], out: Path, strategy: str, extra: dict | None = None) -> None:
+def _torchrun(
+    ws: dict[str, str], out: Path, strategy: str, extra: dict | None = None, ok: bool = True
+) -> subprocess.CompletedProcess[str]:
     args = train_args(TORCHRUN, ws, out, strategy, {**RUN, **(extra or {})})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert (result.returncode == 0) == ok, result.stderr[-4000:]
+    return result
 
 
 def _assert_same_metrics(a: Path, b: Path) -> None:
@@ -84,7 +87,10 @@ def _assert_same_weights(a: Path, b: Path) -> None:
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_two_processes_match_one(ws, single_run, tmp_path, strategy) -> None:
     out = tmp_path / strategy
-    _torchrun(ws, out, strategy)
+    result = _torchrun(ws, out, strategy)
+    # Rank 0 tokenised each split once; rank 1 only mapped the same store (it never builds one).
+    assert result.stdout.count("data train: tokenised 64 rows into") == 1, result.stdout
+    assert sorted(p.name.startswith(".tmp") for p in (out / "data_cache").iterdir()) == [False, False]
     _assert_same_metrics(single_run, out)
     _assert_same_weights(single_run, out)
     assert (
@@ -129,6 +135,15 @@ def test_one_process_checkpoint_resumes_on_two(ws, single_run, tmp_path) -> None
     _torchrun(ws, resumed, "fsdp2")
     _assert_same_weights(single_run, resumed)
     _assert_same_metrics(single_run, resumed)
+
+
+def test_a_data_error_while_building_stops_both_processes(ws, tmp_path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "answer": " a"}\n')
+    result = _torchrun(
+        ws, tmp_path / "out", "ddp", {"data.train": str(bad), "data.eval": ws["eval"]}, ok=False
+    )
+    assert "missing key 'chosen'" in result.stderr and "bad.jsonl:1" in result.stderr
 
 
 def test_distributed_strategy_outside_torchrun_is_refused(ws, tmp_path, monkeypatch) -> None:

@@ -233,10 +233,15 @@ def test_rerun_skips_finished_rounds_and_resumes(iterated, capsys) -> None:
     checkpoints = sorted((out / "round-2" / "checkpoints").glob("step-*"))
     for newest in checkpoints[-2:]:
         shutil.rmtree(newest)
+    stores = {p.name: (p / "meta.json").stat().st_mtime_ns for p in (out / "data_cache").iterdir()}
+    assert len(stores) == 2 and not any(name.startswith(".tmp") for name in stores)
     capsys.readouterr()
     run_iterate(cfg)
     printed = capsys.readouterr().out
     assert "round 2: reusing the samples" in printed and f"resuming from {checkpoints[-3]}" in printed
+    # The resumed round maps the store its first try built (not rewritten): one store per round, one folder.
+    assert sorted(p.name for p in (out / "data_cache").iterdir()) == sorted(stores)
+    assert {p.name: (p / "meta.json").stat().st_mtime_ns for p in (out / "data_cache").iterdir()} == stores
     assert_close_weights(load_weights(out / "round-2" / "final"), final, rtol=1e-6, atol=1e-6)
     assert json.loads(summary.read_text()) == json.loads(kept)
 

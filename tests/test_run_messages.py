@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,20 @@ def ws(tmp_path_factory) -> dict[str, str]:
 
 
 def _data_lines(cfg) -> list[str]:
+    """The lines about the data, less the one per split saying where its tokenised store is."""
     lines: list[str] = []
     runner.build_trainer(cfg, log=lines.append)
-    return [line for line in lines if line.startswith("data ")]
+    stores = [line for line in lines if re.match(r"data (train|eval): (tokenised|reusing)", line)]
+    assert len(stores) == 2, lines  # one per split
+    return [line for line in lines if line.startswith("data ") and line not in stores]
+
+
+def test_a_second_build_of_the_same_data_says_it_reuses_the_store(ws, tmp_path) -> None:
+    shared = {"data.cache_dir": str(tmp_path / "stores")}
+    for out, verb in (("a", "tokenised 16 rows into"), ("b", "reusing the tokenised store")):
+        lines: list[str] = []
+        runner.build_trainer(toy_config(ws, tmp_path / out, **shared), log=lines.append)
+        assert any(line.startswith(f"data train: {verb} {tmp_path / 'stores'}") for line in lines), lines
 
 
 def test_data_lines_count_truncated_rows_and_name_an_unused_chat_template(ws, tmp_path) -> None:

@@ -100,6 +100,15 @@ class DataConfig:
         "response_right keeps the whole prompt; drop discards the row",
     )
     report_examples: int = _f(5, "rows quoted per drop reason in data_report.json")
+    cache_dir: str | None = _f(
+        None,
+        "folder of tokenised stores (default <output_dir>/data_cache): a split is tokenised once into a "
+        "memory-mapped store named by its key (sources' content, tokenizer, data settings) and reused by "
+        "every later run, resume, eval or iterate round with that key; share one folder between runs",
+    )
+    num_proc: int | None = _f(
+        None, "worker processes that tokenise a store being built (default: one per CPU core)"
+    )
     shuffle: bool = _f(True, "shuffle training pairs each epoch (seeded, resumable)")
     group_by_length: bool = _f(
         False,

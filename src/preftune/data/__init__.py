@@ -5,7 +5,8 @@ as :class:`TokenizedGroup` lists: a prompt with K scored responses) and :func:`w
 """
 
 from .errors import DataError
-from .load import TokenizedGroup, TokenizedPair, load_groups, load_pairs
+from .items import TokenizedGroup, TokenizedPair
+from .load import load_groups, load_pairs
 from .report import DataReport, write_data_report
 
 __all__ = [

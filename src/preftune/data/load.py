@@ -1,135 +1,76 @@
 """``load_pairs`` / ``load_groups``: configured sources in, tokenised pairs or prompt groups and a report out.
 
-Order of work: read every source, mix/select rows, turn each row into texts (shape rules in rows.py),
-tokenise all texts in batches, truncate. Both entry points run this one pipeline on groups (a pair is the
-group ``[chosen, rejected]`` with scores [1, 0]); they differ only in which row shapes they accept. A row that fails a per-row check is counted under its reason in the
-report; a problem with the files or the configuration raises :class:`DataError`.
+Both read one split through its tokenised store (store.py): found under the cache folder by its key and
+reused, or built (build.py: count, draw, convert and tokenise in chunks, truncate) and then reused. Both run
+one pipeline on groups (a pair is the group ``[chosen, rejected]`` with scores [1, 0]); they differ only in
+which row shapes they accept. A row that fails a per-row check is counted under its reason in the report; a
+problem with the files or the configuration raises :class:`DataError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import tempfile
+import time
+from pathlib import Path
 from typing import Any, Literal
 
 from ..config import DataConfig
-from .errors import DataError, DropRow
-from .report import DataReport
-from .rows import GroupText, RowConverter
-from .sources import RawRow, read_source, select_rows
-from .tokenize import encode_groups, fit_group
+from .build import ChunkConverter, SplitSources, build_split, default_num_proc
+from .errors import DataError
+from .items import TokenizedGroup, TokenizedPair
+from .report import DataReport, report_from_dict
+from .store import GroupStore, is_complete, store_key
+from .view import StoreRows
 
-
-@dataclass
-class TokenizedPair:
-    """One preference pair as token ids; the model sees ``prompt_ids + chosen_ids`` and
-    ``prompt_ids + rejected_ids`` and scores only the response part.
-
-    Example (toy tokenizer, string row): prompt_ids = [BOS, *ids("Tell me: ...")], chosen_ids =
-    [*ids(" the cat ..."), EOS]. ``source``/``index`` name the row: ``("data/train.jsonl", 7)``.
-    ``pair_id`` is the pair's slot in the run's table of pairs (train pairs 0..N-1, then eval pairs), set by
-    the runner; a precomputed reference looks its log-probs up by it (-1: not numbered).
-    """
-
-    prompt_ids: list[int]
-    chosen_ids: list[int]
-    rejected_ids: list[int]
-    source: str
-    index: int
-    pair_id: int = -1
-
-    @property
-    def responses(self) -> list[list[int]]:
-        """Its two responses as a group's: chosen, then rejected (the order a reference table keeps them in)."""
-        return [self.chosen_ids, self.rejected_ids]
-
-
-@dataclass
-class TokenizedGroup:
-    """One prompt with K >= 2 responses as token ids, and their scores (higher is better; ties allowed).
-
-    The model sees ``prompt_ids + responses[k]`` for each k and scores only the response part; a pair is the
-    group ``[chosen, rejected]`` with scores ``[1, 0]``. ``group_id`` is its slot in the run's table (-1: not
-    numbered), like :attr:`TokenizedPair.pair_id`.
-    """
-
-    prompt_ids: list[int]
-    responses: list[list[int]]
-    scores: list[float]
-    source: str
-    index: int
-    group_id: int = -1
+Split = Literal["train", "eval"]
 
 
 def load_pairs(
-    cfg: DataConfig, tokenizer: Any, split: Literal["train", "eval"], seed: int
-) -> tuple[list[TokenizedPair], DataReport]:
+    cfg: DataConfig,
+    tokenizer: Any,
+    split: Split,
+    seed: int,
+    cache_dir: Path | None = None,
+    build: bool = True,
+) -> tuple[StoreRows[TokenizedPair], DataReport]:
     """Tokenised pairs for ``split`` and the report of what was read, kept and dropped.
 
     "train" uses data.train / train_probs / train_split / max_samples; "eval" uses data.eval / eval_split /
     eval_max_samples and never mixes by probability. Only pair rows: a row with K responses is read as a
-    pair row (and so refused or dropped); :func:`load_groups` reads those.
+    pair row (and so refused or dropped); :func:`load_groups` reads those. The store lives under
+    ``cache_dir`` (else data.cache_dir, else a temporary folder that lives as long as the rows); ``build``
+    False only opens a store another process built, and raises when there is none.
     """
-    groups, report = _load(cfg, tokenizer, split, seed, lambda convert, row: GroupText.of_pair(convert(row)))
-    # A kept pair is never merged (that leaves one response, a drop), so responses stay [chosen, rejected].
-    pairs = [TokenizedPair(g.prompt_ids, g.responses[0], g.responses[1], g.source, g.index) for g in groups]
-    return pairs, report
+    store, report = open_split(cfg, tokenizer, split, seed, False, cache_dir, build)
+    return StoreRows(store, pairs=True), report
 
 
 def load_groups(
-    cfg: DataConfig, tokenizer: Any, split: Literal["train", "eval"], seed: int
-) -> tuple[list[TokenizedGroup], DataReport]:
-    """Tokenised prompt groups for ``split`` from any mix of group rows and pair rows, and the report.
-
-    Same sources, mixing and limits as :func:`load_pairs`. A pair row gives the group ``[chosen, rejected]``
-    with scores [1.0, 0.0] and the same ids load_pairs gives it; a group row keeps its response order, less
-    merged duplicates and what data.max_responses leaves out. ``report.merged_responses`` counts the merges.
-    """
-    return _load(cfg, tokenizer, split, seed, RowConverter.group)
-
-
-def _load(
     cfg: DataConfig,
     tokenizer: Any,
-    split: Literal["train", "eval"],
+    split: Split,
     seed: int,
-    to_group: Callable[[RowConverter, RawRow], GroupText],
-) -> tuple[list[TokenizedGroup], DataReport]:
-    rows, report = _read_rows(cfg, split, seed)
-    convert = RowConverter(cfg, tokenizer)
-    texts: list[tuple[RawRow, GroupText]] = []
-    for row in rows:
-        try:
-            texts.append((row, to_group(convert, row)))
-        except DropRow as drop:
-            report.drop(drop.reason, row.source, row.index, row.data)
+    cache_dir: Path | None = None,
+    build: bool = True,
+) -> tuple[StoreRows[TokenizedGroup], DataReport]:
+    """Tokenised prompt groups for ``split`` from any mix of group rows and pair rows, and the report.
 
-    groups: list[TokenizedGroup] = []
-    bos = getattr(tokenizer, "bos_token_id", None)
-    encoded = encode_groups([text for _, text in texts], tokenizer)
-    for (row, text), (prompt, responses) in zip(texts, encoded, strict=True):
-        try:
-            p, cut, scores, truncated = fit_group(prompt, responses, text.scores, cfg, bos)
-        except DropRow as drop:
-            report.drop(drop.reason, row.source, row.index, row.data)
-            continue
-        report.truncated += truncated
-        report.merged_responses += text.merged + len(responses) - len(cut)
-        groups.append(TokenizedGroup(p, cut, scores, row.source, row.index))
-    report.kept = len(groups)
-    if convert.has_template:
-        report.untemplated_prompts = sum(text.prompt_special_tokens for _, text in texts)
-    return groups, report
+    Same sources, mixing, limits and store as :func:`load_pairs`. A pair row gives the group ``[chosen,
+    rejected]`` with scores [1.0, 0.0] and the same ids load_pairs gives it; a group row keeps its response
+    order, less merged duplicates and what data.max_responses leaves out. ``report.merged_responses``
+    counts the merges.
+    """
+    store, report = open_split(cfg, tokenizer, split, seed, True, cache_dir, build)
+    return StoreRows(store, pairs=False), report
 
 
-def _read_rows(
-    cfg: DataConfig, split: Literal["train", "eval"], seed: int
-) -> tuple[list[RawRow], DataReport]:
-    """The split's rows after mixing and limits, and a report that has counted them."""
+def split_sources(cfg: DataConfig, split: Split) -> SplitSources:
+    """The split's sources and their settings, checked."""
     if split == "train":
-        names, probs, hf_split, limit = cfg.train, cfg.train_probs, cfg.train_split, cfg.max_samples
+        sources = SplitSources(split, cfg.train, cfg.train_probs, cfg.train_split, cfg.max_samples)
     else:
-        names, probs, hf_split, limit = cfg.eval, None, cfg.eval_split, cfg.eval_max_samples
+        sources = SplitSources(split, cfg.eval, None, cfg.eval_split, cfg.eval_max_samples)
+    names = sources.names
     if not names:
         raise DataError(f"data.{split}: no {split} source given.")
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -138,10 +79,40 @@ def _read_rows(
             f"data.{split}: {', '.join(repeated)} listed more than once; list each source once "
             "(use data.train_probs to weight it)."
         )
-    if probs is not None and len(probs) != len(names):
-        raise DataError(f"data.train_probs: has {len(probs)} values for {len(names)} sources.")
-    sources = [read_source(name, hf_split) for name in names]
-    rows, counts = select_rows(sources, names, probs, limit, seed)
-    return rows, DataReport(
-        split=split, max_examples=cfg.report_examples, sources=counts, rows_read=len(rows)
-    )
+    if sources.probs is not None and len(sources.probs) != len(names):
+        raise DataError(f"data.train_probs: has {len(sources.probs)} values for {len(names)} sources.")
+    return sources
+
+
+def open_split(
+    cfg: DataConfig,
+    tokenizer: Any,
+    split: Split,
+    seed: int,
+    groups: bool,
+    cache_dir: Path | None,
+    build: bool,
+) -> tuple[GroupStore, DataReport]:
+    """The split's store, reused when one of its key is complete under the cache folder, else built; and the
+    report of its build. ``store.reused`` says which, ``store.build_seconds`` how long a build took."""
+    sources = split_sources(cfg, split)
+    key = store_key(cfg, split, sources.names, tokenizer, seed, "groups" if groups else "pairs")
+    temporary = None
+    if cache_dir is None and cfg.cache_dir is None:
+        temporary = tempfile.TemporaryDirectory(prefix="preftune-data-")
+    root = Path(temporary.name if temporary else cache_dir or str(cfg.cache_dir))
+    folder, reused, seconds = root / key[:32], True, 0.0
+    if not is_complete(folder, key):
+        if not build:
+            raise DataError(
+                f"data.{split}: no complete tokenised store {folder} (key {key[:16]}); the process that builds "
+                "it did not finish"
+            )
+        start = time.perf_counter()
+        converter = ChunkConverter(cfg, tokenizer, groups)
+        build_split(root, key, sources, converter, seed, cfg.num_proc or default_num_proc())
+        reused, seconds = False, time.perf_counter() - start
+    store = GroupStore(folder)
+    store.reused, store.build_seconds, store.temporary = reused, seconds, temporary
+    report = report_from_dict(store.meta["report"], cfg.report_examples)
+    return store, report

@@ -10,6 +10,12 @@ from typing import Any
 _ROW_REPR_CHARS = 300
 
 
+def quote_row(row: Any) -> str:
+    """A dropped row as data_report.json quotes it: its repr, cut after a few hundred characters."""
+    text = repr(row)
+    return text[:_ROW_REPR_CHARS] + "..." if len(text) > _ROW_REPR_CHARS else text
+
+
 @dataclass
 class DataReport:
     """Counts for one split. ``kept + sum(dropped.values()) == rows_read``, where ``rows_read`` counts rows
@@ -39,14 +45,12 @@ class DataReport:
     dropped: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
-    def drop(self, reason: str, source: str, index: int, row: Any) -> None:
+    def drop(self, reason: str, source: str, index: int, quoted: str) -> None:
+        """Count one dropped row; ``quoted`` is :func:`quote_row` of it, kept for the first few per reason."""
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        quoted = self.examples.setdefault(reason, [])
-        if len(quoted) < self.max_examples:
-            text = repr(row)
-            if len(text) > _ROW_REPR_CHARS:
-                text = text[:_ROW_REPR_CHARS] + "..."
-            quoted.append({"source": source, "index": index, "row": text})
+        examples = self.examples.setdefault(reason, [])
+        if len(examples) < self.max_examples:
+            examples.append({"source": source, "index": index, "row": quoted})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +63,13 @@ class DataReport:
             "dropped": dict(self.dropped),
             "examples": {reason: [dict(e) for e in rows] for reason, rows in self.examples.items()},
         }
+
+
+def report_from_dict(value: dict[str, Any], max_examples: int) -> DataReport:
+    """The report :meth:`DataReport.to_dict` wrote (a store keeps its build's), with ``untemplated_prompts``
+    when the dict has it."""
+    fields = {k: v for k, v in value.items() if k in DataReport.__dataclass_fields__}
+    return DataReport(max_examples=max_examples, **fields)
 
 
 def write_data_report(reports: dict[str, DataReport], output_dir: str | Path) -> Path:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -26,12 +27,12 @@ class ResumableSampler(Sampler[int]):
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
-        lengths: list[int] | None = None,
+        lengths: Sequence[int] | np.ndarray | None = None,
         group_batches: int = 16,
     ) -> None:
         if lengths is not None and len(lengths) != num_samples:
             raise ValueError(f"{len(lengths)} lengths for {num_samples} samples")
-        self.lengths = lengths
+        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
         self.group_batches = group_batches
         self.num_samples = num_samples
         self.global_batch = global_batch
@@ -70,7 +71,9 @@ class ResumableSampler(Sampler[int]):
         grouped: list[int] = []
         window = batch * self.group_batches
         for start in range(0, len(order), window):
-            ranked = sorted(order[start : start + window], key=lambda i: -lengths[i])
+            ids = np.asarray(order[start : start + window], dtype=np.int64)
+            # A stable sort: equal lengths keep their shuffled order, as sorted() with a key would.
+            ranked = ids[np.argsort(-lengths[ids], kind="stable")].tolist()
             batches = [ranked[b : b + batch] for b in range(0, len(ranked), batch)]
             for b in torch.randperm(len(batches), generator=gen).tolist():
                 grouped.extend(batches[b])

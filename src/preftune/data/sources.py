@@ -7,7 +7,6 @@ further down can point at the exact row.
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -172,45 +171,3 @@ def _load_hub(name: str, split: str) -> Any:
             f"{name}: neither a local file or folder nor a dataset loadable from the Hugging Face Hub "
             f"with split {split!r} ({type(exc).__name__}: {one_line(exc)})."
         ) from None
-
-
-def select_rows(
-    sources: list[list[RawRow]],
-    names: list[str],
-    probs: list[float] | None,
-    max_samples: int | None,
-    seed: int,
-) -> tuple[list[RawRow], dict[str, dict[str, int]]]:
-    """The rows to use, plus ``{name: {"rows": read, "used": drawn, "repeated": drawn beyond read}}``.
-
-    With ``probs`` (say [3, 1], two sources of 100 rows, ``max_samples`` 40): source 0 gives
-    round(0.75 * 40) = 30 rows and source 1 gives 10, each drawn from a seeded permutation of its source
-    (further permutations follow when a source must give more rows than it has), then the draws are
-    interleaved by a seeded shuffle. Without ``probs`` every row is used in order, and ``max_samples``
-    keeps a seeded random subset, still in order.
-    """
-    counts = {
-        name: {"rows": len(rows), "used": 0, "repeated": 0} for name, rows in zip(names, sources, strict=True)
-    }
-    if probs is None:
-        chosen = [row for rows in sources for row in rows]
-        if max_samples is not None and max_samples < len(chosen):
-            rng = random.Random(f"preftune-subset-{seed}")
-            chosen = [chosen[i] for i in sorted(rng.sample(range(len(chosen)), max_samples))]
-    else:
-        total = max_samples if max_samples is not None else sum(len(rows) for rows in sources)
-        weight = sum(probs)
-        chosen = []
-        for i, rows in enumerate(sources):
-            want = round(probs[i] / weight * total)
-            rng = random.Random(f"preftune-mix-{seed}-{i}")
-            drawn: list[RawRow] = []
-            while len(drawn) < want:
-                drawn.extend(rng.sample(rows, len(rows)))
-            chosen.extend(drawn[:want])
-        random.Random(f"preftune-interleave-{seed}").shuffle(chosen)
-    for row in chosen:
-        counts[row.source]["used"] += 1
-    for c in counts.values():
-        c["repeated"] = max(0, c["used"] - c["rows"])
-    return chosen, counts

@@ -19,32 +19,58 @@ Ids = list[int]
 _BATCH = 1000  # texts per tokenizer call: fast tokenizers parallelise within a call
 
 
-def encode_texts(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[Ids]:
-    out: list[Ids] = []
-    for start in range(0, len(texts), _BATCH):
-        batch = tokenizer(texts[start : start + _BATCH], add_special_tokens=add_special_tokens)
-        out.extend(list(ids) for ids in batch["input_ids"])
-    return out
+class TextEncoder:
+    """``tokenizer(texts, add_special_tokens=...)["input_ids"]``, through the Rust tokenizer's own
+    ``encode_batch`` when it gives the same ids: that skips building a BatchEncoding (a third of the time of
+    a call). The first batch of each ``add_special_tokens`` value is encoded both ways and compared; a
+    tokenizer whose Python side changes anything (or that has no Rust backend) keeps the plain call."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._same: dict[bool, bool] = {}  # add_special_tokens -> the backend gives the plain call's ids
+
+    def __call__(self, texts: list[str], add_special_tokens: bool) -> list[Ids]:
+        out: list[Ids] = []
+        for start in range(0, len(texts), _BATCH):
+            out.extend(self._batch(texts[start : start + _BATCH], add_special_tokens))
+        return out
+
+    def _batch(self, texts: list[str], special: bool) -> list[Ids]:
+        if self._same.get(special, True) and self.backend is not None:
+            fast = [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=special)]
+            if special in self._same:
+                return fast
+            plain = self._plain(texts, special)
+            self._same[special] = fast == plain
+            return plain
+        return self._plain(texts, special)
+
+    def _plain(self, texts: list[str], special: bool) -> list[Ids]:
+        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=special)["input_ids"]]
 
 
-def encode_groups(texts: Sequence[GroupText], tokenizer: Any) -> list[tuple[Ids, list[Ids]]]:
+def encode_groups(
+    texts: Sequence[GroupText], tokenizer: Any, encoder: TextEncoder | None = None
+) -> list[tuple[Ids, list[Ids]]]:
     """``(prompt_ids, [response_ids, ...])`` per group (a pair: ``[chosen, rejected]``), untruncated.
 
     Toy tokenizer, string row ``{"prompt": "hi", "chosen": " yo", ...}``: prompt_ids = [BOS, ids("hi")],
     chosen_ids = ids(" yo") + [EOS]. Chat-rendered prompt ``"<s><|user|>hi</s><|assistant|>"``: prompt_ids =
     ids of exactly that text, one BOS (the template wrote it; the tokenizer adds none).
     """
+    encode = encoder or TextEncoder(tokenizer)
     bos = getattr(tokenizer, "bos_token_id", None)
     eos = getattr(tokenizer, "eos_token_id", None)
     prompts: list[Ids] = [[] for _ in texts]
     for special in (True, False):
         which = [i for i, t in enumerate(texts) if t.prompt_special_tokens is special]
-        encoded = encode_texts(tokenizer, [texts[i].prompt for i in which], add_special_tokens=special)
+        encoded = encode([texts[i].prompt for i in which], add_special_tokens=special)
         for i, ids in zip(which, encoded, strict=True):
             # A prompt text that itself starts with the BOS string would otherwise get a second one.
             prompts[i] = ids[1:] if bos is not None and ids[:2] == [bos, bos] else ids
     # All responses of all groups in one flat list, so that the tokenizer batches across groups.
-    flat = encode_texts(tokenizer, [r for t in texts for r in t.responses], add_special_tokens=False)
+    flat = encode([r for t in texts for r in t.responses], add_special_tokens=False)
     if eos is not None:
         for ids in flat:
             if not ids or ids[-1] != eos:

@@ -275,6 +275,8 @@ def _round_config(cfg: Config, r: int, start: str) -> Config:
     rc.ref.name_or_path = _reference(cfg, start)
     rc.data.train = [str(Path(rc.output_dir) / "pairs.jsonl")]
     rc.data.train_probs = None
+    # One store folder for all rounds: the eval split is the same each round, so it is tokenised once.
+    rc.data.cache_dir = cfg.data.cache_dir or str(Path(cfg.output_dir) / "data_cache")
     # pairs.jsonl is written with these keys whatever the user's own data uses.
     rc.data.prompt_key, rc.data.chosen_key, rc.data.rejected_key = "prompt", "chosen", "rejected"
     rc.data.responses_key, rc.data.scores_key = "responses", "scores"

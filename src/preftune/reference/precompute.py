@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..data import TokenizedGroup, TokenizedPair
+from ..data.view import StoreRows, response_counts
 from ..errors import ConfigError
 from ..layouts import Batch, Layout
 from ..layouts.batch import ResponseForward
@@ -43,11 +44,17 @@ Rows = Sequence[TokenizedPair | TokenizedGroup]
 
 def number_rows(train_rows: Rows, eval_rows: Rows) -> None:
     """Give every pair or group its row in the run's table: train rows 0..N-1, then eval rows N..N+M-1."""
-    for row_id, row in enumerate([*train_rows, *eval_rows]):
-        if isinstance(row, TokenizedGroup):
-            row.group_id = row_id
+    start = 0
+    for rows in (train_rows, eval_rows):
+        if isinstance(rows, StoreRows):
+            rows.number_from(start)  # its rows are built on demand: each takes its id from its position
         else:
-            row.pair_id = row_id
+            for row_id, row in enumerate(rows, start):
+                if isinstance(row, TokenizedGroup):
+                    row.group_id = row_id
+                else:
+                    row.pair_id = row_id
+        start += len(rows)
 
 
 def _described(rows: Rows, split: str) -> str:
@@ -116,7 +123,7 @@ def score_split(
     (every process runs the same number of forwards: :func:`~preftune.strategy.lockstep`)."""
     from tqdm.auto import tqdm
 
-    table = RefTable.empty([len(row.responses) for row in rows])
+    table = RefTable.empty(response_counts(rows))
     mine = list(range(strategy.rank, len(rows), strategy.world_size))
     batches = [mine[i : i + micro_batch] for i in range(0, len(mine), micro_batch)]
     bar = tqdm(total=len(rows), desc=desc, disable=not (progress and strategy.is_main()), dynamic_ncols=True)
@@ -157,7 +164,7 @@ def _reusable_tables(
     for split, rows in setup.splits.items():
         key, path = state[f"{split}_key"], cache_path(cache_dir, split, state[f"{split}_key"])
         try:
-            tables[split] = read_cache(path, key, split, [len(row.responses) for row in rows])
+            tables[split] = read_cache(path, key, split, response_counts(rows))
         except FileNotFoundError:
             pass
         except CacheUnusable as why:

@@ -3,22 +3,33 @@ train and eval loaders over them."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..config import Config, ConfigError
-from ..data import TokenizedGroup, TokenizedPair, load_groups, load_pairs, write_data_report
+from ..data import (
+    DataError,
+    DataReport,
+    TokenizedGroup,
+    TokenizedPair,
+    load_groups,
+    load_pairs,
+    write_data_report,
+)
 from ..data.sampler import ResumableSampler
+from ..data.view import padded_widths
 from ..layouts import Layout
 from ..reference.precompute import number_rows
 from ..strategy import Strategy
 from .budget import TokenBudgetSteps, greedy_parts, oversized
 
 # The run's rows: pairs, or prompt groups with data.groups (one kind per run).
-Items = list[TokenizedPair] | list[TokenizedGroup]
+Items = Sequence[TokenizedPair] | Sequence[TokenizedGroup]
 
 
 def load_splits(
@@ -26,7 +37,7 @@ def load_splits(
 ) -> tuple[Items, Items]:
     """The run's train and eval rows, numbered for the reference table, with a data report written and every
     size this run cannot train on refused (naming the key)."""
-    train_pairs, eval_pairs = _read_splits(cfg, tokenizer, out, need_train, log, strategy.is_main())
+    train_pairs, eval_pairs = _read_splits(cfg, tokenizer, out, need_train, log, strategy)
     if 0 < len(eval_pairs) < strategy.world_size:
         raise ConfigError(
             f"data.eval: {len(eval_pairs)} usable evaluation pairs for {strategy.world_size} processes; "
@@ -48,19 +59,18 @@ def load_splits(
 
 
 def _read_splits(
-    cfg: Config, tokenizer: Any, out: Path, need_train: bool, log: Any, is_main: bool
+    cfg: Config, tokenizer: Any, out: Path, need_train: bool, log: Any, strategy: Strategy
 ) -> tuple[Items, Items]:
     reports = {}
-    load: Any = load_groups if cfg.data.groups else load_pairs
     train_pairs: Items = []
     if need_train:
         if not cfg.data.train:
             raise ConfigError("data.train: no training source given")
-        train_pairs, reports["train"] = load(cfg.data, tokenizer, "train", cfg.seed)
+        train_pairs, reports["train"] = _open_split(cfg, tokenizer, "train", out, log, strategy)
     eval_pairs: Items = []
     if cfg.data.eval:
-        eval_pairs, reports["eval"] = load(cfg.data, tokenizer, "eval", cfg.seed)
-    if not is_main:
+        eval_pairs, reports["eval"] = _open_split(cfg, tokenizer, "eval", out, log, strategy)
+    if not strategy.is_main():
         return train_pairs, eval_pairs
     path = write_data_report(reports, out)
     for split, report in reports.items():
@@ -77,12 +87,47 @@ def _read_splits(
     return train_pairs, eval_pairs
 
 
+def _open_split(
+    cfg: Config, tokenizer: Any, split: Literal["train", "eval"], out: Path, log: Any, strategy: Strategy
+) -> tuple[Items, DataReport]:
+    """One split's rows through its tokenised store. The first process of each node builds a missing store
+    while the others wait, then they all map the same files (on a filesystem the nodes share, the builders'
+    atomic renames keep one copy); a build that fails stops every process, with the builder's error."""
+    load: Any = load_groups if cfg.data.groups else load_pairs
+    root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "data_cache"
+    builds = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    failure: BaseException | None = None
+    if builds:
+        try:
+            rows, report = load(cfg.data, tokenizer, split, cfg.seed, root)
+        except OSError as exc:
+            failure = ConfigError(f"data.cache_dir: cannot write the tokenised store under {root}: {exc}")
+        except Exception as exc:  # re-raised below, once every process knows the build failed
+            failure = exc
+    if strategy.world_size > 1 and strategy.all_reduce({"failed": float(failure is not None)})["failed"]:
+        raise failure or DataError(
+            f"data.{split}: the process building its tokenised store failed (see its error)"
+        )
+    if failure is not None:
+        raise failure
+    if not builds:
+        rows, report = load(cfg.data, tokenizer, split, cfg.seed, root, build=False)
+    store = rows.store
+    if store.reused:
+        log(
+            f"data {split}: reusing the tokenised store {store.folder} ({len(rows)} rows; same sources, tokenizer and data settings)"
+        )
+    else:
+        log(f"data {split}: tokenised {len(rows)} rows into {store.folder} in {store.build_seconds:.1f} s")
+    return rows, report
+
+
 def make_train_loader(
     pairs: Items, layout: Layout, cfg: Config, strategy: Strategy, log: Any = print
 ) -> DataLoader | TokenBudgetSteps:
     """Micro-batches of ``train.micro_batch_size`` rows; with ``train.micro_batch_tokens``, whole steps of this
     process's rows (the same rows) that :class:`TokenBudgetSteps` cuts by tokens."""
-    lengths = [_padded_width(p) for p in pairs] if cfg.data.group_by_length else None
+    lengths = padded_widths(pairs) if cfg.data.group_by_length else None
     sampler = ResumableSampler(
         len(pairs),
         cfg.train.batch_size,
@@ -127,11 +172,6 @@ def _report_oversized(pairs: Items, layout: Layout, budget: int, log: Any) -> No
             f"({layout.name}; the longest {tokens}, {row.source} row {row.index}); each trains in a micro-batch "
             "of its own"
         )
-
-
-def _padded_width(item: TokenizedPair | TokenizedGroup) -> int:
-    """A padded row is as wide as its prompt plus its longest response."""
-    return len(item.prompt_ids) + max(map(len, item.responses))
 
 
 def _collate(layout: Layout, cfg: Config) -> Any:
