@@ -140,14 +140,17 @@ def main(argv: list[str] | None = None) -> int:
                PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))  # fmt: skip
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for n in sizes:
-        for name, cmd, extra in chosen:
-            with tempfile.TemporaryDirectory(prefix="bench-data-") as out:
-                spec = {**extra, "data": str(data[n]), "tokenizer": str(model), "model": str(model),
-                        "max_len": args.max_len, "output_dir": out}  # fmt: skip
-                lines = run(cmd, spec, env)
-            results[(name, n)] = lines
-            if lines:
-                print(f"  {n} pairs, {name}: {_describe(lines)}", flush=True)
+        # One store folder per size: the rerun finds the first run's store; torchrun builds its own.
+        with tempfile.TemporaryDirectory(prefix="bench-data-stores-", dir=args.workdir) as stores:
+            for name, cmd, extra in chosen:
+                with tempfile.TemporaryDirectory(prefix="bench-data-") as out:
+                    cache = Path(stores) / ("torchrun" if "torchrun" in name else "runs")
+                    spec = {**extra, "data": str(data[n]), "tokenizer": str(model), "model": str(model),
+                            "max_len": args.max_len, "output_dir": out, "cache_dir": str(cache)}  # fmt: skip
+                    lines = run(cmd, spec, env)
+                results[(name, n)] = lines
+                if lines:
+                    print(f"  {n} pairs, {name}: {_describe(lines)}", flush=True)
     print(table(results, sizes))
     (root / "results.json").write_text(
         json.dumps({f"{k[0]}@{k[1]}": v for k, v in results.items()}, indent=1)
@@ -157,14 +160,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _describe(lines: list[dict[str, Any]]) -> str:
     worst = max(lines, key=lambda r: r["peak_rss_mib"])
+    extra = ""
+    if "first_batch_s" in worst:
+        extra = (f", first batch at {max(r['first_batch_s'] for r in lines):.1f} s, build workers' peak RSS "
+                 f"{worst['build_workers_peak_rss_mib']:.0f} MiB, store {worst['store_mib']:.0f} MiB, "
+                 f"{'reused' if worst['reused'] else 'built'}")  # fmt: skip
     return (f"{worst['prepare_s']:.1f} s to prepare, {worst['wall_s']:.1f} s wall, peak RSS "
-            f"{worst['peak_rss_mib']:.0f} MiB, held {worst['held_mib']:.0f} MiB, {worst['rows']} rows"
+            f"{worst['peak_rss_mib']:.0f} MiB, held {worst['held_mib']:.0f} MiB, {worst['rows']} rows{extra}"
             + (f" (x{len(lines)} processes)" if len(lines) > 1 else ""))  # fmt: skip
 
 
 def table(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: list[int]) -> str:
-    lines = ["", "| pairs | run | prepare s | process wall s | peak RSS MiB (per process) | held for data MiB "
-             "| prepare vs TRL default | peak RSS vs TRL default |", "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines = ["", "| pairs | run | prepare s | first batch s | process wall s | peak RSS MiB (per process) "
+             "| workers' peak RSS MiB | held for data MiB | prepare vs TRL default | peak RSS vs TRL default |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for n in sizes:
         peer = results.get(("trl-num_proc-default", n)) or []
         peer_s = max((r["prepare_s"] for r in peer), default=None)
@@ -173,17 +182,21 @@ def table(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: list[int]
             if size != n or not runs:
                 continue
             prep = max(r["prepare_s"] for r in runs)
+            first = f"{max(r['first_batch_s'] for r in runs):.1f}" if "first_batch_s" in runs[0] else "-"
+            workers = max((r.get("build_workers_peak_rss_mib", 0.0) for r in runs), default=0.0)
             rss = max(r["peak_rss_mib"] for r in runs)
             held = statistics.median(r["held_mib"] for r in runs)
             vs = f"{peer_s / prep:.2f}x faster" if peer_s and not name.startswith("trl") else "-"
             vs_rss = f"{rss / peer_rss:.2f}x" if peer_rss and not name.startswith("trl") else "-"
             wall = max(r["wall_s"] for r in runs)
-            lines.append(
-                f"| {n} | {name} | {prep:.1f} | {wall:.1f} | {rss:.0f} | {held:.0f} | {vs} | {vs_rss} |"
-            )
-    lines += ["", "prepare s: from the start of reading the data to the pairs in memory (preftune: load_pairs; TRL: "
-              "load_dataset + DPOTrainer construction, which tokenises); the slowest process under torchrun. "
-              "held for data: RSS after preparation minus RSS before it."]  # fmt: skip
+            lines.append(f"| {n} | {name} | {prep:.1f} | {first} | {wall:.1f} | {rss:.0f} | "
+                         f"{workers:.0f} | {held:.0f} | {vs} | {vs_rss} |")  # fmt: skip
+    lines += ["", "prepare s: from the start of reading the data to the rows ready (preftune: train's data step, the "
+              "store built or reused; TRL: load_dataset + DPOTrainer construction, which tokenises); the slowest "
+              "process under torchrun. first batch s: prepare plus reading the first global batch's rows. "
+              "workers' peak RSS: the largest build worker (forked, so it shares the main process's pages). "
+              "held for data: anonymous RSS after preparation minus before it (preftune's store pages are "
+              "file-backed page cache, shared by every process mapping them)."]  # fmt: skip
     return "\n".join(lines)
 
 

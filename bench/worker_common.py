@@ -49,8 +49,9 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _status_mib(field: str) -> float | None:
-    """A memory field of /proc/self/status (VmHWM, VmRSS) in MiB; None where /proc is missing."""
+def status_mib(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmHWM, VmRSS, RssAnon, RssFile) in MiB; None where /proc is
+    missing."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(f"{field}:"):
@@ -62,13 +63,18 @@ def _status_mib(field: str) -> float | None:
 
 def peak_rss_mib() -> float:
     """High-water resident set of this process (VmHWM), in MiB; ru_maxrss where /proc is missing."""
-    peak = _status_mib("VmHWM")
+    peak = status_mib("VmHWM")
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def children_peak_rss_mib() -> float:
+    """The largest high-water resident set among this process's finished children (worker processes), MiB."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def current_rss_mib() -> float:
     """Resident set of this process now (VmRSS), in MiB; NaN where /proc is missing."""
-    now = _status_mib("VmRSS")
+    now = status_mib("VmRSS")
     return now if now is not None else float("nan")
 
 
