@@ -41,6 +41,7 @@ def test_yaml_then_overrides(tmp_path) -> None:
         ({"loss.ld_alpha": "0"}, "loss.ld_alpha: must be in (0, 1] (or none: off), got 0.0"),
         ({"loss.ld_alpha": "1.5"}, "loss.ld_alpha: must be in (0, 1]"),
         ({"loss.wpo": "maybe"}, "loss.wpo: expected true or false"),
+        ({"data.num_proc": "0"}, "data.num_proc: must be >= 1, got 0"),
     ],
 )
 def test_bad_values_name_the_key(overrides, needle) -> None:

@@ -596,6 +596,7 @@ def _validate_data(d: DataConfig) -> None:
            f"must be >= 2 (a best and a worst response), got {d.max_responses}")  # fmt: skip
     _check(d.input_template is None or "{}" in d.input_template, "data.input_template",
            "must contain '{}' where the prompt goes")  # fmt: skip
+    _check(d.num_proc is None or d.num_proc >= 1, "data.num_proc", f"must be >= 1, got {d.num_proc}")
     if d.train_probs is not None:
         _check(len(d.train_probs) == len(d.train), "data.train_probs",
                f"has {len(d.train_probs)} values for {len(d.train)} sources")  # fmt: skip
