@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ..config import Config, ConfigError
 from ..data import (
@@ -189,8 +189,9 @@ def make_eval_loader(pairs: Items, layout: Layout, cfg: Config, strategy: Strate
     if not pairs:
         return None
     size = cfg.train.eval_micro_batch_size or cfg.train.micro_batch_size
-    # Disjoint shards with no padding or repeats: metric sums over processes then cover each pair once.
-    dataset: Any = pairs[strategy.rank :: strategy.world_size]
+    # Disjoint shards with no padding or repeats: metric sums over processes then cover each pair once. A
+    # lazy view, so the rows stay in the store until a batch asks for them.
+    dataset: Any = Subset(pairs, range(strategy.rank, len(pairs), strategy.world_size))  # type: ignore[arg-type]
     if cfg.train.micro_batch_tokens:
         # Cut by the budget up front, each micro-batch one item collated as it is (batch_size None). Shards
         # may then differ in micro-batches; evaluation runs them in lockstep, which repeats a short shard's last.
