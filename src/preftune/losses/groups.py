@@ -32,6 +32,7 @@ from .registry import (
     get_loss,
     pair_loss,
     register_group_loss,
+    reward_rounding,
 )
 
 if TYPE_CHECKING:
@@ -46,8 +47,13 @@ def compute_group_loss(logps: GroupLogps, cfg: LossConfig, state: LossState | No
             f"loss {spec.name!r} needs reference log-probs but ref is None; give a reference model"
         )
     if spec.listwise:
-        return cast(GroupLossFn, spec.fn)(logps, cfg)
-    return pairwise_group_loss(logps, cfg, cast(LossFn, spec.fn), state if state is not None else LossState())
+        out = cast(GroupLossFn, spec.fn)(logps, cfg)
+    else:
+        out = pairwise_group_loss(
+            logps, cfg, cast(LossFn, spec.fn), state if state is not None else LossState()
+        )
+    out.rounding = reward_rounding(logps.policy, logps.ref, cfg.beta)
+    return out
 
 
 # ---------------------------------------------------------------- shared pieces

@@ -46,6 +46,9 @@ class LossOutput:
     weights: Tensor | None = (
         None  # (B,) detached WPO weight each loss was multiplied by; None without loss.wpo
     )
+    # (chosen, rejected), each (B,): how far each reward may be from its exact value by rounding alone
+    # (:func:`reward_rounding`); the metrics call two rewards closer than their roundings' sum a tie.
+    rounding: tuple[Tensor, Tensor] | None = None
 
 
 @dataclass
@@ -90,6 +93,7 @@ class GroupLogps:
 class GroupLossOutput:
     losses: Tensor  # (G,) per-group loss, differentiable; the trainer takes the mean
     rewards: Tensor  # (S,) detached implicit reward of each response (as the variant defines it)
+    rounding: Tensor | None = None  # (S,) each reward's :func:`reward_rounding`, as LossOutput.rounding
 
 
 LossFn = Callable[[PairLogps, "LossConfig", LossState], LossOutput]
@@ -222,6 +226,26 @@ def pair_loss(fn: LossFn, logps: PairLogps, cfg: LossConfig, state: LossState) -
     return LossOutput(losses, out.chosen_rewards, out.rejected_rewards, out.terms, weights=weighted)
 
 
+# Relative rounding of a summed float32 log-prob that two exact computations of it (other layouts, kernels,
+# batch compositions, a cached reference) may differ by: 8 float32 ulps. Measured differences are below 1 ulp
+# (~4e-6 on sums near -70); a trained margin is orders of magnitude above the band this gives.
+TIE_RTOL = 2.0**-20
+
+
+def reward_rounding(policy: Tensor, ref: Tensor | None, beta: float) -> Tensor:
+    """How far a reward may be off by rounding alone: TIE_RTOL x beta x (|policy| + |ref|), detached, float64.
+
+    Every variant's reward is beta times one response's log-ratio (or its policy log-prob), possibly divided by
+    a length >= 1, so this bounds it for all. With policy == reference every reward is 0 up to this band, and
+    which side of 0 the rounding falls on depends on the BLAS (an AVX2 and an AVX-512 machine differ): the
+    metrics read rewards closer than the band as tied, so a tie is reported the same on every machine.
+    """
+    magnitude = policy.detach().double().abs()
+    if ref is not None:
+        magnitude = magnitude + ref.detach().double().abs()
+    return TIE_RTOL * abs(beta) * magnitude
+
+
 def compute_loss(logps: PairLogps, cfg: LossConfig, state: LossState | None = None) -> LossOutput:
     """Per-pair loss and detached rewards of the variant named by ``cfg.type``."""
     spec = get_loss(cfg.type)
@@ -236,4 +260,9 @@ def compute_loss(logps: PairLogps, cfg: LossConfig, state: LossState | None = No
             f"give a reference model, or pick a reference-free loss ({free})"
         )
     fn = cast(LossFn, spec.fn)  # not listwise, so a pairwise LossFn
-    return pair_loss(fn, logps, cfg, state if state is not None else LossState())
+    out = pair_loss(fn, logps, cfg, state if state is not None else LossState())
+    out.rounding = (
+        reward_rounding(logps.policy_chosen, logps.ref_chosen, cfg.beta),
+        reward_rounding(logps.policy_rejected, logps.ref_rejected, cfg.beta),
+    )
+    return out

@@ -6,7 +6,8 @@ sums over micro-batches and processes add up exactly, and each mean is one sum o
     groups                    G
     ordered_pairs             pairs (i, j) of one group with s_i > s_j (tied scores are no pair)
     rewards/accuracies        of those, the pairs with r_i > r_j (a reward tie counts as wrong)
-    rewards/top1_accuracies   groups whose highest reward is held by top-scored responses only
+    rewards/top1_accuracies   groups whose highest reward is held by top-scored responses only (a response
+                              tied with the highest holds it too)
     rewards/spearman          sum over groups of Spearman's rho of r against s (average ranks for ties; 0 for a
                               group whose rewards, or scores, are all equal: no order to correlate)
     rewards/chosen, rejected  sum over groups of the mean reward of the responses tied for the top (best) /
@@ -15,6 +16,11 @@ sums over micro-batches and processes add up exactly, and each mean is one sum o
 
 The keys shared with pair runs mean what the pair metric means when K = 2 (accuracy, margin, the chosen and
 rejected rewards), so logs, progress bar, summary and report read the same for both.
+
+Rewards are compared up to their rounding (``GroupLossOutput.rounding``, see
+:func:`preftune.losses.registry.reward_rounding`): r_i > r_j means r_i - r_j exceeds both bands together, and
+two rewards closer than that are tied. With policy == reference every reward is a tie, on every machine: the
+accuracies are 0 and Spearman's rho 0 (no order), whatever side of 0 the rounding fell on.
 
 :data:`GROUP_METRIC_COUNTS` names the count each is a mean over; :func:`group_metric_means` divides.
 """
@@ -40,15 +46,21 @@ def group_metric_sums(logps: GroupLogps, out: GroupLossOutput) -> dict[str, floa
     """The sums above for one micro-batch; add the dicts of several key by key, then :func:`group_metric_means`."""
     # float64 on CPU: a handful of numbers per response, and exact comparisons of rewards.
     rewards = out.rewards.detach().double().cpu()
+    band = torch.zeros_like(rewards) if out.rounding is None else out.rounding.detach().double().cpu()
     scores = logps.scores.detach().double().cpu()
     group = logps.group.cpu()
-    ordered = (group[:, None] == group[None, :]) & (scores[:, None] > scores[None, :])
+    same = group[:, None] == group[None, :]
+    ordered = same & (scores[:, None] > scores[None, :])
+    beats = same & (rewards[:, None] - rewards[None, :] > band[:, None] + band[None, :])  # [i, j]: r_i > r_j
     sums = {
         "groups": float(logps.num_groups),
         "ordered_pairs": float(ordered.sum()),
-        "rewards/accuracies": float((ordered & (rewards[:, None] > rewards[None, :])).sum()),
+        "rewards/accuracies": float((ordered & beats).sum()),
     }
-    per_group = [_one_group(rewards[group == g], scores[group == g]) for g in range(logps.num_groups)]
+    per_group = [
+        _one_group(rewards[g == group], scores[g == group], beats[g == group][:, g == group])
+        for g in range(logps.num_groups)
+    ]
     for key in ("rewards/top1_accuracies", "rewards/spearman", "rewards/chosen", "rewards/rejected"):
         sums[key] = sum(values[key] for values in per_group)
     sums["rewards/margins"] = sums["rewards/chosen"] - sums["rewards/rejected"]
@@ -63,27 +75,34 @@ def group_metric_means(sums: dict[str, float]) -> dict[str, float]:
     return {**means, "groups": sums["groups"], "ordered_pairs": sums["ordered_pairs"]}
 
 
-def _one_group(rewards: Tensor, scores: Tensor) -> dict[str, float]:
+def _one_group(rewards: Tensor, scores: Tensor, beats: Tensor) -> dict[str, float]:
+    """One group's metrics; ``beats[i, j]``: response i's reward is above j's by more than their rounding."""
     top, bottom = scores == scores.max(), scores == scores.min()
+    highest = ~beats.any(0)  # no response's reward is above it: the highest reward, or tied with it
     return {
         # Every response holding the highest reward must be top-scored: a reward tie with a worse one is wrong.
-        "rewards/top1_accuracies": float(bool(top[rewards == rewards.max()].all())),
-        "rewards/spearman": _spearman(rewards, scores),
+        "rewards/top1_accuracies": float(bool(top[highest].all())),
+        "rewards/spearman": _spearman(_average_ranks(beats), _average_ranks(_order(scores))),
         "rewards/chosen": float(rewards[top].mean()),
         "rewards/rejected": float(rewards[bottom].mean()),
     }
 
 
-def _average_ranks(v: Tensor) -> Tensor:
-    """1-based ranks, ties sharing the mean of their places: [0.3, 0.1, 0.1] -> [3, 1.5, 1.5]."""
-    below = (v[None, :] < v[:, None]).sum(1).to(v.dtype)  # v's dtype: float64 here, not the default float32
-    equal = (v[None, :] == v[:, None]).sum(1).to(v.dtype)  # counts v itself
+def _order(v: Tensor) -> Tensor:
+    """``[i, j]``: v_i > v_j exactly (scores are given, not computed: no rounding to allow for)."""
+    return v[:, None] > v[None, :]
+
+
+def _average_ranks(above: Tensor) -> Tensor:
+    """1-based ranks from ``above[i, j]`` (i's value is above j's), ties sharing the mean of their places:
+    values [0.3, 0.1, 0.1] -> [3, 1.5, 1.5]."""
+    below = above.sum(1).double()  # how many values i is above
+    equal = (~above & ~above.T).sum(1).double()  # neither above the other: i's ties, i itself included
     return below + (equal + 1) / 2
 
 
-def _spearman(x: Tensor, y: Tensor) -> float:
-    """Pearson correlation of the average ranks of x and y; 0 when either is constant."""
-    dx, dy = _average_ranks(x), _average_ranks(y)
+def _spearman(dx: Tensor, dy: Tensor) -> float:
+    """Pearson correlation of two rank vectors (Spearman's rho of what they rank); 0 when either is constant."""
     dx, dy = dx - dx.mean(), dy - dy.mean()
     norm = torch.sqrt((dx * dx).sum() * (dy * dy).sum())
     return float((dx * dy).sum() / norm) if norm > 0 else 0.0

@@ -30,7 +30,11 @@ def _term_keys(sums: dict[str, float]) -> list[str]:
 
 
 class PairStats:
-    """Running sums over pairs; ``means()`` divides by the number of pairs seen."""
+    """Running sums over pairs; ``means()`` divides by the number of pairs seen.
+
+    ``rewards/accuracies`` counts the pairs whose margin is above the rounding of both rewards
+    (``LossOutput.rounding``): a margin within rounding of 0 is a tie, the same on every machine, and no win.
+    """
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = dict.fromkeys(_PAIR_SUMS, 0.0)
@@ -46,12 +50,14 @@ class PairStats:
         assert isinstance(out, LossOutput) and isinstance(fwd, PairForward), "a pair batch's losses"
         chosen, rejected = out.chosen_rewards.detach().float(), out.rejected_rewards.detach().float()
         margins = chosen - rejected
+        # Within both rewards' rounding of 0 a margin is a tie (see losses.reward_rounding), and a tie is no win.
+        band = 0.0 if out.rounding is None else (out.rounding[0] + out.rounding[1]).to(margins.device)
         values = {
             "loss": loss.detach().float().sum(),
             "rewards/chosen": chosen.sum(),
             "rewards/rejected": rejected.sum(),
             "rewards/margins": margins.sum(),
-            "rewards/accuracies": (margins > 0).float().sum(),  # a tie is not a win
+            "rewards/accuracies": (margins.double() > band).float().sum(),
             "logps/chosen": fwd.chosen_logps.detach().float().sum(),
             "logps/rejected": fwd.rejected_logps.detach().float().sum(),
             "nll": nll.detach().float().sum(),

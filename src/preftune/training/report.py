@@ -292,7 +292,8 @@ def render_page(runs: Sequence[RunRecord], plots: list[tuple[str, Path]]) -> str
 <p>Lines with small dots: training, each point the mean over the pairs of the steps since the previous
 logged step. Dashed lines with circles: held-out evaluation (<code>eval/</code>), exact pair-weighted means
 over the whole eval set. Rewards are beta times the policy's log-prob minus the reference's; accuracy counts
-pairs whose chosen reward is strictly above the rejected one.</p>
+pairs whose chosen reward is strictly above the rejected one, beyond rounding (a margin within rounding of 0 is
+a tie, and counts as wrong).</p>
 {figures}
 <h2>{settings_heading}</h2>{settings_table(runs)}
 <h2>Data</h2>{data_table(runs)}
