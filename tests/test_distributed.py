@@ -84,6 +84,7 @@ def _assert_same_weights(a: Path, b: Path) -> None:
     assert_close_weights(load_weights(a / "final"), load_weights(b / "final"), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_two_processes_match_one(ws, single_run, tmp_path, strategy) -> None:
     out = tmp_path / strategy

@@ -79,6 +79,7 @@ def _logps_and_grads(layout, arch: str, pairs, **model_kwargs):
     return out, {n: p.grad.clone() for n, p in model.named_parameters()}, batch
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("layout_cls", [PackedLayout, PrefixSharedLayout])
@@ -96,6 +97,7 @@ def test_segment_layouts_equal_padded(layout_cls, arch: str, seed: int) -> None:
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.equivalence
 def test_packed_moe_balancing_loss_equals_padded() -> None:
     """Packed sees each sequence's tokens once, as padded does with its 2-D mask, so the Mixtral router's
     balancing loss (and its gradients) agree too."""
@@ -108,6 +110,7 @@ def test_packed_moe_balancing_loss_equals_padded() -> None:
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.equivalence
 def test_prefix_shared_under_gradient_checkpointing() -> None:
     pairs = _random_pairs(3, count=3)
     _, ref_grads, _ = _logps_and_grads(PaddedLayout(0), "llama", pairs)

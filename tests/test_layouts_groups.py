@@ -62,6 +62,7 @@ def test_sequences_are_numbered_group_after_group() -> None:
     assert batch.rows == [("t", 0), ("t", 1)] and batch.num_pairs == 2
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("layout_cls", [PackedLayout, PrefixSharedLayout])
@@ -84,6 +85,7 @@ def test_prefix_shared_encodes_each_prompt_once() -> None:
     assert PackedLayout(0).collate_groups(groups).input_ids.numel() == 16 * prompt + responses
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("layout_cls", [PaddedLayout, PackedLayout, PrefixSharedLayout])
 def test_a_group_of_two_equals_its_pair(layout_cls) -> None:
     model = build_toy_model(97, seed=4)

@@ -12,6 +12,7 @@ from preftune.toy import build_toy_model
 from toy_env import id_pair
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("chunk", [1, 3, 64])
 def test_chunked_values_and_grads_match_naive(with_bias: bool, chunk: int) -> None:
@@ -60,6 +61,7 @@ def _naive_sequence_logps(model, prompt, response):
     return token_logps[len(prompt) - 1 :].sum()
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_padded_layout_equals_naive_and_ignores_padding(arch: str) -> None:
     model = build_toy_model(97, arch=arch, seed=3).eval()
@@ -87,6 +89,7 @@ def test_padded_layout_equals_naive_and_ignores_padding(arch: str) -> None:
     assert out.chosen_tokens.tolist() == [4, 9, 3] and out.rejected_tokens.tolist() == [7, 1, 3]
 
 
+@pytest.mark.equivalence
 def test_padded_layout_gradients_equal_naive() -> None:
     model = build_toy_model(61, seed=5)
     pairs = [id_pair([4, 5, 6], [7, 8], [9]), id_pair([10], [11, 12, 13], [14, 15])]
@@ -114,6 +117,7 @@ def test_moe_aux_loss_is_returned_for_mixtral() -> None:
     assert out.aux_loss is not None and out.aux_loss.requires_grad and float(out.aux_loss.detach()) > 0
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("chunk", [1, 3, 4, 64])
 def test_chunked_lse_outputs_equal_logsumexp_of_full_logits(with_bias: bool, chunk: int) -> None:

@@ -114,6 +114,7 @@ def test_first_step_loss_is_ln2_since_b_starts_at_zero(ws, tmp_path) -> None:
     assert first["rewards/chosen"] == 0 and first["rewards/rejected"] == 0
 
 
+@pytest.mark.equivalence
 def test_gradient_checkpointing_gives_the_same_adapter_gradients(ws, tmp_path) -> None:
     opts = {**LORA, "train.max_steps": 2, "data.shuffle": False, "lora.dropout": 0.1}
     _, plain = fit_recording_grads(toy_config(ws, tmp_path / "plain", **opts))
@@ -286,6 +287,7 @@ def test_ddp_two_processes_match_one(ws, tmp_path) -> None:
     )
 
 
+@pytest.mark.equivalence
 def test_lora_with_reference_cache_equals_adapter_disabled_reference(ws, tmp_path) -> None:
     """The cache scores the policy's own weights before adapters exist: the same numbers as switching the
     adapters off at every step, with no reference pass during training."""

@@ -171,6 +171,7 @@ def test_a_mixture_trains_and_logs_each_term(ws: dict[str, str], tmp_path: Path)
         assert total == pytest.approx(sigmoid + 0.5 * sft, rel=1e-5)
 
 
+@pytest.mark.equivalence
 def test_f_divergence_gives_every_layout_the_same_numbers(ws: dict[str, str], tmp_path: Path) -> None:
     opts = {"loss.f_divergence": "js", "loss.type": "sigmoid,hinge", "loss.weights": "0.7,0.3"}
     for layout in ("padded", "prefix_shared"):
@@ -178,6 +179,7 @@ def test_f_divergence_gives_every_layout_the_same_numbers(ws: dict[str, str], tm
     assert_same_metrics(tmp_path / "padded", tmp_path / "prefix_shared", atol=1e-6)
 
 
+@pytest.mark.equivalence
 def test_aot_sorts_within_each_micro_batch(ws: dict[str, str], tmp_path: Path) -> None:
     """The documented choice: a micro-batch of one pair is plain DPO; bigger micro-batches sort across pairs."""
     one = {"train.micro_batch_size": 1, "train.batch_size": 8}

@@ -105,6 +105,7 @@ def test_a_negative_budget_is_refused() -> None:
 # ---------------------------------------------------------------- one process: the same training
 
 
+@pytest.mark.equivalence
 def test_a_token_budget_trains_pairs_as_the_split_by_count(ws, count_run, tmp_path) -> None:
     cfg = toy_config(ws, tmp_path, **RUN, **BUDGET)
     sizes = _sizes(cfg)
@@ -119,6 +120,7 @@ def test_a_token_budget_trains_pairs_as_the_split_by_count(ws, count_run, tmp_pa
     assert_close_weights(load_weights(count_out / "final"), load_weights(tmp_path / "final"), 1e-5, 1e-6)
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize(("layout", "budget"), [("prefix_shared", 170), ("padded", 300)])
 def test_a_token_budget_trains_groups_as_the_split_by_count(ws, tmp_path, layout, budget) -> None:
     opts = {**RUN, "data.groups": True, "loss.pairs": "all", "train.layout": layout,
@@ -141,6 +143,7 @@ def test_a_row_over_the_budget_trains_alone_and_is_reported_once(ws, count_run, 
     assert_same_metrics(count_run[0], tmp_path, atol=1e-6)
 
 
+@pytest.mark.equivalence
 def test_a_resumed_budget_run_continues_exactly(ws, tmp_path, monkeypatch) -> None:
     cfg = {**RUN, **BUDGET}
     runner.train(toy_config(ws, tmp_path / "full", **cfg))

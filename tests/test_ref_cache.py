@@ -253,6 +253,7 @@ class CountingStrategy(SingleProcessStrategy):
         return super().all_reduce(values, op)
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("ld_alpha", [None, 0.5])
 @pytest.mark.parametrize("layout_name", ["padded", "packed", "prefix_shared"])
 def test_cached_reference_equals_model_reference_on_random_batches(model, layout_name, ld_alpha) -> None:
@@ -303,6 +304,7 @@ def test_cached_reference_refuses_batches_it_cannot_place(model) -> None:
     cached.pair_logps(layout.collate(pairs[:2]))  # the same pairs, correctly numbered, pass
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("layout_name", ["padded", "packed", "prefix_shared"])
 def test_cached_reference_equals_model_reference_on_random_groups(model, layout_name) -> None:
     groups = random_groups(23, seed=6)

@@ -84,6 +84,7 @@ def _cache_opts(cache: Path) -> dict[str, Any]:
     return {**PRECOMPUTE, "ref.cache_dir": str(cache)}
 
 
+@pytest.mark.equivalence
 def test_group_precompute_trains_like_the_live_reference(live_run, cached_run) -> None:
     out, cache, spy = cached_run
     assert spy.said("computed 33 train groups") and spy.said("computed 16 eval groups")
@@ -176,6 +177,7 @@ def test_a_pair_runs_cache_serves_its_rows_as_groups(ws, tmp_path, monkeypatch) 
         assert got[key] == pytest.approx(want[key], rel=1e-6), (want["step"], key)
 
 
+@pytest.mark.equivalence
 def test_two_ddp_processes_precompute_groups_as_one(ws, live_run, cached_run, tmp_path) -> None:
     out = tmp_path / "ddp"
     opts = {**RUN, "data.groups": "true", "ref.precompute": "true"}

@@ -138,6 +138,7 @@ def own_cache(cached_run, tmp_path) -> Path:
     return shutil.copytree(cached_run[1], tmp_path / "own_cache")
 
 
+@pytest.mark.equivalence
 def test_precompute_trains_like_the_live_reference(plain_run, cached_run) -> None:
     out, cache, spy = cached_run
     assert spy.said("computed 49 train pairs") and spy.said("computed 16 eval pairs")
@@ -241,6 +242,7 @@ def test_damaged_cache_file_is_recomputed(ws, cached_run, own_cache, tmp_path, m
     _assert_same_run(first, tmp_path / "out", rtol=1e-7)
 
 
+@pytest.mark.equivalence
 def test_eval_command_with_precompute_matches_live(ws, tmp_path) -> None:
     live = runner.evaluate(toy_config(ws, tmp_path / "live"), log=lambda *_: None)
     cached = runner.evaluate(

@@ -59,6 +59,7 @@ def test_ld_alpha_sums_the_shared_length_plus_alpha_times_the_rest(layout_cls) -
     assert out.chosen_tokens.tolist() == [2, 3] and out.rejected_tokens.tolist() == [4, 1]
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("layout_cls", LAYOUTS)
 def test_ld_alpha_one_is_the_plain_sum_exactly(layout_cls) -> None:
     model = build_toy_model(97, seed=3)
@@ -77,6 +78,7 @@ def test_ld_alpha_refuses_prompt_groups() -> None:
         PaddedLayout(0, ld_alpha=0.5).collate_groups([group])
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("layout_cls", LAYOUTS)
 def test_aligned_logps_equal_the_naive_full_logits_value(layout_cls) -> None:
     """a = mean over tokens of log p(token) - log sum_v p(v)^2, from full logits, for every layout."""
@@ -110,6 +112,7 @@ def _pair_losses(layout, cfg, model, ref_model, pairs=PAIRS):
     return pair_losses(scorer, reference, layout, layout.collate(pairs), cfg, LossState())
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("layout_cls", LAYOUTS)
 def test_ld_alpha_one_trains_exactly_as_plain_dpo(layout_cls) -> None:
     from preftune.config import LossConfig

@@ -33,6 +33,7 @@ def ws(tmp_path_factory) -> dict[str, str]:
 RUN = {"train.max_steps": 3, "train.eval_steps": 3, "train.micro_batch_size": 4, "optim.adam_eps": 1e-3}
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("nll", [{}, {"loss.nll_coef": 0.5}], ids=["dpo", "with-nll"])
 def test_a_pair_trained_as_a_group_of_two_is_the_pair_run(ws, tmp_path, nll) -> None:
     runner.train(toy_config(ws, tmp_path / "pairs", **RUN, **nll))
@@ -54,6 +55,7 @@ def test_a_pair_trained_as_a_group_of_two_is_the_pair_run(ws, tmp_path, nll) -> 
     )
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("layout", ["padded", "packed"])
 def test_every_layout_trains_groups_the_same(ws, tmp_path, layout) -> None:
     data = {"data.train": ws["group_train"], "data.eval": ws["group_eval"], **GROUPS, "loss.pairs": "all"}

@@ -27,6 +27,7 @@ def ws(tmp_path_factory) -> dict[str, str]:
     return toy_workspace(tmp_path_factory.mktemp("ws"))
 
 
+@pytest.mark.equivalence
 def test_first_step_with_policy_equal_reference_is_ln2(ws, tmp_path) -> None:
     runner.train(toy_config(ws, tmp_path, **{"train.max_steps": 1}))
     first = logged_metrics(tmp_path)[0]
@@ -35,6 +36,7 @@ def test_first_step_with_policy_equal_reference_is_ln2(ws, tmp_path) -> None:
     assert first["rewards/accuracies"] == 0  # every margin is a tie, and ties count as wrong
 
 
+@pytest.mark.equivalence
 def test_accumulation_equals_one_big_batch(ws, tmp_path) -> None:
     # Adam's eps is raised so the comparison of weights is not dominated by Adam turning gradients at
     # float-rounding level (|g| ~ 1e-8, where fp32 sums in another order differ) into full-size steps.
@@ -68,6 +70,7 @@ def _crash_after_checkpoint(monkeypatch, step: int) -> None:
     monkeypatch.setattr(DPOTrainer, "save_checkpoint", crash)
 
 
+@pytest.mark.equivalence
 def test_stop_and_resume_equals_uninterrupted(ws, tmp_path, monkeypatch) -> None:
     opts = {"ckpt.save_steps": 2, "train.max_epochs": 2, "train.eval_steps": 2}
     runner.train(toy_config(ws, tmp_path / "full", **opts))
@@ -135,6 +138,7 @@ def test_metrics_keys_and_final_export_loads(ws, tmp_path) -> None:
     assert (final / "tokenizer.json").is_file()
 
 
+@pytest.mark.equivalence
 def test_eval_metrics_are_exact_over_batch_sizes(ws, tmp_path) -> None:
     results = []
     for size in (1, 3, 16):
@@ -182,6 +186,7 @@ def test_resume_mid_epoch_when_epoch_is_not_a_multiple_of_the_batch(tmp_path, mo
     assert [r["consumed_samples"] for r in logged_metrics(tmp_path / "split") if "loss" in r][-1] == 18 * 8
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("layout", ["packed", "prefix_shared"])
 def test_segment_layouts_train_like_padded(ws, tmp_path, layout: str) -> None:
     opts = {"train.max_steps": 3, "data.shuffle": False, "optim.adam_eps": 1e-3, "train.eval_at_start": True}
