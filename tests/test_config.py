@@ -1,5 +1,8 @@
 """Typed config: YAML + dotted overrides, validation naming the key, help listing every key."""
 
+import subprocess
+import sys
+
 import pytest
 
 from preftune.config import (
@@ -9,8 +12,9 @@ from preftune.config import (
     help_lines,
     load_config,
     parse_overrides,
-    validate,
 )
+from preftune.validate import validate
+from toy_env import checked_config
 
 
 def test_yaml_then_overrides(tmp_path) -> None:
@@ -42,11 +46,14 @@ def test_yaml_then_overrides(tmp_path) -> None:
         ({"loss.ld_alpha": "1.5"}, "loss.ld_alpha: must be in (0, 1]"),
         ({"loss.wpo": "maybe"}, "loss.wpo: expected true or false"),
         ({"data.num_proc": "0"}, "data.num_proc: must be >= 1, got 0"),
+        ({"optim.lr": "nan"}, "optim.lr: must be a finite number, got nan"),
+        ({"loss.weights": "1,inf", "loss.type": "sigmoid,sft"}, "loss.weights: must be a finite number"),
+        ({"iterate.min_score_gap": "inf"}, "iterate.min_score_gap: must be a finite number, got inf"),
     ],
 )
 def test_bad_values_name_the_key(overrides, needle) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(None, overrides)
+        checked_config(None, overrides)
     assert needle in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -57,6 +64,19 @@ def test_scoring_options_default_off_and_parse() -> None:
     loss = load_config(None, {"loss.wpo": "true", "loss.wpo_clamp": "false", "loss.ld_alpha": "0.5"}).loss
     assert (loss.wpo, loss.wpo_clamp, loss.ld_alpha) == (True, False, 0.5)
     assert load_config(None, {"loss.ld_alpha": "none"}).loss.ld_alpha is None
+
+
+def test_load_config_checks_fields_and_validate_the_rest() -> None:
+    """load_config knows no loss registry (the config is the bottom layer); validate asks each owner."""
+    cfg = load_config(None, {"loss.type": "nope"})
+    with pytest.raises(ConfigError, match=r"loss\.type: unknown loss 'nope'"):
+        validate(cfg)
+
+
+def test_importing_the_config_loads_no_torch() -> None:
+    code = "import sys, preftune.config; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_world_size_enters_divisibility() -> None:

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from preftune.config import Config, ConfigError, DataConfig, validate
+from preftune.config import Config, ConfigError, DataConfig
 from preftune.data import DataError, DataReport, TokenizedGroup, load_groups, load_pairs
 from preftune.data.rows import merge_duplicates, spread_by_rank
 from preftune.data.tokenize import truncate
+from preftune.validate import validate
 
 BOS, EOS = 1, 2
 CHAT_HI = "<s><|user|>hi</s><|assistant|>"  # the toy template's rendering of the prompt [user "hi"]

@@ -15,7 +15,7 @@ from peft import PeftModel
 from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoModelForCausalLM
 
-from preftune.config import ConfigError, load_config
+from preftune.config import ConfigError
 from preftune.data import TokenizedPair
 from preftune.layouts import Batch
 from preftune.model.loading import load_model
@@ -28,6 +28,7 @@ from test_trainer import _crash_after_checkpoint
 from toy_env import (
     assert_close_weights,
     assert_same_metrics,
+    checked_config,
     fit_recording_grads,
     load_weights,
     logged_metrics,
@@ -231,7 +232,7 @@ def test_cli_trains_with_lora_and_exports_both_ways(ws, tmp_path) -> None:
 )
 def test_bad_lora_values_name_the_key(overrides, needle) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(None, overrides)
+        checked_config(None, overrides)
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 
@@ -243,7 +244,7 @@ def test_reference_free_loss_with_lora_keeps_no_reference(ws, tmp_path) -> None:
 def test_missing_peft_is_one_line(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "peft", None)  # makes `import peft` raise ImportError
     with pytest.raises(ConfigError, match=r"^lora\.rank: LoRA needs peft: pip install 'preftune\[lora\]'$"):
-        load_config(None, {"lora.rank": "8"})
+        checked_config(None, {"lora.rank": "8"})
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from preftune.config import ConfigError, LossConfig, load_config
+from preftune.config import ConfigError, LossConfig
 from preftune.losses import (
     LOSSES,
     GroupLogps,
@@ -25,6 +25,7 @@ from preftune.losses import (
     expand_pairs,
 )
 from preftune.training.group_metrics import group_metric_means, group_metric_sums
+from toy_env import checked_config
 
 PAIRWISE = [name for name, spec in LOSSES.items() if not spec.listwise]
 LISTWISE = [name for name, spec in LOSSES.items() if spec.listwise]
@@ -290,26 +291,26 @@ def test_pairwise_compute_loss_refuses_a_listwise_name() -> None:
 
 
 def test_config_keys_are_validated_by_name() -> None:
-    assert load_config(None, {}).loss.pairs == "best_vs_worst"
-    assert load_config(None, {}).loss.pair_weighting == "uniform"
-    cfg = load_config(None, {"loss.pairs": "all", "loss.pair_weighting": "gap"})
+    assert checked_config(None, {}).loss.pairs == "best_vs_worst"
+    assert checked_config(None, {}).loss.pair_weighting == "uniform"
+    cfg = checked_config(None, {"loss.pairs": "all", "loss.pair_weighting": "gap"})
     assert (cfg.loss.pairs, cfg.loss.pair_weighting) == ("all", "gap")
     with pytest.raises(
         ConfigError, match=r"loss\.pairs: 'some' is not one of all, best_vs_rest, best_vs_worst"
     ):
-        load_config(None, {"loss.pairs": "some"})
+        checked_config(None, {"loss.pairs": "some"})
     with pytest.raises(ConfigError, match=r"loss\.pair_weighting: 'rank' is not one of uniform, gap"):
-        load_config(None, {"loss.pair_weighting": "rank"})
+        checked_config(None, {"loss.pair_weighting": "rank"})
     # A listwise loss.type needs prompt groups, refused before any model loads without them.
     with pytest.raises(ConfigError, match=r"loss\.type: 'plackett_luce' is listwise.*set data\.groups true"):
-        load_config(None, {"loss.type": "plackett_luce"})
-    assert load_config(None, {"loss.type": "plackett_luce", "data.groups": "true"}).data.groups
+        checked_config(None, {"loss.type": "plackett_luce"})
+    assert checked_config(None, {"loss.type": "plackett_luce", "data.groups": "true"}).data.groups
     # WPO weighs pairs: refused for a listwise type; LD-DPO's shared length is a pair's: refused with groups.
     with pytest.raises(ConfigError, match=r"loss\.wpo: .*listwise loss\.type 'plackett_luce' has no pairs"):
-        load_config(None, {"loss.type": "plackett_luce", "data.groups": "true", "loss.wpo": "true"})
-    assert load_config(None, {"loss.pairs": "all", "data.groups": "true", "loss.wpo": "true"}).loss.wpo
+        checked_config(None, {"loss.type": "plackett_luce", "data.groups": "true", "loss.wpo": "true"})
+    assert checked_config(None, {"loss.pairs": "all", "data.groups": "true", "loss.wpo": "true"}).loss.wpo
     with pytest.raises(ConfigError, match=r"loss\.ld_alpha: .*not with data\.groups"):
-        load_config(None, {"data.groups": "true", "loss.ld_alpha": "0.5"})
+        checked_config(None, {"data.groups": "true", "loss.ld_alpha": "0.5"})
 
 
 # ---------------------------------------------------------------- metrics

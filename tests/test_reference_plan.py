@@ -16,7 +16,7 @@ from preftune.model.loading import load_model, load_tokenizer
 from preftune.reference import ReferencePlan, plan_reference
 from preftune.training import runner
 from preftune.training.trainer import StepResult
-from toy_env import logged_metrics, toy_config, toy_workspace
+from toy_env import checked_config, logged_metrics, toy_config, toy_workspace
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_each_config_gives_one_plan(overrides, expected) -> None:
 )
 def test_impossible_references_are_refused_by_the_config(overrides, needle) -> None:
     with pytest.raises(ConfigError, match=needle):
-        load_config(None, overrides)
+        checked_config(None, overrides)
 
 
 def test_a_registered_loss_is_chosen_from_the_config(ws, tmp_path) -> None:
@@ -86,7 +86,7 @@ def test_a_registered_loss_is_chosen_from_the_config(ws, tmp_path) -> None:
     finally:
         LOSSES.pop("test_user_nll_only")
     with pytest.raises(ConfigError, match=r"loss\.type: unknown loss 'test_user_nll_only'"):
-        load_config(None, {"loss.type": "test_user_nll_only"})
+        checked_config(None, {"loss.type": "test_user_nll_only"})
 
 
 def _bare_trainer(ws, **kwargs) -> DPOTrainer:
@@ -103,6 +103,24 @@ def test_beta_and_loss_config_beta_never_silently_disagree(ws) -> None:
     assert _bare_trainer(ws, beta=0.2, loss_config=LossConfig(beta=0.2)).loss_config.beta == 0.2
     assert _bare_trainer(ws, beta=0.3).loss_config.beta == 0.3
     assert _bare_trainer(ws).loss_config.beta == 0.01  # OpenRLHF's default
+
+
+@pytest.mark.parametrize(
+    ("loss_config", "needle"),
+    [
+        (LossConfig(beta=-1.0), "loss.beta: must be > 0, got -1.0"),
+        (LossConfig(type="nope"), "loss.type: unknown loss 'nope'"),
+        (LossConfig(beta=float("nan")), "loss.beta: must be a finite number"),
+        (LossConfig(type="plackett_luce"), "loss.type: 'plackett_luce' is listwise"),
+    ],
+)
+def test_a_hand_built_trainer_checks_its_loss_config_as_the_cli_does(ws, loss_config, needle) -> None:
+    with pytest.raises(ConfigError) as info:
+        _bare_trainer(ws, loss_config=loss_config)
+    assert needle in str(info.value)
+    with pytest.raises(ConfigError) as info:  # the same words from the command line's checks
+        checked_config(None, {"loss.type": loss_config.type, "loss.beta": str(loss_config.beta)})
+    assert needle in str(info.value)
 
 
 def test_train_step_is_public_and_hooks_see_every_step(ws, tmp_path) -> None:

@@ -9,13 +9,14 @@ import subprocess
 
 import pytest
 
-from preftune.config import ConfigError, load_config
+from preftune.config import ConfigError
 from preftune.training import runner
 from test_deepspeed import needs_deepspeed
 from test_distributed import TORCHRUN, train_args
 from toy_env import (
     assert_close_weights,
     assert_same_metrics,
+    checked_config,
     group_workspace,
     load_weights,
     logged_metrics,
@@ -105,7 +106,7 @@ def test_two_processes_train_groups_as_one(ws, tmp_path, strategy, extra) -> Non
 )
 def test_what_groups_do_not_do_yet_is_refused(overrides, needle) -> None:
     with pytest.raises(ConfigError, match=needle):
-        load_config(None, overrides)
+        checked_config(None, overrides)
 
 
 def test_lora_trains_groups_against_its_adapters_off_self(ws, tmp_path) -> None:

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from preftune.config import Config, load_config
 from preftune.toy import synthetic_preference_rows, write_toy_model_dir
+from preftune.validate import validate
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -51,6 +52,15 @@ def group_workspace(root: Path, n_train: int, n_eval: int) -> dict[str, str]:
     return paths
 
 
+def checked_config(
+    yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None, training: bool = True
+) -> Config:
+    """What a command line gets: load_config's field checks, then validate's checks of what each value means."""
+    cfg = load_config(yaml_path, overrides, training)
+    validate(cfg, training=training)
+    return cfg
+
+
 def toy_config(ws: dict[str, str], output_dir: Path, **overrides: Any) -> Config:
     base: dict[str, Any] = {
         "output_dir": str(output_dir),
@@ -67,7 +77,7 @@ def toy_config(ws: dict[str, str], output_dir: Path, **overrides: Any) -> Config
         "log.report": False,
     }
     base.update(overrides)
-    return load_config(None, base)
+    return checked_config(None, base)
 
 
 def logged_metrics(out: Path) -> list[dict[str, Any]]:

@@ -1,12 +1,23 @@
-"""preftune: Direct Preference Optimization for Hugging Face causal language models."""
+"""preftune: Direct Preference Optimization for Hugging Face causal language models.
 
-from .config import Config, ConfigError, LossConfig, load_config
-from .data.sampler import ResumableSampler
-from .layouts import Batch, Layout, PaddedLayout, PairForward
-from .losses import LOSSES, LossOutput, PairLogps, compute_loss, get_loss, register_loss
-from .model.scorer import SequenceScorer
-from .strategy import SingleProcessStrategy, Strategy
-from .training.trainer import DPOTrainer
+The public names load on first use (PEP 562), so ``import preftune.config`` (or the CLI's ``--help``) reads the
+configuration without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module that defines it
+_HOMES = {
+    "Config": "config", "ConfigError": "config", "LossConfig": "config", "load_config": "config",
+    "validate": "validate", "ResumableSampler": "data.sampler",
+    "Batch": "layouts", "Layout": "layouts", "PaddedLayout": "layouts", "PairForward": "layouts",
+    "LOSSES": "losses", "LossOutput": "losses", "PairLogps": "losses", "compute_loss": "losses",
+    "get_loss": "losses", "register_loss": "losses", "SequenceScorer": "model.scorer",
+    "SingleProcessStrategy": "strategy", "Strategy": "strategy", "DPOTrainer": "training.trainer",
+}  # fmt: skip
 
 __all__ = [
     "LOSSES",
@@ -28,4 +39,28 @@ __all__ = [
     "get_loss",
     "load_config",
     "register_loss",
+    "validate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'preftune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
+
+
+if TYPE_CHECKING:
+    from .config import Config, ConfigError, LossConfig, load_config
+    from .data.sampler import ResumableSampler
+    from .layouts import Batch, Layout, PaddedLayout, PairForward
+    from .losses import LOSSES, LossOutput, PairLogps, compute_loss, get_loss, register_loss
+    from .model.scorer import SequenceScorer
+    from .strategy import SingleProcessStrategy, Strategy
+    from .training.trainer import DPOTrainer
+    from .validate import validate

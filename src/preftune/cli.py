@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import Config, ConfigError, config_from_args, help_lines
+from .config import Config, ConfigError, help_lines
 
 USAGE = """usage: preftune COMMAND [--config run.yaml] [--section.key VALUE ...]
 
@@ -93,8 +93,9 @@ def run(argv: list[str]) -> int:
         return run_iterate_demo([a for a in rest if a != "--demo"])
     if command == "iterate":
         from .iterate import run_iterate
+        from .validate import validated_config
 
-        run_iterate(config_from_args(rest))
+        run_iterate(validated_config(rest))
         return 0
     return _train(rest) if command == "train" else _evaluate(rest)
 
@@ -102,8 +103,9 @@ def run(argv: list[str]) -> int:
 def _train(argv: list[str]) -> int:
     from .training import runner
     from .training.summary import run_summary
+    from .validate import validated_config
 
-    cfg = config_from_args(argv)
+    cfg = validated_config(argv)
     started = time.perf_counter()
     runner.train(cfg)
     if _is_main():
@@ -113,8 +115,9 @@ def _train(argv: list[str]) -> int:
 
 def _evaluate(argv: list[str]) -> int:
     from .training import runner
+    from .validate import validated_config
 
-    cfg = config_from_args(argv, training=False)
+    cfg = validated_config(argv, training=False)
     metrics = runner.evaluate(cfg)
     if _is_main():
         path = Path(cfg.output_dir, "eval_metrics.json")

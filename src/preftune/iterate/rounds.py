@@ -25,7 +25,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, validate
+from ..config import Config, ConfigError
 from ..io import read_json, read_jsonl, write_json, write_jsonl
 from ..model.generation import SamplingOptions, sample_responses
 from ..model.loading import load_model, load_tokenizer
@@ -33,6 +33,7 @@ from ..reference import plan_reference
 from ..strategy.single import default_device
 from ..training import runner
 from ..training.builder import check_output_dir
+from ..validate import validate
 from .pairs import DROP_REASONS, Pair, PromptSamples, training_rows
 from .records import read_prompts, round_table
 from .reward import RewardFn, load_reward, score

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..config import LossConfig, TrainConfig, check
 from .attention import supports_segments
 from .batch import Batch, Layout, PairForward, score_pairs
 from .padded import PaddedLayout
@@ -24,6 +25,13 @@ LAYOUTS: dict[str, type[PaddedLayout] | type[PackedLayout] | type[PrefixSharedLa
     "prefix_shared": PrefixSharedLayout,
 }
 LAYOUT_CHOICES = ("auto", *LAYOUTS)
+
+
+def check_layout_config(train: TrainConfig, loss: LossConfig) -> None:
+    """Refuse a layout the loss cannot use, naming ``train.layout``."""
+    check(train.layout != "prefix_shared" or loss.aux_loss_coef == 0, "train.layout",
+          "prefix_shared routes each prompt once, so the MoE balancing loss (loss.aux_loss_coef) would differ "
+          "from padded; use packed")  # fmt: skip
 
 
 def build_layout(
@@ -57,5 +65,6 @@ __all__ = [
     "PairForward",
     "PrefixSharedLayout",
     "build_layout",
+    "check_layout_config",
     "score_pairs",
 ]

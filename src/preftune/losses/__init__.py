@@ -12,6 +12,7 @@ Importing this package registers every built-in variant, so :data:`LOSSES` is co
 
 from . import batchwise as batchwise  # registers AOT and sft
 from . import pairwise as pairwise  # registers the pairwise variants (first: they keep the registry's order)
+from .checks import check_loss_config
 from .groups import compute_group_loss, expand_pairs
 from .registry import (
     LOSSES,
@@ -40,6 +41,7 @@ __all__ = [
     "LossSpec",
     "LossState",
     "PairLogps",
+    "check_loss_config",
     "compute_group_loss",
     "compute_loss",
     "expand_pairs",

@@ -28,7 +28,7 @@ from torch import Tensor
 from .registry import LossOutput, LossState, PairLogps, register_loss
 
 if TYPE_CHECKING:
-    from ..config import LossConfig  # read for its fields only: the config imports this registry
+    from ..config import LossConfig
 
 
 # ---------------------------------------------------------------- shared pieces

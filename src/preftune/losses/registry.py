@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from ..config import LossConfig  # read for its fields only: the config imports this registry
+    from ..config import LossConfig
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,21 @@ from typing import Any, cast
 
 from torch import Tensor, nn
 
-from ..config import ConfigError, LoraConfig
+from ..config import Config, ConfigError, LoraConfig, check
 
 ADAPTER = "default"  # peft's name for the one adapter get_peft_model creates
+
+
+def check_lora_setup(cfg: Config) -> None:
+    """LoRA's needs from the rest of the run: a strategy that trains it, and peft installed."""
+    if cfg.lora.rank == 0:
+        return
+    check(cfg.strategy.name in ("single", "ddp"), "strategy.name",
+          f"LoRA runs with single or ddp, not {cfg.strategy.name} yet")  # fmt: skip
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise ConfigError("lora.rank: LoRA needs peft: pip install 'preftune[lora]'") from None
 
 
 def is_peft_model(model: nn.Module) -> bool:

@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..losses import get_loss
 
 if TYPE_CHECKING:
-    from ..config import Config  # read for its fields only: the config's validation calls plan_reference
+    from ..config import Config
 
 ReferenceKind = Literal["none", "model", "policy_start", "adapters_off"]
 

@@ -17,12 +17,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..config import Config, ConfigError, config_from_args
+from ..config import Config, ConfigError
 from ..io import read_jsonl, write_jsonl
 from ..model.generation import Sample, SamplingOptions, sample_responses
 from ..model.loading import load_model, load_tokenizer
 from ..strategy.single import default_device
 from ..training import runner
+from ..validate import validated_config
 from .acquire import ROTTEN_TOMATOES_CSV, cache_root, fetch_packaged_file, smollm2_folder
 from .divergence import kl_estimate, response_logps
 from .movies import build_pairs, movies_with_both, read_reviews, review_prompts, split_by_movie
@@ -113,7 +114,7 @@ def start_demo_run(argv: list[str], defaults: dict[str, Any], accepted: tuple[st
     before any download), the output folder with its ``inputs/``, the cache, and SmolLM2 unless a model was
     given."""
     settings, rest = parse_demo_args(argv, accepted)
-    cfg = config_from_args(rest, defaults)
+    cfg = validated_config(rest, defaults)
     run = DemoRun(
         settings, cfg, runner.check_output_dir(cfg.output_dir), cache_root(settings.cache_dir or None)
     )

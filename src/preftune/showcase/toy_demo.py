@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import config_from_args
 from ..io import read_jsonl, write_jsonl
 from ..toy import synthetic_preference_rows, write_toy_model_dir
 from ..training import runner
+from ..validate import validated_config
 
 DEMO_DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/demo",
@@ -34,7 +34,7 @@ def run_demo(argv: list[str]) -> int:
         from .realdemo import run_real_demo
 
         return run_real_demo(argv)
-    cfg = config_from_args([a for a in argv if a != "--toy"], DEMO_DEFAULTS)
+    cfg = validated_config([a for a in argv if a != "--toy"], DEMO_DEFAULTS)
     out = Path(cfg.output_dir)
     inputs = out / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Config, ConfigError, validate
+from ..config import Config, ConfigError
 from ..layouts import Layout, build_layout
 from ..model import loading
 from ..model.lora import wrap_lora
@@ -20,6 +20,7 @@ from ..reference import ReferencePlan, plan_reference
 from ..reference.build import ReferenceInputs, build_reference
 from ..reference.precompute import PrecomputeSetup
 from ..strategy import StrategyOptions, build_strategy, strategy_options
+from ..validate import validate
 from .checkpoint import latest_checkpoint, saved_reference_state
 from .loaders import Items, load_splits, make_eval_loader, make_train_loader
 from .optim import build_optimizer, build_scheduler, planned_steps

@@ -15,7 +15,7 @@ from ..config import Config, LossConfig
 from ..data.sampler import set_sampler_position
 from ..errors import NonFiniteError, StopRequested
 from ..layouts import Batch, Layout, PaddedLayout
-from ..losses import LossState, get_loss
+from ..losses import LossState, check_loss_config, get_loss
 from ..model.scorer import SequenceScorer
 from ..reference.build import trainer_reference
 from ..reference.sources import ReferenceSource
@@ -85,6 +85,7 @@ class DPOTrainer:
         self.save_hf_ckpt = save_hf_ckpt
         self.disable_ds_ckpt = disable_ds_ckpt
         self.loss_config = _agreed_loss_config(beta, loss_config)
+        check_loss_config(self.loss_config, groups)  # a hand-built LossConfig is checked as the CLI's is
         self.loss_spec = get_loss(self.loss_config.type)
         self.loss_state = LossState()
         self.layout = layout or PaddedLayout(tokenizer.pad_token_id, self.loss_config.ld_alpha)

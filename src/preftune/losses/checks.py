@@ -1,0 +1,38 @@
+"""What a loss configuration means to the registry: the names it knows, the mixtures and options each variant
+takes. Called by :func:`preftune.validate.validate` for a run, and by the trainer for a hand-built LossConfig."""
+
+from __future__ import annotations
+
+from ..config import LossConfig, check, check_loss_fields
+from .registry import LOSSES, get_loss, loss_terms
+
+
+def check_loss_config(loss: LossConfig, groups: bool = False) -> None:
+    """Refuse, naming the field, a loss section the registry cannot train (``groups``: the run trains prompt
+    groups, ``data.groups``)."""
+    check_loss_fields(loss)
+    terms = loss_terms(loss.type)
+    for term in terms:
+        check(term in LOSSES, "loss.type", f"unknown loss {term!r}; choose one of {', '.join(LOSSES)}")
+    check(len(set(terms)) == len(terms), "loss.type", f"{loss.type!r} names a loss twice")
+    check(len(terms) == 1 or not any(LOSSES[t].listwise for t in terms), "loss.type",
+          f"{loss.type!r}: a listwise loss scores whole prompt groups and cannot be part of a mixture")  # fmt: skip
+    if loss.weights is not None:
+        check(len(loss.weights) == len(terms), "loss.weights",
+              f"{len(loss.weights)} weights for the {len(terms)} terms of loss.type {loss.type!r}")  # fmt: skip
+    if loss.f_divergence != "reverse_kl":
+        others = [t for t in terms if not LOSSES[t].f_divergence]
+        check(not others, "loss.f_divergence",
+              f"{loss.f_divergence} has no form for loss.type {', '.join(others)} (it reads the log-ratios in other "
+              "ways than a score difference); use reverse_kl with it")  # fmt: skip
+    listwise = get_loss(loss.type).listwise
+    check(not (loss.wpo and listwise), "loss.wpo",
+          f"WPO weighs each pair's loss; the listwise loss.type {loss.type!r} has no pairs to weigh")  # fmt: skip
+    check(not listwise or groups, "loss.type",
+          f"{loss.type!r} is listwise: it trains on prompt groups of K responses; set data.groups true")  # fmt: skip
+    if groups:
+        # LD-DPO's shared length l is min(len chosen, len rejected): a group's responses pair up differently in
+        # each pair loss.pairs expands, so one per-token weight per response cannot serve them all.
+        check(loss.ld_alpha is None, "loss.ld_alpha",
+              "LD-DPO's shared length is that of one pair; not with data.groups (a response of a group "
+              "belongs to several pairs)")  # fmt: skip
