@@ -31,6 +31,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("bench")
 
 
+@pytest.mark.slow
 def test_vs_trl_quick_runs_every_preftune_layout_end_to_end(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -93,6 +94,7 @@ def test_step_flops_match_the_closed_form() -> None:
     assert policy == 3 * ref
 
 
+@pytest.mark.slow
 def test_vs_trl_responses_workload_trains_the_expanded_comparisons(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -128,6 +130,7 @@ def test_responses_expansion_counts_and_orders_pairs() -> None:
     assert responses.pairs_per_prompt(4, "all") == 6 and responses.pairs_per_prompt(4, "best_vs_rest") == 3
 
 
+@pytest.mark.slow
 def test_data_scale_quick_runs_preftune_end_to_end(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import data_scale
 

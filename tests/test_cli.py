@@ -6,18 +6,12 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from launch import run_cli
 from preftune.toy import synthetic_preference_rows
 from toy_env import toy_workspace, write_jsonl
-
-
-def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "preftune", *args], capture_output=True, text=True, cwd=cwd, timeout=600
-    )
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +23,10 @@ def ws(tmp_path_factory) -> dict[str, str]:
     return paths
 
 
+@pytest.mark.slow
 def test_train_learns_the_synthetic_preference(ws, tmp_path) -> None:
     out = tmp_path / "run"
-    result = _cli(
+    result = run_cli(
         "train", "--model.name_or_path", ws["model"], "--data.train", ws["train"], "--data.eval", ws["eval"],
         "--output_dir", str(out), "--optim.lr", "1e-3", "--train.micro_batch_size", "8", "--train.batch_size", "16",
         "--train.max_epochs", "2", "--data.max_len", "64", "--log.progress", "false",
@@ -53,9 +48,10 @@ def test_train_learns_the_synthetic_preference(ws, tmp_path) -> None:
     assert "unable to detect it" not in result.stdout + result.stderr  # deepspeed logs to stdout
 
 
+@pytest.mark.slow
 def test_train_takes_a_token_budget(ws, tmp_path) -> None:
     out = tmp_path / "budget"
-    result = _cli(
+    result = run_cli(
         "train", "--model.name_or_path", ws["model"], "--data.train", ws["train"], "--output_dir", str(out),
         "--train.micro_batch_size", "4", "--train.batch_size", "8", "--train.micro_batch_tokens", "100",
         "--train.max_steps", "2", "--data.max_len", "64", "--log.progress", "false", "--log.report", "false",
@@ -66,6 +62,7 @@ def test_train_takes_a_token_budget(ws, tmp_path) -> None:
     assert "micro_batch_tokens: 100" in (out / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
     [
@@ -82,7 +79,7 @@ def test_train_takes_a_token_budget(ws, tmp_path) -> None:
 )
 def test_train_with_wpo_or_ld_alpha_logs_finite_losses(ws, tmp_path, options) -> None:
     out = tmp_path / "run"
-    result = _cli(
+    result = run_cli(
         "train", "--model.name_or_path", ws["model"], "--data.train", ws["train"], "--data.eval", ws["eval"],
         "--output_dir", str(out), "--optim.lr", "1e-3", "--train.micro_batch_size", "4", "--train.batch_size", "8",
         "--train.max_steps", "3", "--data.max_len", "64", "--log.progress", "false", "--log.report", "false",
@@ -101,8 +98,9 @@ def test_train_with_wpo_or_ld_alpha_logs_finite_losses(ws, tmp_path, options) ->
         assert all(0 < r["wpo/weight"] <= 1 for r in train)
 
 
+@pytest.mark.slow
 def test_eval_command_reports_metrics(ws, tmp_path) -> None:
-    result = _cli(
+    result = run_cli(
         "eval", "--model.name_or_path", ws["model"], "--data.eval", ws["eval"], "--output_dir", str(tmp_path)
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -112,10 +110,11 @@ def test_eval_command_reports_metrics(ws, tmp_path) -> None:
     assert f"wrote {tmp_path / 'eval_metrics.json'}" in result.stdout
 
 
+@pytest.mark.slow
 def test_eval_checks_only_what_it_uses(ws, tmp_path) -> None:
     """A micro batch bigger than the (unused) training batch is fine for evaluation; the default output
     folder is named when it is the one written to."""
-    result = _cli(
+    result = run_cli(
         "eval", "--model.name_or_path", ws["model"], "--data.eval", ws["eval"], "--train.micro_batch_size", "16",
         cwd=tmp_path,
     )  # fmt: skip
@@ -124,6 +123,7 @@ def test_eval_checks_only_what_it_uses(ws, tmp_path) -> None:
     assert (tmp_path / "runs" / "preftune" / "eval_metrics.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -134,7 +134,7 @@ def test_eval_checks_only_what_it_uses(ws, tmp_path) -> None:
     ],
 )
 def test_errors_are_one_line(args, needle, tmp_path) -> None:
-    result = _cli(*args, "--output_dir", str(tmp_path / "o")) if args[0] == "train" else _cli(*args)
+    result = run_cli(*args, "--output_dir", str(tmp_path / "o")) if args[0] == "train" else run_cli(*args)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     if needle is not None:
@@ -144,8 +144,9 @@ def test_errors_are_one_line(args, needle, tmp_path) -> None:
         assert needle in result.stderr
 
 
+@pytest.mark.slow
 def test_help_lists_keys() -> None:
-    result = _cli("train", "--help")
+    result = run_cli("train", "--help")
     assert result.returncode == 0
     assert "--loss.beta float (default: 0.1)" in result.stdout
     assert "--ckpt.save_steps" in result.stdout
@@ -153,9 +154,10 @@ def test_help_lists_keys() -> None:
     assert "padded its rectangle" in result.stdout  # what a layout's tokens are, said in the key's help
     assert "--model.dtype {float32,bfloat16,float16} (default: 'float32')" in result.stdout
     assert "--iterate." not in result.stdout  # train reads no iterate.* key
-    assert "--iterate.rounds" in _cli("iterate", "--help").stdout
+    assert "--iterate.rounds" in run_cli("iterate", "--help").stdout
 
 
+@pytest.mark.slow
 def test_help_into_a_closed_pipe_is_quiet() -> None:
     shell = f"{sys.executable} -m preftune eval --help | head -3"
     result = subprocess.run(shell, shell=True, capture_output=True, text=True, timeout=120)
@@ -163,16 +165,18 @@ def test_help_into_a_closed_pipe_is_quiet() -> None:
     assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_missing_model_folder_is_named_as_a_folder(tmp_path) -> None:
-    result = _cli("train", "--model.name_or_path", "./nope", "--data.train", "x.jsonl", cwd=tmp_path)
+    result = run_cli("train", "--model.name_or_path", "./nope", "--data.train", "x.jsonl", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "preftune: error: model.name_or_path: no folder './nope' exists (and it is not a Hub name either)"
     )
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path) -> None:
-    result = _cli(
+    result = run_cli(
         "demo",
         "--toy",
         "--output_dir",

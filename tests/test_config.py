@@ -73,6 +73,7 @@ def test_load_config_checks_fields_and_validate_the_rest() -> None:
         validate(cfg)
 
 
+@pytest.mark.slow
 def test_importing_the_config_loads_no_torch() -> None:
     code = "import sys, preftune.config; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

@@ -6,16 +6,17 @@ import importlib.util
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from launch import launch, train_args
 from preftune.config import ConfigError, load_config
 from preftune.strategy.deepspeed_strategy import build_ds_config
 from preftune.training import runner
-from test_distributed import RUN, _assert_same_metrics, _assert_same_weights, _torchrun, train_args
-from toy_env import toy_workspace
+from test_distributed import RUN, _assert_same_metrics, _assert_same_weights, _torchrun
 
 needs_deepspeed = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None,
@@ -23,9 +24,7 @@ needs_deepspeed = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> dict[str, str]:
-    return toy_workspace(tmp_path_factory.mktemp("ws_ds"), n_train=64)
+WORKSPACE = {"n_train": 64}  # the sizes of this module's `ws` (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +36,7 @@ def single_run(ws, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @needs_deepspeed
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_matches_one_process_and_exports(ws, single_run, tmp_path, stage) -> None:
@@ -51,6 +51,7 @@ def test_zero_matches_one_process_and_exports(ws, single_run, tmp_path, stage) -
     assert (ckpt / "deepspeed").is_dir()  # DeepSpeed's own format, saved through the engine
 
 
+@pytest.mark.slow
 @needs_deepspeed
 def test_resume_from_deepspeed_checkpoint(ws, tmp_path) -> None:
     full = tmp_path / "full"
@@ -95,6 +96,7 @@ def test_missing_deepspeed_is_a_one_line_error(monkeypatch) -> None:
         import_deepspeed()
 
 
+@pytest.mark.slow
 @needs_deepspeed
 @pytest.mark.parametrize(
     "extra",
@@ -110,16 +112,10 @@ def test_other_stages_and_offload_match(ws, single_run, tmp_path, extra) -> None
     _assert_same_metrics(single_run, out)
 
 
+@pytest.mark.slow
 @needs_deepspeed
 def test_deepspeed_launcher(ws, single_run, tmp_path) -> None:
-    import os
-    import subprocess
-    from pathlib import Path
-
     out = tmp_path / "launcher"
     launcher = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--module", "preftune"]
-    args = train_args(launcher, ws, out, "deepspeed", RUN)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
+    launch(train_args(launcher, ws, out, "deepspeed", RUN), DS_ACCELERATOR="cpu")
     _assert_same_metrics(single_run, out)

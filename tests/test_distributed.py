@@ -6,15 +6,15 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from launch import TORCHRUN, launch, train_args
 from preftune.config import ConfigError
 from preftune.training import runner
-from toy_env import assert_close_weights, assert_same_metrics, load_weights, toy_config, toy_workspace
+from toy_env import assert_close_weights, assert_same_metrics, load_weights, toy_config
 
 # Adam's eps is raised so weight comparisons are not dominated by Adam turning gradients at float-rounding
 # level into full-size steps; per-step losses and rewards are compared at the default settings' precision.
@@ -24,11 +24,9 @@ RUN = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> dict[str, str]:
-    # 13 eval pairs: shards of 7 and 6 make 4 and 3 eval batches, so the processes' forward counts differ
-    # (an FSDP2 evaluation hung there until short shards repeated a batch).
-    return toy_workspace(tmp_path_factory.mktemp("ws_dist"), n_train=64, n_eval=13)
+# 13 eval pairs: shards of 7 and 6 make 4 and 3 eval batches, so the processes' forward counts differ
+# (an FSDP2 evaluation hung there until short shards repeated a batch).
+WORKSPACE = {"n_train": 64, "n_eval": 13}  # the sizes of this module's `ws` (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -38,40 +36,10 @@ def single_run(ws, tmp_path_factory) -> Path:
     return out
 
 
-TORCHRUN = [
-    sys.executable,
-    "-m",
-    "torch.distributed.run",
-    "--standalone",
-    "--nproc_per_node",
-    "2",
-    "-m",
-    "preftune",
-]
-
-
-def train_args(launcher: list[str], ws: dict[str, str], out: Path, strategy: str, opts: dict) -> list[str]:
-    """``launcher ... train --key value ...`` for the toy workspace (opts on top of the toy defaults)."""
-    cfg = toy_config(ws, out, **opts)
-    flat = {
-        "output_dir": str(out), "model.name_or_path": ws["model"], "data.train": ws["train"], "data.eval": ws["eval"],
-        "data.max_len": cfg.data.max_len, "optim.lr": cfg.optim.lr, "log.progress": "false",
-        "strategy.name": strategy, **opts,
-    }  # fmt: skip
-    args = [*launcher, "train"]
-    for key, value in flat.items():
-        args += [f"--{key}", str(value)]
-    return args
-
-
 def _torchrun(
     ws: dict[str, str], out: Path, strategy: str, extra: dict | None = None, ok: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    args = train_args(TORCHRUN, ws, out, strategy, {**RUN, **(extra or {})})
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
-    assert (result.returncode == 0) == ok, result.stderr[-4000:]
-    return result
+    return launch(train_args(TORCHRUN, ws, out, strategy, {**RUN, **(extra or {})}), ok)
 
 
 def _assert_same_metrics(a: Path, b: Path) -> None:
@@ -84,6 +52,7 @@ def _assert_same_weights(a: Path, b: Path) -> None:
     assert_close_weights(load_weights(a / "final"), load_weights(b / "final"), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.equivalence
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_two_processes_match_one(ws, single_run, tmp_path, strategy) -> None:
@@ -99,6 +68,7 @@ def test_two_processes_match_one(ws, single_run, tmp_path, strategy) -> None:
     )  # written once, by rank 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_loss_options_on_two_processes_match_one(ws, tmp_path, strategy) -> None:
     """A weighted mixture under an f-divergence, with WPO weights (from the chunked head's lse outputs, under
@@ -120,6 +90,7 @@ def _resume_copy(source: Path, dest: Path, step: int) -> None:
     shutil.copy(source / "metrics.jsonl", dest / "metrics.jsonl")
 
 
+@pytest.mark.slow
 def test_fsdp2_checkpoint_resumes_on_one_process(ws, single_run, tmp_path) -> None:
     two = tmp_path / "two"
     _torchrun(ws, two, "fsdp2")
@@ -130,6 +101,7 @@ def test_fsdp2_checkpoint_resumes_on_one_process(ws, single_run, tmp_path) -> No
     _assert_same_metrics(single_run, resumed)
 
 
+@pytest.mark.slow
 def test_one_process_checkpoint_resumes_on_two(ws, single_run, tmp_path) -> None:
     resumed = tmp_path / "resumed_on_two"
     _resume_copy(single_run, resumed, step=2)
@@ -138,6 +110,7 @@ def test_one_process_checkpoint_resumes_on_two(ws, single_run, tmp_path) -> None
     _assert_same_metrics(single_run, resumed)
 
 
+@pytest.mark.slow
 def test_a_data_error_while_building_stops_both_processes(ws, tmp_path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "answer": " a"}\n')
@@ -162,6 +135,7 @@ def test_cpu_offload_is_refused_without_gpu(ws, tmp_path, monkeypatch) -> None:
         )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     torch.cuda.device_count() < 2, reason="FSDP2 CPU offload needs 2 GPUs (PyTorch limitation)"
 )
@@ -171,12 +145,14 @@ def test_fsdp2_cpu_offload_on_gpus(ws, single_run, tmp_path) -> None:
     _assert_same_metrics(single_run, out)
 
 
+@pytest.mark.slow
 def test_fsdp2_with_reference_offloaded(ws, single_run, tmp_path) -> None:
     out = tmp_path / "ref_offload"
     _torchrun(ws, out, "fsdp2", {"ref.offload": "true"})
     _assert_same_metrics(single_run, out)
 
 
+@pytest.mark.slow
 def test_sigterm_to_torchrun_checkpoints_all_ranks_then_resumes(ws, single_run, tmp_path) -> None:
     import signal
     import time

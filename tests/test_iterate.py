@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from iterate_rewards import space_first
+from launch import run_cli
 from preftune.config import ConfigError, config_from_args, load_config
 from preftune.data import load_pairs
 from preftune.io import read_jsonl
@@ -30,12 +29,6 @@ REWARDS_FILE = Path(__file__).with_name("iterate_rewards.py")
 
 
 # ---------------------------------------------------------------- whole rounds on the toy model
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "preftune", *args], capture_output=True, text=True, timeout=600
-    )
 
 
 def _prompt_file(path: Path, n: int, seed: int) -> str:
@@ -59,11 +52,12 @@ def iterated(tmp_path_factory) -> dict[str, object]:
         "--ckpt.save_steps", "1", "--ckpt.keep", "3", "--log.progress", "false", "--seed", "2",
         "--output_dir", str(out),
     ]  # fmt: skip
-    result = _cli("iterate", *args)
+    result = run_cli("iterate", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return {"root": root, "out": out, "args": args, "result": result}
 
 
+@pytest.mark.slow
 def test_two_rounds_through_the_cli(iterated) -> None:
     out: Path = iterated["out"]  # type: ignore[assignment]
     model_dir = str(Path(iterated["root"]) / "model")  # type: ignore[arg-type]
@@ -200,12 +194,13 @@ def test_a_lora_round_trains_adapters_and_hands_on_a_merged_model(tmp_path) -> N
     assert any(not torch.equal(first[k], second[k]) for k in first)  # round 2 trained on round 1's model
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_rounds_and_resumes(iterated, capsys) -> None:
     """Runs last: it takes the finished run apart and puts it back."""
     out: Path = iterated["out"]  # type: ignore[assignment]
     args: list[str] = iterated["args"]  # type: ignore[assignment]
     before = (out / "iterate.jsonl").read_text()
-    again = _cli("iterate", *args)
+    again = run_cli("iterate", *args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "round 1: already done" in again.stdout and "round 2: already done" in again.stdout
     assert "sampling" not in again.stdout and (out / "iterate.jsonl").read_text() == before
@@ -268,6 +263,7 @@ def test_missing_or_conflicting_inputs_are_named(tmp_path, overrides, needle) ->
         run_iterate(load_config(None, {**base, **values}), log=lambda *_: None)
 
 
+@pytest.mark.slow
 def test_listwise_rounds_train_on_every_scored_sample(tmp_path) -> None:
     """iterate.pairing listwise: each round writes the prompts' whole scored groups (no sample thrown away) in
     the group row shape, trains on them with data.groups, and the reward still rises from round to round."""
@@ -282,7 +278,7 @@ def test_listwise_rounds_train_on_every_scored_sample(tmp_path) -> None:
         "--train.batch_size", "8", "--train.max_epochs", "4", "--log.progress", "false", "--seed", "2",
         "--output_dir", str(out),
     ]  # fmt: skip
-    result = _cli("iterate", *args)
+    result = run_cli("iterate", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = read_jsonl(out / "iterate.jsonl")
     for s in summaries:

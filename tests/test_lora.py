@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from peft import PeftModel
 from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoModelForCausalLM
 
+from launch import TORCHRUN, launch, run_cli, train_args
 from preftune.config import ConfigError
 from preftune.data import TokenizedPair
 from preftune.layouts import Batch
@@ -23,7 +22,6 @@ from preftune.model.scorer import SequenceScorer
 from preftune.reference.sources import AdapterDisabledReference
 from preftune.toy import write_toy_model_dir
 from preftune.training import runner
-from test_distributed import TORCHRUN, train_args
 from test_trainer import _crash_after_checkpoint
 from toy_env import (
     assert_close_weights,
@@ -33,15 +31,9 @@ from toy_env import (
     load_weights,
     logged_metrics,
     toy_config,
-    toy_workspace,
 )
 
 LORA = {"lora.rank": 8, "lora.alpha": 16, "optim.lr": 1e-2}
-
-
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> dict[str, str]:
-    return toy_workspace(tmp_path_factory.mktemp("ws_lora"))
 
 
 def _random_batch(trainer, seed: int = 0) -> Batch:
@@ -180,20 +172,14 @@ def test_resume_equals_uninterrupted(ws, tmp_path, monkeypatch) -> None:
     assert logged_metrics(tmp_path / "full") == logged_metrics(tmp_path / "split")
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "preftune", *args], capture_output=True, text=True, timeout=600, env=env
-    )
-
-
+@pytest.mark.slow
 def test_cli_trains_with_lora_and_exports_both_ways(ws, tmp_path) -> None:
     run = tmp_path / "adapter_run"
     common = ["--model.name_or_path", ws["model"], "--data.train", ws["train"], "--data.eval", ws["eval"],
               "--lora.rank", "8", "--lora.alpha", "16", "--optim.lr", "1e-2", "--train.micro_batch_size", "8",
               "--train.batch_size", "8", "--data.max_len", "48", "--log.progress", "false"]  # fmt: skip
-    result = _cli("train", *common, "--output_dir", str(run), "--train.max_epochs", "3",
-                  "--train.eval_at_start", "true", "--ckpt.save_steps", "100", "--lora.export", "adapter")  # fmt: skip
+    result = run_cli("train", *common, "--output_dir", str(run), "--train.max_epochs", "3",
+                  "--train.eval_at_start", "true", "--ckpt.save_steps", "100", "--lora.export", "adapter", one_thread=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     evals = [r for r in logged_metrics(run) if "eval/loss" in r]
     assert evals[0]["eval/loss"] == pytest.approx(math.log(2), rel=1e-6)
@@ -203,8 +189,8 @@ def test_cli_trains_with_lora_and_exports_both_ways(ws, tmp_path) -> None:
     # Resuming from the last checkpoint into a new folder only re-exports: the same weights, merged.
     last = run / "checkpoints" / "step-00000018"
     merged_run = tmp_path / "merged_run"
-    result = _cli("train", *common, "--output_dir", str(merged_run), "--train.max_epochs", "3",
-                  "--ckpt.resume", str(last), "--lora.export", "merged")  # fmt: skip
+    result = run_cli("train", *common, "--output_dir", str(merged_run), "--train.max_epochs", "3",
+                  "--ckpt.resume", str(last), "--lora.export", "merged", one_thread=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
 
     ids = torch.randint(3, 300, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -270,15 +256,12 @@ def test_moe_aux_loss_with_lora(ws, tmp_path) -> None:
     assert float(objective) == pytest.approx(float(per_pair.mean() + 0.5 * fwd.aux_loss), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one(ws, tmp_path) -> None:
     opts = {**LORA, "train.max_steps": 3, "train.micro_batch_size": 2, "train.batch_size": 8,
             "train.eval_steps": 3, "optim.adam_eps": 1e-3}  # fmt: skip
     runner.train(toy_config(ws, tmp_path / "one", **opts))
-    args = train_args(TORCHRUN, ws, tmp_path / "two", "ddp", opts)
-    result = subprocess.run(
-        args, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    launch(train_args(TORCHRUN, ws, tmp_path / "two", "ddp", opts))
     assert_same_metrics(tmp_path / "one", tmp_path / "two", atol=1e-7)
     assert_close_weights(
         load_weights(tmp_path / "one" / "final"),

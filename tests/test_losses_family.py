@@ -16,7 +16,7 @@ from preftune.losses import LossState, compute_loss, get_loss
 from preftune.training import runner
 from test_losses import LN2, point, softplus
 from test_losses import pairs as make_pairs
-from toy_env import assert_same_metrics, logged_metrics, toy_config, toy_workspace
+from toy_env import assert_same_metrics, logged_metrics, toy_config
 
 # POINT of test_losses: a = 2, b = -1, lc = 4, lr = 5; beta = 0.1.
 E = math.e
@@ -155,9 +155,7 @@ def test_config_refuses_what_has_no_meaning(
 # ---------------------------------------------------------------- in training
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return toy_workspace(tmp_path_factory.mktemp("family"), n_train=16, n_eval=8)
+WORKSPACE = {"n_train": 16, "n_eval": 8}  # the sizes of this module's `ws` (tests/conftest.py)
 
 
 def test_a_mixture_trains_and_logs_each_term(ws: dict[str, str], tmp_path: Path) -> None:

@@ -3,23 +3,19 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import pytest
 
+from launch import TORCHRUN, launch, train_args
 from preftune import DPOTrainer
 from preftune.config import ConfigError, load_config
 from preftune.layouts import PackedLayout, PaddedLayout, PrefixSharedLayout
 from preftune.training import runner
 from preftune.training.budget import TokenBudgetSteps, balanced_split, greedy_parts
 from test_deepspeed import needs_deepspeed
-from test_distributed import TORCHRUN, train_args
 from toy_env import (
     assert_close_weights,
     assert_same_metrics,
     fit_recording_grads,
-    group_workspace,
     id_pair,
     load_weights,
     logged_metrics,
@@ -34,9 +30,11 @@ RUN = {
 BUDGET = {"train.micro_batch_tokens": 100}
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> dict[str, str]:
-    return group_workspace(tmp_path_factory.mktemp("ws_budget"), n_train=64, n_eval=13)
+WORKSPACE = {
+    "n_train": 64,
+    "n_eval": 13,
+    "groups": True,
+}  # the sizes of this module's `ws` (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +177,7 @@ def test_the_budget_needs_more_micro_batches_on_one_process_than_another(ws, tmp
     assert any(a != b for a, b in counts), counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("strategy", "extra"),
     [
@@ -189,11 +188,7 @@ def test_the_budget_needs_more_micro_batches_on_one_process_than_another(ws, tmp
     ],
 )
 def test_two_processes_with_a_budget_train_as_one_by_count(ws, count_run, tmp_path, strategy, extra) -> None:
-    args = train_args(TORCHRUN, ws, tmp_path, strategy, {**RUN, "train.micro_batch_tokens": 67, **extra})
-    result = subprocess.run(
-        args, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    launch(train_args(TORCHRUN, ws, tmp_path, strategy, {**RUN, "train.micro_batch_tokens": 67, **extra}))
     count_out = count_run[0]
     assert_same_metrics(count_out, tmp_path, atol=1e-6)
     assert_close_weights(load_weights(count_out / "final"), load_weights(tmp_path / "final"), 1e-5, 1e-6)

@@ -120,6 +120,7 @@ def test_the_readme_names_the_commands_this_test_runs() -> None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(readme_commands())))
 def test_readme_command_runs(workspace, index: int) -> None:
     command = readme_commands()[index]

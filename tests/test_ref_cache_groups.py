@@ -4,19 +4,17 @@ rows as groups of two, and 2 DDP processes."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from launch import TORCHRUN, launch, train_args
 from preftune.config import ConfigError
 from preftune.reference.cache import cache_header, read_cache
 from preftune.toy import synthetic_preference_rows
 from preftune.training import runner
-from test_distributed import TORCHRUN, train_args
 from test_ref_cache_training import Spy, assert_same_cache_files, damage, spied_train
 from test_trainer import _crash_after_checkpoint
 from toy_env import (
@@ -177,14 +175,12 @@ def test_a_pair_runs_cache_serves_its_rows_as_groups(ws, tmp_path, monkeypatch) 
         assert got[key] == pytest.approx(want[key], rel=1e-6), (want["step"], key)
 
 
+@pytest.mark.slow
 @pytest.mark.equivalence
 def test_two_ddp_processes_precompute_groups_as_one(ws, live_run, cached_run, tmp_path) -> None:
     out = tmp_path / "ddp"
     opts = {**RUN, "data.groups": "true", "ref.precompute": "true"}
-    args = train_args(TORCHRUN, ws, out, "ddp", opts)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = launch(train_args(TORCHRUN, ws, out, "ddp", opts))
     assert result.stdout.count("reference log-probs: computed") == 2  # rank 0 logs, once per split
     assert_same_metrics(live_run, out, atol=1e-6)
     assert_same_cache_files(cached_run[1], out / "ref_cache", width=4)  # rank 0 wrote what one process writes

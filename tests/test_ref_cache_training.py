@@ -4,10 +4,7 @@ the reference freed, resume, a damaged cache, DDP / FSDP2 with 2 processes, and 
 from __future__ import annotations
 
 import gc
-import os
 import shutil
-import subprocess
-import sys
 import weakref
 from pathlib import Path
 from typing import Any
@@ -16,13 +13,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from launch import PREFTUNE, TORCHRUN, launch, train_args
 from preftune.config import Config, ConfigError
 from preftune.model import loading
 from preftune.reference.cache import CachedReference, cache_header, read_cache
 from preftune.reference.sources import ModelReference
 from preftune.toy import synthetic_preference_rows
 from preftune.training import runner
-from test_distributed import TORCHRUN, train_args
 from test_trainer import _crash_after_checkpoint
 from toy_env import (
     assert_close_weights,
@@ -30,7 +27,6 @@ from toy_env import (
     load_weights,
     logged_metrics,
     toy_config,
-    toy_workspace,
     write_jsonl,
 )
 
@@ -43,9 +39,7 @@ RUN = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> dict[str, str]:
-    return toy_workspace(tmp_path_factory.mktemp("ws_refcache"), n_train=49, n_eval=16)
+WORKSPACE = {"n_train": 49, "n_eval": 16}  # the sizes of this module's `ws` (tests/conftest.py)
 
 
 class Spy:
@@ -254,21 +248,20 @@ def test_eval_command_with_precompute_matches_live(ws, tmp_path) -> None:
     assert cached["eval/loss"] == pytest.approx(0.6931471805599453, rel=1e-6)  # policy == reference: ln 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_two_processes_match_one(ws, plain_run, cached_run, tmp_path, strategy) -> None:
     out = tmp_path / strategy
-    args = train_args(TORCHRUN, ws, out, strategy, {**RUN, "ref.precompute": "true"})
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = launch(train_args(TORCHRUN, ws, out, strategy, {**RUN, "ref.precompute": "true"}))
     assert result.stdout.count("reference log-probs: computed") == 2  # rank 0 logs, once per split
     _assert_same_run(plain_run, out)
     assert_same_cache_files(cached_run[1], out / "ref_cache", width=2)  # rank 0 wrote what one process writes
 
 
+@pytest.mark.slow
 def test_cli_refuses_precompute_with_a_reference_free_loss(ws, tmp_path) -> None:
-    args = train_args([sys.executable, "-m", "preftune"], ws, tmp_path, "single", {"ref.precompute": "true"})
-    result = subprocess.run([*args, "--loss.type", "simpo"], capture_output=True, text=True, timeout=120)
+    args = train_args(PREFTUNE, ws, tmp_path, "single", {"ref.precompute": "true"})
+    result = launch([*args, "--loss.type", "simpo"], ok=False)
     assert result.returncode == 2
     assert "ref.precompute: loss 'simpo' is reference-free" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

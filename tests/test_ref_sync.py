@@ -21,14 +21,12 @@ from preftune.strategy import SingleProcessStrategy
 from preftune.toy import write_toy_model_dir
 from preftune.training import runner
 from test_distributed import _resume_copy
-from toy_env import assert_close_weights, load_weights, logged_metrics, toy_config, toy_workspace
+from toy_env import assert_close_weights, load_weights, logged_metrics, toy_config
 
 LORA = {"lora.rank": 8, "lora.alpha": 16, "optim.lr": 1e-2}
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> dict[str, str]:
-    return toy_workspace(tmp_path_factory.mktemp("ws_sync"), n_train=48)
+WORKSPACE = {"n_train": 48}  # the sizes of this module's `ws` (tests/conftest.py)
 
 
 def _random_batch(trainer: DPOTrainer, seed: int = 0) -> Batch:

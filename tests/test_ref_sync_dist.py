@@ -10,7 +10,7 @@ import pytest
 
 from preftune.training import runner
 from test_distributed import RUN, _assert_same_metrics, _assert_same_weights, _resume_copy, _torchrun
-from toy_env import toy_config, toy_workspace
+from toy_env import toy_config
 
 # Every step syncs, half way: steps 2-4 each score against a reference that the previous steps moved.
 SYNC = {"ref.sync_steps": 1, "ref.sync_alpha": 0.5}
@@ -20,9 +20,7 @@ needs_deepspeed = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> dict[str, str]:
-    return toy_workspace(tmp_path_factory.mktemp("ws_sync_dist"), n_train=64, n_eval=13)
+WORKSPACE = {"n_train": 64, "n_eval": 13}  # the sizes of this module's `ws` (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +42,13 @@ def _resumed_at_step_2(run: Path, dest: Path, reference_file: str) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_ddp_sync_matches_one_process(ws, single_run, tmp_path) -> None:
     _torchrun(ws, tmp_path, "ddp", SYNC)
     _same_run(single_run, tmp_path)
 
 
+@pytest.mark.slow
 def test_fsdp2_sync_matches_one_process_and_resumes_on_one(ws, single_run, tmp_path) -> None:
     """The sharded reference is mixed shard by shard; its checkpoint (DCP, sharded) reshards onto 1 process."""
     two = tmp_path / "two"
@@ -59,6 +59,7 @@ def test_fsdp2_sync_matches_one_process_and_resumes_on_one(ws, single_run, tmp_p
     _same_run(single_run, resumed)
 
 
+@pytest.mark.slow
 @needs_deepspeed
 def test_zero3_sync_matches_one_process_and_resumes(ws, single_run, tmp_path) -> None:
     """ZeRO-3 partitions mixed partition by partition (and the small persistent parameters whole); the
@@ -72,6 +73,7 @@ def test_zero3_sync_matches_one_process_and_resumes(ws, single_run, tmp_path) ->
     _same_run(single_run, resumed)
 
 
+@pytest.mark.slow
 def test_lora_deltas_under_ddp_match_one_process(ws, tmp_path) -> None:
     """Each process keeps its own deltas, mixed from identical adapters: the same run as one process."""
     lora = {**SYNC, "lora.rank": 8, "lora.alpha": 16, "optim.lr": 1e-2}

@@ -16,12 +16,9 @@ from preftune.model.loading import load_model, load_tokenizer
 from preftune.reference import ReferencePlan, plan_reference
 from preftune.training import runner
 from preftune.training.trainer import StepResult
-from toy_env import checked_config, logged_metrics, toy_config, toy_workspace
+from toy_env import checked_config, logged_metrics, toy_config
 
-
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> dict[str, str]:
-    return toy_workspace(tmp_path_factory.mktemp("ws_plan"), n_train=16, n_eval=8)
+WORKSPACE = {"n_train": 16, "n_eval": 8}  # the sizes of this module's `ws` (tests/conftest.py)
 
 
 @pytest.mark.parametrize(

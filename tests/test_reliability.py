@@ -21,15 +21,13 @@ from preftune.errors import EXIT_STOPPED, CheckpointError, NonFiniteError
 from preftune.strategy import SingleProcessStrategy
 from preftune.training import runner
 from preftune.training.checkpoint import complete_checkpoints
-from toy_env import assert_close_weights, load_weights, logged_metrics, toy_config, toy_workspace
+from toy_env import assert_close_weights, load_weights, logged_metrics, toy_config
 
 # 96 steps with a checkpoint after each: about 2.5 s of training after 2-3 s of start-up.
 RUN = {"ckpt.save_steps": 1, "train.max_epochs": 12, "train.eval_steps": 5}
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> dict[str, str]:
-    return toy_workspace(tmp_path_factory.mktemp("ws_rel"), n_train=64, hidden_size=64)
+WORKSPACE = {"n_train": 64, "hidden_size": 64}  # the sizes of this module's `ws` (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +65,7 @@ def _all_checkpoints_complete(out: Path) -> None:
         assert named == complete_checkpoints(root)
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume(ws, reference_run, tmp_path) -> None:
     out = tmp_path / "killed"
     args = _cli_args(ws, out, RUN)
@@ -130,6 +129,7 @@ def _wait_for_metrics(out: Path, proc: subprocess.Popen, lines: int = 1) -> None
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_finishes_step_checkpoints_and_resumes(ws, reference_run, tmp_path, sig) -> None:
     out = tmp_path / sig.name
@@ -153,6 +153,7 @@ def test_signal_finishes_step_checkpoints_and_resumes(ws, reference_run, tmp_pat
     )
 
 
+@pytest.mark.slow
 def test_second_signal_exits_at_once_without_corruption(ws, tmp_path) -> None:
     out = tmp_path / "twice"
     proc = subprocess.Popen(
@@ -237,6 +238,7 @@ def test_unusable_output_dir_is_refused_before_training(ws, tmp_path, make_bad) 
         runner.build_trainer(toy_config(ws, out))
 
 
+@pytest.mark.slow
 def test_bad_config_is_refused_before_any_model_loads(tmp_path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "preftune", "train", "--model.name_or_path", "/does/not/exist",

@@ -333,6 +333,7 @@ def test_fuzzed_bytes_never_raise_anything_but_data_error(
 # --- the CLI ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_reports_a_broken_file_in_one_line(tmp_path: Path) -> None:
     model = write_toy_model_dir(tmp_path / "m")
     bad = tmp_path / "train.jsonl"

@@ -6,18 +6,14 @@ import json
 import re
 from pathlib import Path
 
-import pytest
-
 from preftune.training import runner
 from preftune.training.summary import run_summary
-from toy_env import toy_config, toy_workspace
+from toy_env import toy_config
 
 CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> dict[str, str]:
-    return toy_workspace(tmp_path_factory.mktemp("ws_messages"), n_train=16, n_eval=8)
+WORKSPACE = {"n_train": 16, "n_eval": 8}  # the sizes of this module's `ws` (tests/conftest.py)
 
 
 def _data_lines(cfg) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 from matplotlib.figure import Figure
 
+from launch import run_cli
 from preftune import cli
 from preftune.config import ConfigError, config_keys
 from preftune.data import DataError
@@ -90,12 +90,6 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "preftune", *args], capture_output=True, text=True, timeout=600
-    )
-
-
 def test_training_run_writes_report_with_plots_settings_and_data(runs) -> None:
     page_path = runs["low_beta"] / "report.html"
     page = parse_page(page_path)
@@ -124,12 +118,13 @@ def test_training_run_writes_report_with_plots_settings_and_data(runs) -> None:
     assert [row[:4] for row in data] == [["low_beta", "train", "48", "48"], ["low_beta", "eval", "16", "16"]]
 
 
+@pytest.mark.slow
 def test_report_command_overlays_runs_and_lists_differing_settings(runs, tmp_path) -> None:
     for name, folder in runs.items():  # copies, so the default output does not replace the runs' own pages
         (tmp_path / name).mkdir()
         for file in ("metrics.jsonl", "config.yaml", "data_report.json"):
             shutil.copy(folder / file, tmp_path / name / file)
-    result = _cli("report", str(tmp_path / "low_beta"), str(tmp_path / "high_beta"))
+    result = run_cli("report", str(tmp_path / "low_beta"), str(tmp_path / "high_beta"))
     assert result.returncode == 0, result.stderr[-3000:]
     page_path = tmp_path / "low_beta" / "report.html"  # default: the first run's folder
     assert f"report: {page_path}" in result.stdout
@@ -179,13 +174,14 @@ def test_plots_overlay_runs_with_training_and_held_out_in_one_panel(runs, tmp_pa
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["missing", "no_metrics"])
 def test_report_of_a_folder_that_is_not_a_run_is_one_line_exit_2(what, tmp_path) -> None:
     folder = tmp_path / "run"
     if what == "no_metrics":
         folder.mkdir()
         (folder / "config.yaml").write_text("seed: 1\n")
-    result = _cli("report", str(folder))
+    result = run_cli("report", str(folder))
     assert result.returncode == 2
     needle = "does not exist" if what == "missing" else "has no metrics.jsonl"
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
@@ -193,10 +189,11 @@ def test_report_of_a_folder_that_is_not_a_run_is_one_line_exit_2(what, tmp_path)
     assert needle in result.stderr
 
 
+@pytest.mark.slow
 def test_report_help_and_arguments(runs, tmp_path) -> None:
-    result = _cli("report", "--help")
+    result = run_cli("report", "--help")
     assert result.returncode == 0 and result.stdout.startswith("usage: preftune report RUN [RUN ...]")
-    assert "report" in _cli("--help").stdout.split("commands:")[1]
+    assert "report" in run_cli("--help").stdout.split("commands:")[1]
     assert cli.run(["report", str(runs["high_beta"]), f"--output={tmp_path / 'x' / 'page.html'}"]) == 0
     assert (tmp_path / "x" / "page.html").is_file() and (tmp_path / "x" / "page-loss.png").is_file()
     with pytest.raises(ConfigError, match="give at least one run folder"):

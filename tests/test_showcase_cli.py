@@ -4,19 +4,15 @@ placed in the cache beforehand, so nothing is downloaded."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
+
+from launch import run_cli
 from preftune.io import read_jsonl
 from preftune.showcase.acquire import ROTTEN_TOMATOES_CSV
 from preftune.toy import write_toy_model_dir
 from toy_env import write_review_corpus
-
-
-def _demo(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "preftune", "demo", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
 def _cached_corpus(cache: Path) -> Path:
@@ -26,11 +22,12 @@ def _cached_corpus(cache: Path) -> Path:
     return write_review_corpus(folder / Path(spec.member).name)
 
 
+@pytest.mark.slow
 def test_real_demo_pipeline_end_to_end_on_a_toy_model(tmp_path) -> None:
     cache, out = tmp_path / "cache", tmp_path / "run"
     _cached_corpus(cache)
     model = write_toy_model_dir(tmp_path / "model", hidden_size=32)
-    result = _demo(
+    result = run_cli("demo",
         "--cache_dir", str(cache), "--model.name_or_path", str(model), "--output_dir", str(out),
         "--demo.heldout_movies", "3", "--demo.samples_per_prompt", "3", "--demo.max_new_tokens", "5",
         "--demo.generation_batch", "4", "--train.batch_size", "2", "--train.micro_batch_size", "2",
@@ -58,28 +55,31 @@ def test_real_demo_pipeline_end_to_end_on_a_toy_model(tmp_path) -> None:
     assert (out / "final" / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_bad_key_is_refused_before_anything_is_downloaded(tmp_path) -> None:
     cache = tmp_path / "cache"
-    result = _demo("--cache_dir", str(cache), "--loss.beta", "-1", "--output_dir", str(tmp_path / "run"))
+    result = run_cli(
+        "demo", "--cache_dir", str(cache), "--loss.beta", "-1", "--output_dir", str(tmp_path / "run")
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == "preftune: error: loss.beta: must be > 0, got -1.0"
     assert not cache.exists()
-    result = _demo("--demo.heldout", "3", "--output_dir", str(tmp_path / "run"))
+    result = run_cli("demo", "--demo.heldout", "3", "--output_dir", str(tmp_path / "run"))
     assert result.returncode == 2 and "unknown option --demo.heldout" in result.stderr
 
 
+@pytest.mark.slow
 def test_iterate_demo_scores_with_vader_on_movie_prompts(tmp_path) -> None:
     cache, out = tmp_path / "cache", tmp_path / "run"
     _cached_corpus(cache)
     model = write_toy_model_dir(tmp_path / "model", hidden_size=32)
-    cmd = [
-        sys.executable, "-m", "preftune", "iterate", "--demo", "--cache_dir", str(cache),
+    result = run_cli(
+        "iterate", "--demo", "--cache_dir", str(cache),
         "--model.name_or_path", str(model), "--output_dir", str(out), "--demo.heldout_movies", "3",
         "--iterate.samples_per_prompt", "3", "--iterate.max_new_tokens", "6", "--iterate.min_score_gap", "0",
         "--iterate.eval_samples_per_prompt", "1", "--train.batch_size", "2", "--train.micro_batch_size", "2",
         "--log.progress", "false",
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     prompts = read_jsonl(out / "inputs" / "prompts.jsonl")
     held = read_jsonl(out / "inputs" / "eval_prompts.jsonl")

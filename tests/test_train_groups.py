@@ -4,20 +4,17 @@ the same, a listwise loss learns, two DDP processes equal one, and what groups d
 from __future__ import annotations
 
 import math
-import os
-import subprocess
 
 import pytest
 
+from launch import TORCHRUN, launch, train_args
 from preftune.config import ConfigError
 from preftune.training import runner
 from test_deepspeed import needs_deepspeed
-from test_distributed import TORCHRUN, train_args
 from toy_env import (
     assert_close_weights,
     assert_same_metrics,
     checked_config,
-    group_workspace,
     load_weights,
     logged_metrics,
     toy_config,
@@ -26,9 +23,11 @@ from toy_env import (
 GROUPS = {"data.groups": True}
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> dict[str, str]:
-    return group_workspace(tmp_path_factory.mktemp("ws_groups"), n_train=32, n_eval=16)
+WORKSPACE = {
+    "n_train": 32,
+    "n_eval": 16,
+    "groups": True,
+}  # the sizes of this module's `ws` (tests/conftest.py)
 
 
 RUN = {"train.max_steps": 3, "train.eval_steps": 3, "train.micro_batch_size": 4, "optim.adam_eps": 1e-3}
@@ -78,6 +77,7 @@ def test_a_listwise_loss_learns_the_ranking(ws, tmp_path) -> None:
     assert last["eval/rewards/accuracies"] > 0.6 and last["eval/rewards/spearman"] > 0.3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("strategy", "extra"),
     [
@@ -90,11 +90,7 @@ def test_two_processes_train_groups_as_one(ws, tmp_path, strategy, extra) -> Non
     opts = {**RUN, "train.micro_batch_size": 2, "data.groups": "true", "loss.pairs": "all",
             "data.train": ws["group_train"], "data.eval": ws["group_eval"]}  # fmt: skip
     runner.train(toy_config(ws, tmp_path / "one", **opts))
-    args = train_args(TORCHRUN, ws, tmp_path / "two", strategy, {**opts, **extra})
-    result = subprocess.run(
-        args, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    launch(train_args(TORCHRUN, ws, tmp_path / "two", strategy, {**opts, **extra}))
     assert_same_metrics(tmp_path / "one", tmp_path / "two", atol=1e-6)
 
 

@@ -22,11 +22,6 @@ from toy_env import (
 )
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> dict[str, str]:
-    return toy_workspace(tmp_path_factory.mktemp("ws"))
-
-
 @pytest.mark.equivalence
 def test_first_step_with_policy_equal_reference_is_ln2(ws, tmp_path) -> None:
     runner.train(toy_config(ws, tmp_path, **{"train.max_steps": 1}))

@@ -15,11 +15,6 @@ from preftune.training import runner
 from toy_env import toy_config, toy_workspace
 
 
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> dict[str, str]:
-    return toy_workspace(tmp_path_factory.mktemp("ws_opts"))
-
-
 def _first_step_grads(cfg) -> tuple[dict[str, torch.Tensor], int]:
     """Gradients of the first micro-batch, and how many tensors autograd saved for backward."""
     trainer, _ = runner.build_trainer(cfg)

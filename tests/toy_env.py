@@ -24,13 +24,21 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def toy_workspace(root: Path, n_train: int = 48, n_eval: int = 16, hidden_size: int = 32) -> dict[str, str]:
-    """A toy model folder plus train/eval jsonl files under ``root``; returns their paths."""
+def toy_workspace(
+    root: Path, n_train: int = 48, n_eval: int = 16, hidden_size: int = 32, groups: bool = False
+) -> dict[str, str]:
+    """A toy model folder plus train/eval jsonl files under ``root``; returns their paths. ``groups`` adds
+    prompt-group files of the same prompts (``group_train``, ``group_eval``; four responses each, see
+    :func:`group_rows`)."""
     root.mkdir(parents=True, exist_ok=True)
     model = write_toy_model_dir(root / "model", hidden_size=hidden_size)
-    train = write_jsonl(root / "train.jsonl", synthetic_preference_rows(n_train, seed=1))
-    evals = write_jsonl(root / "eval.jsonl", synthetic_preference_rows(n_eval, seed=2))
-    return {"model": str(model), "train": str(train), "eval": str(evals)}
+    paths = {"model": str(model)}
+    for split, seed, count in (("train", 1, n_train), ("eval", 2, n_eval)):
+        rows = synthetic_preference_rows(count, seed=seed)
+        paths[split] = str(write_jsonl(root / f"{split}.jsonl", rows))
+        if groups:
+            paths[f"group_{split}"] = str(write_jsonl(root / f"group_{split}.jsonl", group_rows(rows)))
+    return paths
 
 
 def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -41,15 +49,6 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         responses = [row["chosen"], row["rejected"], *others]
         out.append({"prompt": row["prompt"], "responses": responses, "scores": [1.0, 0.0, 0.25, -0.5]})
     return out
-
-
-def group_workspace(root: Path, n_train: int, n_eval: int) -> dict[str, str]:
-    """:func:`toy_workspace` plus prompt-group files (``group_train``, ``group_eval``) of four responses each."""
-    paths = toy_workspace(root, n_train=n_train, n_eval=n_eval)
-    for split, seed, count in (("group_train", 1, n_train), ("group_eval", 2, n_eval)):
-        rows = group_rows(synthetic_preference_rows(count, seed=seed))
-        paths[split] = str(write_jsonl(root / f"{split}.jsonl", rows))
-    return paths
 
 
 def checked_config(
