@@ -11,7 +11,7 @@ from preftune.losses import GroupLogps, PairLogps, compute_group_loss, compute_l
 from preftune.losses.registry import TIE_RTOL, reward_rounding
 from preftune.training.group_metrics import group_metric_sums
 from preftune.training.metrics import PairStats
-from preftune.training.step import MicroBatchLosses
+from preftune.training.objective import MicroBatchLosses
 
 BETA = 0.1
 REF = [-70.0, -70.0, -35.5, -12.25]

@@ -17,7 +17,7 @@ from preftune import cli
 from preftune.config import ConfigError, config_keys
 from preftune.data import DataError
 from preftune.io import read_jsonl
-from preftune.training import report, runner
+from preftune.training import report, run_record, runner
 from toy_env import toy_config, toy_workspace
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -206,10 +206,10 @@ def test_metrics_with_a_cut_last_line_are_read_and_a_bad_middle_line_is_named(tm
     path = tmp_path / "metrics.jsonl"
     good = json.dumps({"step": 1, "loss": 0.69})
     path.write_text(f'{good}\n{{"step": 2, "lo')  # a run killed while writing step 2
-    assert report.read_metrics(path) == [{"step": 1, "loss": 0.69}]
+    assert run_record.read_metrics(path) == [{"step": 1, "loss": 0.69}]
     path.write_text(f"{good}\nnot json\n{good}\n")
     with pytest.raises(DataError, match=r"metrics.jsonl:2: not a JSON line"):
-        report.read_metrics(path)
+        run_record.read_metrics(path)
 
 
 def _without_matplotlib(monkeypatch) -> None:

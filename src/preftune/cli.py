@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .config import Config, ConfigError, help_lines
+from .run_folder import RunFolder
 
 USAGE = """usage: preftune COMMAND [--config run.yaml] [--section.key VALUE ...]
 
@@ -120,7 +121,7 @@ def _evaluate(argv: list[str]) -> int:
     cfg = validated_config(argv, training=False)
     metrics = runner.evaluate(cfg)
     if _is_main():
-        path = Path(cfg.output_dir, "eval_metrics.json")
+        path = RunFolder(Path(cfg.output_dir)).eval_metrics
         path.write_text(json.dumps(metrics, indent=2))
         print(json.dumps(metrics, indent=2))
         default = (
@@ -128,18 +129,22 @@ def _evaluate(argv: list[str]) -> int:
             if cfg.output_dir == Config().output_dir
             else ""
         )
-        print(f"wrote {path} and {path.with_name('data_report.json')}{default}")
+        print(f"wrote {path} and {RunFolder(Path(cfg.output_dir)).data_report}{default}")
     return 0
 
 
 def _is_main() -> bool:
-    return os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    from .strategy.launch import launched_rank
+
+    return launched_rank() == 0  # under torchrun only rank 0 reports
 
 
 def _exit_now_under_torchrun(code: int) -> int:
     """Under torchrun, leave without interpreter teardown: gloo's threads can abort the process there
     ("terminate called without an active exception", seen in about 1 run in 3 on CPU) after the work is done."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    from .strategy.launch import launched_world_size
+
+    if launched_world_size() > 1:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..run_folder import RunFolder
+
 _ROW_REPR_CHARS = 300
 
 
@@ -76,6 +78,6 @@ def write_data_report(reports: dict[str, DataReport], output_dir: str | Path) ->
     """Write ``{"train": {...}, "eval": {...}}`` to ``<output_dir>/data_report.json`` and return its path."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "data_report.json"
+    path = RunFolder(out).data_report
     path.write_text(json.dumps({name: r.to_dict() for name, r in reports.items()}, indent=2) + "\n")
     return path

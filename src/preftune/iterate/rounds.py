@@ -30,6 +30,7 @@ from ..io import read_json, read_jsonl, write_json, write_jsonl
 from ..model.generation import SamplingOptions, sample_responses
 from ..model.loading import load_model, load_tokenizer
 from ..reference import plan_reference
+from ..run_folder import RunFolder
 from ..strategy.single import default_device
 from ..training import runner
 from ..training.builder import check_output_dir
@@ -109,9 +110,9 @@ def _run_round(
     out = Path(cfg.output_dir)
     rdir = out / f"round-{r}"
     rdir.mkdir(exist_ok=True)
-    start = cfg.model.name_or_path if r == 1 else str(out / f"round-{r - 1}" / "final")
+    start = cfg.model.name_or_path if r == 1 else str(RunFolder(out / f"round-{r - 1}").final)
     samples = _round_samples(cfg, r, start, prompts, reward, log)
-    final = rdir / "final"
+    final = RunFolder(rdir).final
     if final.is_dir():  # exported under a temporary name and renamed: if it is there, it is whole
         report = read_json(rdir / "pairs_report.json")
     else:
@@ -277,7 +278,7 @@ def _round_config(cfg: Config, r: int, start: str) -> Config:
     rc.data.train = [str(Path(rc.output_dir) / "pairs.jsonl")]
     rc.data.train_probs = None
     # One store folder for all rounds: the eval split is the same each round, so it is tokenised once.
-    rc.data.cache_dir = cfg.data.cache_dir or str(Path(cfg.output_dir) / "data_cache")
+    rc.data.cache_dir = cfg.data.cache_dir or str(RunFolder(Path(cfg.output_dir)).data_cache)
     # pairs.jsonl is written with these keys whatever the user's own data uses.
     rc.data.prompt_key, rc.data.chosen_key, rc.data.rejected_key = "prompt", "chosen", "rejected"
     rc.data.responses_key, rc.data.scores_key = "responses", "scores"

@@ -12,7 +12,7 @@ Importing this package registers every built-in variant, so :data:`LOSSES` is co
 
 from . import batchwise as batchwise  # registers AOT and sft
 from . import pairwise as pairwise  # registers the pairwise variants (first: they keep the registry's order)
-from .checks import check_loss_config
+from .checks import check_loss_config, trainer_loss_config
 from .groups import compute_group_loss, expand_pairs
 from .registry import (
     LOSSES,
@@ -49,4 +49,5 @@ __all__ = [
     "loss_terms",
     "register_group_loss",
     "register_loss",
+    "trainer_loss_config",
 ]

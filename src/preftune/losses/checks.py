@@ -36,3 +36,19 @@ def check_loss_config(loss: LossConfig, groups: bool = False) -> None:
         check(loss.ld_alpha is None, "loss.ld_alpha",
               "LD-DPO's shared length is that of one pair; not with data.groups (a response of a group "
               "belongs to several pairs)")  # fmt: skip
+
+
+DEFAULT_BETA = 0.01  # OpenRLHF's default, used when neither beta nor loss_config gives one
+
+
+def trainer_loss_config(beta: float | None, loss_config: LossConfig | None, groups: bool) -> LossConfig:
+    """The loss section a :class:`~preftune.DPOTrainer` trains with, checked as the command line's is.
+    OpenRLHF's ``beta`` argument and ``loss_config.beta`` name one value: a conflict is refused, not resolved."""
+    if loss_config is None:
+        loss_config = LossConfig(beta=DEFAULT_BETA if beta is None else beta)
+    elif beta is not None and beta != loss_config.beta:
+        raise ValueError(
+            f"beta={beta} and loss_config.beta={loss_config.beta} disagree; give one of them, or the same value"
+        )
+    check_loss_config(loss_config, groups)
+    return loss_config

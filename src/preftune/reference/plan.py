@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 from ..errors import ConfigError
 from ..losses import get_loss
+from ..run_folder import RunFolder
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -83,7 +84,7 @@ def plan_reference(cfg: Config) -> ReferencePlan:
         _refuse(ref.name_or_path is not None, "ref.name_or_path", f"{free}; remove the reference model")
         _refuse(ref.precompute, "ref.precompute", f"{free}; there are no reference log-probs to precompute")
         return ReferencePlan("none")
-    cache_dir = Path(ref.cache_dir or Path(cfg.output_dir) / "ref_cache") if ref.precompute else None
+    cache_dir = Path(ref.cache_dir or RunFolder(Path(cfg.output_dir)).ref_cache) if ref.precompute else None
     if lora.rank > 0:
         _refuse(ref.name_or_path is not None, "ref.name_or_path",
                 "with lora.rank > 0 the reference is the policy with adapters disabled; remove it")  # fmt: skip

@@ -21,6 +21,7 @@ from ..config import Config, ConfigError
 from ..io import read_jsonl, write_jsonl
 from ..model.generation import Sample, SamplingOptions, sample_responses
 from ..model.loading import load_model, load_tokenizer
+from ..run_folder import RunFolder
 from ..strategy.single import default_device
 from ..training import runner
 from ..validate import validated_config
@@ -210,7 +211,7 @@ def run_real_demo(argv: list[str]) -> int:
     seconds["generation after and KL"] = time.perf_counter() - clock
 
     before_scores, after_scores = vader_scores(_texts(before)), vader_scores(_texts(after))
-    metrics = read_jsonl(out / "metrics.jsonl")
+    metrics = read_jsonl(RunFolder(out).metrics)
     eval_before, eval_after = _eval_rows(metrics)
     results = DemoResults(
         model=cfg.model.name_or_path,

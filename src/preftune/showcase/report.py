@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..run_folder import RunFolder
 from ..training.report import PAGE_STYLE, figure_class, html_table, series
 
 
@@ -138,6 +139,6 @@ policy's samples: the mean over responses of the summed per-token log-ratio log 
 <p>Per-step metrics: <code>metrics.jsonl</code>; all numbers above: <code>results.json</code>.</p>
 </body></html>
 """
-    path = out / "report.html"
+    path = RunFolder(out).report
     path.write_text(page)
     return path

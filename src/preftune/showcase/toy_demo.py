@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import read_jsonl, write_jsonl
+from ..run_folder import RunFolder
 from ..toy import synthetic_preference_rows, write_toy_model_dir
 from ..training import runner
 from ..validate import validated_config
@@ -45,7 +46,7 @@ def run_demo(argv: list[str]) -> int:
         write_jsonl(inputs / "eval.jsonl", synthetic_preference_rows(64, seed=2))
         cfg.data.train, cfg.data.eval = [str(inputs / "train.jsonl")], [str(inputs / "eval.jsonl")]
     final = runner.train(cfg)
-    rows = read_jsonl(out / "metrics.jsonl")
+    rows = read_jsonl(RunFolder(out).metrics)
     evals = [r for r in rows if "eval/loss" in r]
     print("\nheld-out pairs        step   loss    accuracy  margin")
     for r in evals:

@@ -7,7 +7,6 @@ RANK / WORLD_SIZE / LOCAL_RANK and the rendezvous, nothing here does networking 
 from __future__ import annotations
 
 import contextlib
-import os
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .launch import launched_local_rank
 from .mixing import mix_, paired_parameters
 from .single import SingleProcessStrategy
 from .state import full_model_state
@@ -23,7 +23,7 @@ from .state import full_model_state
 
 def init_process_group() -> tuple[int, int, torch.device]:
     """Join torchrun's group (once); returns (rank, world size, this process's device)."""
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = launched_local_rank()
     use_cuda = torch.cuda.is_available()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")

@@ -19,7 +19,9 @@ from ..model.lora import wrap_lora
 from ..reference import ReferencePlan, plan_reference
 from ..reference.build import ReferenceInputs, build_reference
 from ..reference.precompute import PrecomputeSetup
+from ..run_folder import RunFolder
 from ..strategy import StrategyOptions, build_strategy, strategy_options
+from ..strategy.launch import launched_world_size
 from ..validate import validate
 from .checkpoint import latest_checkpoint, saved_reference_state
 from .loaders import Items, load_splits, make_eval_loader, make_train_loader
@@ -55,7 +57,7 @@ def resume_point(cfg: Config) -> Path | None:
     if cfg.ckpt.resume == "none":
         return None
     if cfg.ckpt.resume == "auto":
-        return latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
+        return latest_checkpoint(RunFolder(Path(cfg.output_dir)).checkpoints)
     path = Path(cfg.ckpt.resume)
     if not path.is_dir():
         raise ConfigError(f"ckpt.resume: {path} is not a checkpoint folder")
@@ -68,7 +70,7 @@ def _quiet(*_: Any) -> None:
 
 def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tuple[DPOTrainer, int]:
     """Everything ``preftune train`` builds, in order; returns the trainer and its steps per epoch."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_world_size()
     validate(cfg, world_size, training=need_train)
     if not need_train:
         # Evaluation makes no optimizer step: one micro-batch per process is all a strategy is set up for.

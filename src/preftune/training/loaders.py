@@ -3,7 +3,6 @@ train and eval loaders over them."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +24,9 @@ from ..data.sampler import ResumableSampler
 from ..data.view import padded_widths
 from ..layouts import Layout
 from ..reference.precompute import number_rows
+from ..run_folder import RunFolder
 from ..strategy import Strategy
+from ..strategy.launch import launched_local_rank
 from .budget import TokenBudgetSteps, greedy_parts, oversized
 
 # The run's rows: pairs, or prompt groups with data.groups (one kind per run).
@@ -94,8 +95,8 @@ def _open_split(
     while the others wait, then they all map the same files (on a filesystem the nodes share, the builders'
     atomic renames keep one copy); a build that fails stops every process, with the builder's error."""
     load: Any = load_groups if cfg.data.groups else load_pairs
-    root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "data_cache"
-    builds = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else RunFolder(out).data_cache
+    builds = launched_local_rank() == 0
     failure: BaseException | None = None
     if builds:
         try:

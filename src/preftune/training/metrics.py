@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..layouts import PairForward
 from ..losses import GroupLogps, GroupLossOutput, LossOutput
+from ..run_folder import RunFolder
 from .group_metrics import GROUP_METRIC_COUNTS, group_metric_means, group_metric_sums
 
 if TYPE_CHECKING:
     from ..config import Config
-    from .step import MicroBatchLosses
+    from .objective import MicroBatchLosses
 
 # Sums kept per optimizer step (or per evaluation); each mean is a sum over pairs divided by the pair count,
 # so a mean over processes or micro-batches is exact rather than a mean of means.
@@ -244,7 +245,7 @@ def build_sinks(args: Config, output_dir: Path, total_steps: int, step: int, is_
     if not is_main:
         return Sinks()
     output_dir.mkdir(parents=True, exist_ok=True)
-    sinks: list[Sink] = [JsonlSink(output_dir / "metrics.jsonl", step if step > 0 else None)]
+    sinks: list[Sink] = [JsonlSink(RunFolder(output_dir).metrics, step if step > 0 else None)]
     if args.log.progress:
         sinks.append(ProgressBar(total_steps, step))
     if args.log.tensorboard:

@@ -1,21 +1,42 @@
 """One micro-batch's losses: the policy (and reference) forward, the loss, and the objective backward runs on.
 
-Two kinds of batch, one shape of result (:class:`~.step.MicroBatchLosses`): a batch of pairs goes through the
+Two kinds of batch, one shape of result (:class:`MicroBatchLosses`): a batch of pairs goes through the
 pairwise loss registry; a batch of prompt groups (``data.groups``) through the group losses, which read every
 response of a prompt at once.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from torch import Tensor, nn
 
 from ..config import LossConfig
-from ..layouts import Batch, Layout
+from ..layouts import Batch, Layout, PairForward
 from ..layouts.batch import score_responses
-from ..losses import GroupLogps, LossState, PairLogps, compute_group_loss, compute_loss
+from ..losses import (
+    GroupLogps,
+    GroupLossOutput,
+    LossOutput,
+    LossState,
+    PairLogps,
+    compute_group_loss,
+    compute_loss,
+)
 from ..losses.groups import at_group_extreme, sum_per_group
 from ..reference.sources import ReferenceSource
-from .step import MicroBatchLosses
+
+
+class MicroBatchLosses(NamedTuple):
+    """A pair batch's, or (in brackets) a prompt-group batch's, losses and what they came from."""
+
+    objective: Tensor  # scalar that backward runs on: mean per-pair (per-group) loss, plus the MoE aux term
+    per_pair: Tensor  # (B,) loss, plus loss.nll_coef x nll  [(G,) loss]
+    loss: LossOutput | GroupLossOutput  # the loss function's output: losses and rewards
+    policy: (
+        PairForward | GroupLogps
+    )  # the policy's summed log-probs and token counts [with ref, scores, groups]
+    nll: Tensor  # (B,) per-token NLL of each chosen response  [zeros]
 
 
 def pair_losses(

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..config import Config, ConfigError
 from ..data import DataError
+from ..run_folder import RunFolder
 from .builder import build_trainer, check_output_dir, resume_point
 from .report import PlottingUnavailable, write_run_report
 from .signals import GracefulStop
@@ -32,7 +33,7 @@ def train(cfg: Config, log: Any = print) -> Path:
     if cfg.log.report and trainer.strategy.is_main():
         _write_report(Path(cfg.output_dir), log)
     trainer.strategy.close()
-    return Path(cfg.output_dir) / "final"
+    return RunFolder(Path(cfg.output_dir)).final
 
 
 def _write_report(output_dir: Path, log: Any) -> None:

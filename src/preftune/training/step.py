@@ -7,25 +7,12 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from torch import Tensor
-
-from ..layouts import Batch, PairForward
-from ..losses import GroupLogps, GroupLossOutput, LossOutput
+from ..config import Config
+from ..layouts import Batch
+from ..run_folder import RunFolder
 from .metrics import PairStats
-
-
-class MicroBatchLosses(NamedTuple):
-    """A pair batch's, or (in brackets) a prompt-group batch's, losses and what they came from."""
-
-    objective: Tensor  # scalar that backward runs on: mean per-pair (per-group) loss, plus the MoE aux term
-    per_pair: Tensor  # (B,) loss, plus loss.nll_coef x nll  [(G,) loss]
-    loss: LossOutput | GroupLossOutput  # the loss function's output: losses and rewards
-    policy: (
-        PairForward | GroupLogps
-    )  # the policy's summed log-probs and token counts [with ref, scores, groups]
-    nll: Tensor  # (B,) per-token NLL of each chosen response  [zeros]
 
 
 @dataclass
@@ -41,6 +28,36 @@ class StepResult:
     @property
     def skipped(self) -> bool:
         return not math.isfinite(self.grad_norm)
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What :meth:`DPOTrainer.fit` reads, decided once: the run's config for the folder, the step arithmetic and
+    when to log, evaluate and save; ``max_epochs`` from the trainer (OpenRLHF passes it to the constructor)."""
+
+    run: RunFolder
+    global_batch: int  # rows per optimizer step over all processes (train.batch_size)
+    max_epochs: int
+    max_steps: int | None
+    logging_steps: int
+    eval_steps: int | None  # besides each epoch's end and the last step
+    eval_at_start: bool
+    save_steps: int | None  # besides the last step
+    max_nonfinite_steps: int
+
+    @classmethod
+    def of(cls, args: Config, max_epochs: int) -> LoopSettings:
+        t = args.train
+        return cls(
+            RunFolder(Path(args.output_dir)), t.batch_size, max_epochs, t.max_steps, t.logging_steps,
+            t.eval_steps, t.eval_at_start, args.ckpt.save_steps, t.max_nonfinite_steps,
+        )  # fmt: skip
+
+    def evaluates_after(self, step: int, steps_per_epoch: int, done: bool) -> bool:
+        return bool(self.eval_steps and step % self.eval_steps == 0) or step % steps_per_epoch == 0 or done
+
+    def saves_after(self, step: int, done: bool) -> bool:
+        return bool(self.save_steps and (step % self.save_steps == 0 or done))
 
 
 class StepLoader:
@@ -108,5 +125,5 @@ def nonfinite_message(result: StepResult, in_row: int, output_dir: Path, limit: 
     return (
         f"step {result.step}: non-finite loss or gradients in {in_row} steps in a row "
         f"(train.max_nonfinite_steps); rows of the last batch: {shown}{more}; "
-        f"the last good checkpoint is kept in {output_dir / 'checkpoints'}"
+        f"the last good checkpoint is kept in {RunFolder(output_dir).checkpoints}"
     )

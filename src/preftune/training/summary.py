@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import read_jsonl
+from ..run_folder import RunFolder
 
 # (label, metrics key without the eval/ prefix, format)
 _SHOWN = (
@@ -35,7 +36,7 @@ def run_summary(output_dir: Path, seconds: float) -> str:
     ...
     model        runs/mine/final   (AutoModelForCausalLM.from_pretrained)
     """
-    metrics = output_dir / "metrics.jsonl"
+    metrics = RunFolder(output_dir).metrics
     rows = read_jsonl(metrics) if metrics.is_file() else []
     train, held_out = _last(rows, "loss"), _last(rows, "eval/loss")
     lines = [f"done in {_duration(seconds)}"]
@@ -54,11 +55,11 @@ def run_summary(output_dir: Path, seconds: float) -> str:
             ]
             lines.append(f"{label:18}" + "".join(f"{cell:>22}" for cell in cells))
     files = (
-        ("model", output_dir / "final", "(AutoModelForCausalLM.from_pretrained)"),
+        ("model", RunFolder(output_dir).final, "(AutoModelForCausalLM.from_pretrained)"),
         ("metrics", metrics, "(one JSON object per logged step)"),
-        ("report", output_dir / "report.html", ""),
-        ("data report", output_dir / "data_report.json", "(rows kept and dropped, per reason)"),
-        ("checkpoints", output_dir / "checkpoints", "(rerun the same command to resume)"),
+        ("report", RunFolder(output_dir).report, ""),
+        ("data report", RunFolder(output_dir).data_report, "(rows kept and dropped, per reason)"),
+        ("checkpoints", RunFolder(output_dir).checkpoints, "(rerun the same command to resume)"),
     )
     lines += [f"{name:13}{path}   {note}".rstrip() for name, path, note in files if path.exists()]
     return "\n".join(lines)

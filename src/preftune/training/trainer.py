@@ -15,19 +15,18 @@ from ..config import Config, LossConfig
 from ..data.sampler import set_sampler_position
 from ..errors import NonFiniteError, StopRequested
 from ..layouts import Batch, Layout, PaddedLayout
-from ..losses import LossState, check_loss_config, get_loss
+from ..losses import LossState, get_loss, trainer_loss_config
 from ..model.scorer import SequenceScorer
 from ..reference.build import trainer_reference
 from ..reference.sources import ReferenceSource
 from ..reference.sync import reference_sync
+from ..run_folder import RunFolder
 from ..strategy import Strategy, lockstep
 from .checkpoint import export_hf, load_checkpoint, save_checkpoint
 from .metrics import GroupStats, PairStats, Sinks, StepWindow, build_sinks
-from .objective import group_losses, pair_losses
+from .objective import MicroBatchLosses, group_losses, pair_losses
 from .optim import planned_steps
-from .step import MicroBatchLosses, StepResult, nonfinite_message, row_shares, steps_of
-
-DEFAULT_BETA = 0.01  # OpenRLHF's default, used when neither beta nor loss_config gives one
+from .step import LoopSettings, StepResult, nonfinite_message, row_shares, steps_of
 
 
 class DPOTrainer:
@@ -84,8 +83,7 @@ class DPOTrainer:
         self.max_epochs = max_epochs
         self.save_hf_ckpt = save_hf_ckpt
         self.disable_ds_ckpt = disable_ds_ckpt
-        self.loss_config = _agreed_loss_config(beta, loss_config)
-        check_loss_config(self.loss_config, groups)  # a hand-built LossConfig is checked as the CLI's is
+        self.loss_config = trainer_loss_config(beta, loss_config, groups)
         self.loss_spec = get_loss(self.loss_config.type)
         self.loss_state = LossState()
         self.layout = layout or PaddedLayout(tokenizer.pad_token_id, self.loss_config.ld_alpha)
@@ -165,47 +163,48 @@ class DPOTrainer:
         """Train for ``max_epochs`` (or ``args.train.max_steps``), starting after ``consumed_samples`` pairs."""
         if self.optimizer is None or self.train_dataloader is None:
             raise ValueError("fit() needs an optimizer and a train_dataloader")
+        loop = LoopSettings.of(args, self.max_epochs)
         steps = steps_of(self.train_dataloader, self.strategy.accumulation_steps)
-        global_batch = args.train.batch_size
         steps_per_epoch = num_update_steps_per_epoch or len(steps)
         if steps_per_epoch < 1:
-            raise ValueError(f"the training set is smaller than one batch of {global_batch} pairs")
-        total_steps = planned_steps(steps_per_epoch, self.max_epochs, args.train.max_steps)
-        output_dir = Path(args.output_dir)
-        self.global_step = consumed_samples // global_batch
-        sinks = build_sinks(args, output_dir, total_steps, self.global_step, self.strategy.is_main())
+            raise ValueError(f"the training set is smaller than one batch of {loop.global_batch} pairs")
+        total_steps = planned_steps(steps_per_epoch, loop.max_epochs, loop.max_steps)
+        self.global_step = consumed_samples // loop.global_batch
+        sinks = build_sinks(args, loop.run.root, total_steps, self.global_step, self.strategy.is_main())
         if self.strategy.is_main():
-            (output_dir / "config.yaml").write_text(args.to_yaml())
-        if args.train.eval_at_start and self.global_step == 0 and (before := self.evaluate()):
+            loop.run.config.write_text(args.to_yaml())
+        if loop.eval_at_start and self.global_step == 0 and (before := self.evaluate()):
             sinks.log(0, before)
         start_epoch = self.global_step // steps_per_epoch
         window, nonfinite_in_row = StepWindow(self.new_stats()), 0
-        for epoch in range(start_epoch, self.max_epochs):
+        for epoch in range(start_epoch, loop.max_epochs):
             if self.global_step >= total_steps:
                 break
-            skip = consumed_samples - epoch * steps_per_epoch * global_batch if epoch == start_epoch else 0
+            skip = (
+                consumed_samples - epoch * steps_per_epoch * loop.global_batch if epoch == start_epoch else 0
+            )
             set_sampler_position(steps, epoch, skip)
             self.scorer.train()
             for micro_batches in steps:
                 result = self.train_step(micro_batches)
-                consumed_samples += global_batch
+                consumed_samples += loop.global_batch
                 window.add(result.stats, result.grad_norm)
                 nonfinite_in_row = nonfinite_in_row + 1 if result.skipped else 0
-                if nonfinite_in_row >= args.train.max_nonfinite_steps:
+                if nonfinite_in_row >= loop.max_nonfinite_steps:
                     sinks.close()
-                    raise NonFiniteError(nonfinite_message(result, nonfinite_in_row, output_dir))
-                if self.global_step % args.train.logging_steps == 0:
+                    raise NonFiniteError(nonfinite_message(result, nonfinite_in_row, loop.run.root))
+                if self.global_step % loop.logging_steps == 0:
                     sinks.log(
                         self.global_step,
                         self._window_metrics(window, result, steps_per_epoch, consumed_samples),
                     )
                     window = StepWindow(self.new_stats())
                 done = self.global_step >= total_steps
-                self._evaluate_and_save(args, sinks, steps_per_epoch, done, consumed_samples)
+                self._evaluate_and_save(args, loop, sinks, steps_per_epoch, done, consumed_samples)
                 if done:
                     break
         sinks.close()
-        self._export(output_dir / "final", args, args.to_yaml())
+        self._export(loop.run.final, args, args.to_yaml())
 
     def _window_metrics(
         self, window: StepWindow, last: StepResult, steps_per_epoch: int, consumed_samples: int
@@ -217,26 +216,22 @@ class DPOTrainer:
         return metrics
 
     def _evaluate_and_save(
-        self, args: Config, sinks: Sinks, steps_per_epoch: int, done: bool, consumed_samples: int
+        self, args: Config, loop: LoopSettings, sinks: Sinks, steps_per_epoch: int, done: bool, consumed: int
     ) -> None:
-        """After a step: evaluate every ``train.eval_steps``, at each epoch's end and at the end; checkpoint every
-        ``ckpt.save_steps`` and at the end; on a stop signal, checkpoint and raise :class:`StopRequested`."""
-        step, eval_steps, save_steps = self.global_step, args.train.eval_steps, args.ckpt.save_steps
-        if (eval_steps and step % eval_steps == 0) or step % steps_per_epoch == 0 or done:
+        """After a step: evaluate and checkpoint when ``loop`` says; on a stop signal, checkpoint and raise
+        :class:`StopRequested`."""
+        step = self.global_step
+        if loop.evaluates_after(step, steps_per_epoch, done):
             if eval_metrics := self.evaluate():
                 sinks.log(step, eval_metrics)
             self.scorer.train()
         stopping = self._stop_requested()
-        saved = None
-        if (save_steps and (step % save_steps == 0 or done)) or stopping:
-            saved = self.save_checkpoint(args, consumed_samples)
+        saved = self.save_checkpoint(args, consumed) if loop.saves_after(step, done) or stopping else None
         if stopping:
             sinks.close()
-            where = (
-                f"checkpoint written to {saved}; rerun the same command to resume"
-                if saved is not None
-                else "no checkpoint written (ckpt.disable is set)"
-            )
+            where = f"checkpoint written to {saved}; rerun the same command to resume" if saved is not None else (
+                "no checkpoint written (ckpt.disable is set)"
+            )  # fmt: skip
             raise StopRequested(f"stopped by a signal after step {step}; {where}")
 
     def _stop_requested(self) -> bool:
@@ -279,7 +274,7 @@ class DPOTrainer:
                 self._export(folder, args, None)
 
         return save_checkpoint(
-            Path(args.output_dir) / "checkpoints", self.global_step, self.strategy, self.scorer, self.optimizer,
+            RunFolder(Path(args.output_dir)).checkpoints, self.global_step, self.strategy, self.scorer, self.optimizer,
             self.scheduler, state, keep=args.ckpt.keep, export=export, extra={"loss_state": self.loss_state.state_dict()},
             reference=functools.partial(self.reference_sync.save, step=self.global_step) if self.reference_sync else None,
         )  # fmt: skip
@@ -297,14 +292,3 @@ class DPOTrainer:
         if self.reference_sync is not None:
             self.reference_sync.load(folder, self.global_step)
         return int(state["consumed_samples"])
-
-
-def _agreed_loss_config(beta: float | None, loss_config: LossConfig | None) -> LossConfig:
-    """OpenRLHF's ``beta`` argument and ``loss_config.beta`` name one value: a conflict is refused, not resolved."""
-    if loss_config is None:
-        return LossConfig(beta=DEFAULT_BETA if beta is None else beta)
-    if beta is not None and beta != loss_config.beta:
-        raise ValueError(
-            f"beta={beta} and loss_config.beta={loss_config.beta} disagree; give one of them, or the same value"
-        )
-    return loss_config
