@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from preftune.config import LossConfig
 from preftune.layouts import PairForward
-from preftune.losses import GroupLogps, PairLogps, compute_group_loss, compute_loss
+from preftune.losses import GroupLogps, GroupLossOutput, PairLogps, compute_group_loss, compute_loss
 from preftune.losses.registry import TIE_RTOL, reward_rounding
 from preftune.training.group_metrics import group_metric_sums
 from preftune.training.metrics import PairStats
@@ -75,3 +76,46 @@ def test_group_rewards_within_rounding_are_tied() -> None:
     sums = _group_sums(trained)
     assert (sums["rewards/accuracies"], sums["rewards/top1_accuracies"]) == (4, 2)
     assert sums["rewards/spearman"] == 2.0
+
+
+def _group_by_group(logps: GroupLogps, out: GroupLossOutput) -> dict[str, float]:
+    """The plain path: each group's metrics on its own rewards, scores and rounding, summed over the groups."""
+    sums = dict.fromkeys(
+        ("rewards/top1_accuracies", "rewards/spearman", "rewards/chosen", "rewards/rejected"), 0.0
+    )
+    assert out.rounding is not None
+    for g in range(logps.num_groups):
+        mine = logps.group == g
+        r, s, band = out.rewards[mine].double(), logps.scores[mine].double(), out.rounding[mine].double()
+        beats = r[:, None] - r[None, :] > band[:, None] + band[None, :]
+        top, bottom, highest = s == s.max(), s == s.min(), ~beats.any(0)
+        ranks = []
+        for above in (beats, s[:, None] > s[None, :]):
+            below, equal = above.sum(1).double(), (~above & ~above.T).sum(1).double()
+            ranks.append(below + (equal + 1) / 2 - (below + (equal + 1) / 2).mean())
+        norm = torch.sqrt((ranks[0] ** 2).sum() * (ranks[1] ** 2).sum())
+        sums["rewards/top1_accuracies"] += float(bool(top[highest].all()))
+        sums["rewards/spearman"] += float((ranks[0] * ranks[1]).sum() / norm) if norm > 0 else 0.0
+        sums["rewards/chosen"] += float(r[top].mean())
+        sums["rewards/rejected"] += float(r[bottom].mean())
+    return sums
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_group_metrics_for_all_groups_at_once_equal_group_by_group(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(2, 6, (7,), generator=gen)
+    group = torch.repeat_interleave(torch.arange(7), sizes)
+    n = len(group)
+    ref = -torch.rand(n, generator=gen, dtype=torch.float64) * 80
+    # Rewards with ties (policy == reference on some responses) and scores with ties (a few levels).
+    policy = ref + torch.where(
+        torch.rand(n, generator=gen) < 0.3, 0.0, torch.randn(n, generator=gen).double()
+    )
+    scores = torch.randint(0, 3, (n,), generator=gen).double()
+    logps = GroupLogps(policy=policy, ref=ref, tokens=torch.ones(n), scores=scores, group=group, num_groups=7)
+    # Listwise, so a group whose scores are all tied is allowed (Spearman 0 there: no order).
+    out = compute_group_loss(logps, LossConfig(type="plackett_luce", beta=BETA))
+    got, want = group_metric_sums(logps, out), _group_by_group(logps, out)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key

@@ -57,12 +57,7 @@ def group_metric_sums(logps: GroupLogps, out: GroupLossOutput) -> dict[str, floa
         "ordered_pairs": float(ordered.sum()),
         "rewards/accuracies": float((ordered & beats).sum()),
     }
-    per_group = [
-        _one_group(rewards[g == group], scores[g == group], beats[g == group][:, g == group])
-        for g in range(logps.num_groups)
-    ]
-    for key in ("rewards/top1_accuracies", "rewards/spearman", "rewards/chosen", "rewards/rejected"):
-        sums[key] = sum(values[key] for values in per_group)
+    sums.update(_per_group_sums(rewards, scores, group, logps.num_groups, beats, ordered))
     sums["rewards/margins"] = sums["rewards/chosen"] - sums["rewards/rejected"]
     return sums
 
@@ -75,34 +70,51 @@ def group_metric_means(sums: dict[str, float]) -> dict[str, float]:
     return {**means, "groups": sums["groups"], "ordered_pairs": sums["ordered_pairs"]}
 
 
-def _one_group(rewards: Tensor, scores: Tensor, beats: Tensor) -> dict[str, float]:
-    """One group's metrics; ``beats[i, j]``: response i's reward is above j's by more than their rounding."""
-    top, bottom = scores == scores.max(), scores == scores.min()
+def _per_group_sums(
+    rewards: Tensor, scores: Tensor, group: Tensor, num_groups: int, beats: Tensor, ordered: Tensor
+) -> dict[str, float]:
+    """Top-1, Spearman and the best and worst responses' mean rewards, each summed over the groups, for all the
+    groups at once. ``beats[i, j]`` and ``ordered[i, j]``: i's reward (score) is above j's, in the same group."""
+    same = group[:, None] == group[None, :]
+    top = scores == _per_group(scores, group, num_groups, "amax")[group]
+    bottom = scores == _per_group(scores, group, num_groups, "amin")[group]
     highest = ~beats.any(0)  # no response's reward is above it: the highest reward, or tied with it
+    # Every response holding the highest reward must be top-scored: a reward tie with a worse one is wrong.
+    misplaced = _sum(((highest & ~top).double()), group, num_groups)
+    rx, ry = _average_ranks(beats, same), _average_ranks(ordered, same)
+    size = _sum(torch.ones_like(rx), group, num_groups)
+    dx, dy = (
+        rx - (_sum(rx, group, num_groups) / size)[group],
+        ry - (_sum(ry, group, num_groups) / size)[group],
+    )
+    norm = torch.sqrt(_sum(dx * dx, group, num_groups) * _sum(dy * dy, group, num_groups))
+    covariance = _sum(dx * dy, group, num_groups)
+    spearman = torch.where(norm > 0, covariance / norm.clamp(min=1e-300), 0.0)  # 0: no order to correlate
     return {
-        # Every response holding the highest reward must be top-scored: a reward tie with a worse one is wrong.
-        "rewards/top1_accuracies": float(bool(top[highest].all())),
-        "rewards/spearman": _spearman(_average_ranks(beats), _average_ranks(_order(scores))),
-        "rewards/chosen": float(rewards[top].mean()),
-        "rewards/rejected": float(rewards[bottom].mean()),
+        "rewards/top1_accuracies": float((misplaced == 0).sum()),
+        "rewards/spearman": float(spearman.sum()),
+        "rewards/chosen": float(
+            (_sum(rewards * top, group, num_groups) / _sum(top.double(), group, num_groups)).sum()
+        ),
+        "rewards/rejected": float(
+            (_sum(rewards * bottom, group, num_groups) / _sum(bottom.double(), group, num_groups)).sum()
+        ),
     }
 
 
-def _order(v: Tensor) -> Tensor:
-    """``[i, j]``: v_i > v_j exactly (scores are given, not computed: no rounding to allow for)."""
-    return v[:, None] > v[None, :]
+def _sum(values: Tensor, group: Tensor, num_groups: int) -> Tensor:
+    """(G,) per-group sums of one value per response."""
+    return values.new_zeros(num_groups).index_add(0, group, values)
 
 
-def _average_ranks(above: Tensor) -> Tensor:
-    """1-based ranks from ``above[i, j]`` (i's value is above j's), ties sharing the mean of their places:
-    values [0.3, 0.1, 0.1] -> [3, 1.5, 1.5]."""
-    below = above.sum(1).double()  # how many values i is above
-    equal = (~above & ~above.T).sum(1).double()  # neither above the other: i's ties, i itself included
+def _per_group(values: Tensor, group: Tensor, num_groups: int, reduce: str) -> Tensor:
+    """(G,) per-group max ("amax") or min ("amin")."""
+    return values.new_zeros(num_groups).scatter_reduce(0, group, values, reduce, include_self=False)
+
+
+def _average_ranks(above: Tensor, same: Tensor) -> Tensor:
+    """1-based ranks within each group from ``above[i, j]`` (i's value is above j's, both of one group), ties
+    sharing the mean of their places: one group's values [0.3, 0.1, 0.1] -> [3, 1.5, 1.5]."""
+    below = above.sum(1).double()  # how many values of its group i is above
+    equal = (same & ~above & ~above.T).sum(1).double()  # neither above the other: i's ties, i itself included
     return below + (equal + 1) / 2
-
-
-def _spearman(dx: Tensor, dy: Tensor) -> float:
-    """Pearson correlation of two rank vectors (Spearman's rho of what they rank); 0 when either is constant."""
-    dx, dy = dx - dx.mean(), dy - dy.mean()
-    norm = torch.sqrt((dx * dx).sum() * (dy * dy).sum())
-    return float((dx * dy).sum() / norm) if norm > 0 else 0.0
