@@ -121,7 +121,8 @@ def _evaluate(argv: list[str]) -> int:
     cfg = validated_config(argv, training=False)
     metrics = runner.evaluate(cfg)
     if _is_main():
-        path = RunFolder(Path(cfg.output_dir)).eval_metrics
+        run = RunFolder(Path(cfg.output_dir))
+        path = run.eval_metrics
         path.write_text(json.dumps(metrics, indent=2))
         print(json.dumps(metrics, indent=2))
         default = (
@@ -129,7 +130,7 @@ def _evaluate(argv: list[str]) -> int:
             if cfg.output_dir == Config().output_dir
             else ""
         )
-        print(f"wrote {path} and {RunFolder(Path(cfg.output_dir)).data_report}{default}")
+        print(f"wrote {path} and {run.data_report}{default}")
     return 0
 
 

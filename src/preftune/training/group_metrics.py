@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..losses import GroupLogps, GroupLossOutput
+from ..losses.groups import at_group_extreme, sum_per_group
 
 GROUP_METRIC_COUNTS = {
     "rewards/accuracies": "ordered_pairs",
@@ -57,7 +58,7 @@ def group_metric_sums(logps: GroupLogps, out: GroupLossOutput) -> dict[str, floa
         "ordered_pairs": float(ordered.sum()),
         "rewards/accuracies": float((ordered & beats).sum()),
     }
-    sums.update(_per_group_sums(rewards, scores, group, logps.num_groups, beats, ordered))
+    sums.update(_per_group_sums(logps, rewards, same, beats, ordered))
     sums["rewards/margins"] = sums["rewards/chosen"] - sums["rewards/rejected"]
     return sums
 
@@ -71,45 +72,33 @@ def group_metric_means(sums: dict[str, float]) -> dict[str, float]:
 
 
 def _per_group_sums(
-    rewards: Tensor, scores: Tensor, group: Tensor, num_groups: int, beats: Tensor, ordered: Tensor
+    logps: GroupLogps, rewards: Tensor, same: Tensor, beats: Tensor, ordered: Tensor
 ) -> dict[str, float]:
     """Top-1, Spearman and the best and worst responses' mean rewards, each summed over the groups, for all the
-    groups at once. ``beats[i, j]`` and ``ordered[i, j]``: i's reward (score) is above j's, in the same group."""
-    same = group[:, None] == group[None, :]
-    top = scores == _per_group(scores, group, num_groups, "amax")[group]
-    bottom = scores == _per_group(scores, group, num_groups, "amin")[group]
+    groups at once. ``same[i, j]``: i and j answer one prompt; ``beats[i, j]`` and ``ordered[i, j]``: i's reward
+    (score) is above j's, in the same group."""
+    group, num_groups = logps.group.cpu(), logps.num_groups
+
+    def per_group(values: Tensor) -> Tensor:
+        return sum_per_group(values, group, num_groups)
+
+    top, bottom = at_group_extreme(logps, "amax").cpu(), at_group_extreme(logps, "amin").cpu()
     highest = ~beats.any(0)  # no response's reward is above it: the highest reward, or tied with it
     # Every response holding the highest reward must be top-scored: a reward tie with a worse one is wrong.
-    misplaced = _sum(((highest & ~top).double()), group, num_groups)
+    misplaced = per_group((highest & ~top).double())
     rx, ry = _average_ranks(beats, same), _average_ranks(ordered, same)
-    size = _sum(torch.ones_like(rx), group, num_groups)
-    dx, dy = (
-        rx - (_sum(rx, group, num_groups) / size)[group],
-        ry - (_sum(ry, group, num_groups) / size)[group],
-    )
-    norm = torch.sqrt(_sum(dx * dx, group, num_groups) * _sum(dy * dy, group, num_groups))
-    covariance = _sum(dx * dy, group, num_groups)
-    spearman = torch.where(norm > 0, covariance / norm.clamp(min=1e-300), 0.0)  # 0: no order to correlate
+    size = per_group(torch.ones_like(rx))
+    dx, dy = rx - (per_group(rx) / size)[group], ry - (per_group(ry) / size)[group]
+    norm = torch.sqrt(per_group(dx * dx) * per_group(dy * dy))
+    spearman = torch.where(
+        norm > 0, per_group(dx * dy) / norm.clamp(min=1e-300), 0.0
+    )  # 0: no order to correlate
     return {
         "rewards/top1_accuracies": float((misplaced == 0).sum()),
         "rewards/spearman": float(spearman.sum()),
-        "rewards/chosen": float(
-            (_sum(rewards * top, group, num_groups) / _sum(top.double(), group, num_groups)).sum()
-        ),
-        "rewards/rejected": float(
-            (_sum(rewards * bottom, group, num_groups) / _sum(bottom.double(), group, num_groups)).sum()
-        ),
+        "rewards/chosen": float((per_group(rewards * top) / per_group(top.double())).sum()),
+        "rewards/rejected": float((per_group(rewards * bottom) / per_group(bottom.double())).sum()),
     }
-
-
-def _sum(values: Tensor, group: Tensor, num_groups: int) -> Tensor:
-    """(G,) per-group sums of one value per response."""
-    return values.new_zeros(num_groups).index_add(0, group, values)
-
-
-def _per_group(values: Tensor, group: Tensor, num_groups: int, reduce: str) -> Tensor:
-    """(G,) per-group max ("amax") or min ("amin")."""
-    return values.new_zeros(num_groups).scatter_reduce(0, group, values, reduce, include_self=False)
 
 
 def _average_ranks(above: Tensor, same: Tensor) -> Tensor:
