@@ -13,15 +13,16 @@ import argparse
 import random
 import statistics
 import time
-from types import SimpleNamespace
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from preftune.allocator import keep_freed_memory
 from preftune.config import LossConfig
+from preftune.data import Row
 from preftune.layouts import LAYOUTS
-from preftune.losses import LossState, PairLogps, compute_loss
+from preftune.losses import LossState, ResponseLogps, compute_loss
+from preftune.model.responses import score_responses
 from preftune.model.scorer import SequenceScorer
 from preftune.reference.sources import freeze
 
@@ -36,16 +37,13 @@ def build_model(quick: bool) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def make_pairs(n: int, vocab: int, seed: int, lo: int = 64, hi: int = 128) -> list[SimpleNamespace]:
+def make_pairs(n: int, vocab: int, seed: int, lo: int = 64, hi: int = 128) -> list[Row]:
     rng = random.Random(seed)
 
     def seq() -> list[int]:
         return [rng.randrange(3, vocab) for _ in range(rng.randint(lo, hi))]
 
-    return [
-        SimpleNamespace(prompt_ids=seq(), chosen_ids=seq(), rejected_ids=seq(), source="bench", index=i)
-        for i in range(n)
-    ]
+    return [Row.pair(seq(), seq(), seq(), "bench", i) for i in range(n)]
 
 
 def profile(layout_name: str, steps: int, quick: bool) -> dict[str, float]:
@@ -59,15 +57,15 @@ def profile(layout_name: str, steps: int, quick: bool) -> dict[str, float]:
     for step in range(steps + 1):
         pairs = make_pairs(8, policy.config.vocab_size, seed=step)
         marks = [time.perf_counter()]
-        batch = layout.collate(pairs)  # type: ignore[arg-type]
+        batch = layout.collate(pairs)
         marks.append(time.perf_counter())
-        fwd = layout.pair_logps(scorer, batch)
+        fwd = score_responses(scorer, batch)
         marks.append(time.perf_counter())
         with torch.no_grad():
-            ref = layout.pair_logps(ref_scorer, batch)
+            ref = score_responses(ref_scorer, batch)
         marks.append(time.perf_counter())
-        logps = PairLogps(fwd.chosen_logps, fwd.rejected_logps, ref.chosen_logps, ref.rejected_logps,
-                          fwd.chosen_tokens, fwd.rejected_tokens)  # fmt: skip
+        logps = ResponseLogps(fwd.logps, ref.logps, fwd.tokens, batch.sequence_scores, batch.sequence_row,
+                              batch.num_rows)  # fmt: skip
         compute_loss(logps, loss_cfg, state).losses.mean().backward()
         marks.append(time.perf_counter())
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)

@@ -1,7 +1,7 @@
 """The ``--responses K`` workload of bench/vs_trl.py: K scored responses per prompt, trained at once by preftune
 and as pairs by TRL.
 
-preftune reads one row per prompt (``{"prompt", "responses": [K], "scores": [K]}``, ``data.groups true``,
+preftune reads one row per prompt (``{"prompt", "responses": [K], "scores": [K]}``,
 ``prefix_shared``: the prompt laid out once, each response scored once) and trains a pairwise sigmoid loss over
 the responses' pairs (``loss.pairs``, uniform weights, averaged per prompt). TRL trains its default DPO on the
 same data expanded to pair rows: every ordered pair (``all``: K(K-1)/2 per prompt) or the best response

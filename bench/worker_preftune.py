@@ -58,7 +58,7 @@ def overrides_for(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("ref_cache"):
         values["ref.precompute"] = True
     if spec.get("groups"):  # the --responses workload: one row per prompt, a sigmoid loss over its pairs
-        values.update({"data.groups": True, "loss.pairs": spec["pairs"], "loss.pair_weighting": "uniform"})
+        values.update({"loss.pairs": spec["pairs"], "loss.pair_weighting": "uniform"})
     unknown = sorted(set(values) - set(config_keys()))
     if unknown:
         raise SystemExit(f"worker_preftune: this preftune has no config keys {unknown}")
@@ -82,16 +82,16 @@ def _group_steps(trainer: Any, rule: str) -> list[dict[str, float]]:
 
 
 def _pair_view(out: Any, rule: str) -> dict[str, float]:
-    fwd, rewards = out.policy, out.loss.rewards.double()
+    fwd, rewards = out.logps, out.loss.rewards.double()
     chosen, rejected = [], []
-    for g in range(fwd.num_groups):
-        where = (fwd.group == g).nonzero().flatten().tolist()
+    for g in range(fwd.num_rows):
+        where = (fwd.row == g).nonzero().flatten().tolist()
         pairs = responses.expand(where, fwd.scores[where].tolist(), rule)
         chosen += [i for i, _ in pairs]
         rejected += [j for _, j in pairs]
     policy = fwd.policy.detach().double()
     return {
-        "loss": float(out.per_pair.detach().double().mean()),
+        "loss": float(out.per_row.detach().double().mean()),
         "rewards/chosen": float(rewards[chosen].mean()),
         "rewards/rejected": float(rewards[rejected].mean()),
         "logps/chosen": float(policy[chosen].mean()),

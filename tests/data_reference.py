@@ -8,7 +8,7 @@ import random
 from typing import Any
 
 from preftune.config import DataConfig
-from preftune.data import DataReport, TokenizedGroup
+from preftune.data import DataReport, Row
 from preftune.data.errors import DropRow
 from preftune.data.report import quote_row
 from preftune.data.rows import GroupText, RowConverter
@@ -62,9 +62,7 @@ def drawn_rows(
     return chosen, counts
 
 
-def plain_load(
-    cfg: DataConfig, tokenizer: Any, split: str, seed: int, groups: bool
-) -> tuple[list[TokenizedGroup], DataReport]:
+def plain_load(cfg: DataConfig, tokenizer: Any, split: str, seed: int) -> tuple[list[Row], DataReport]:
     if split == "train":
         names, probs, hf_split, limit = cfg.train, cfg.train_probs, cfg.train_split, cfg.max_samples
     else:
@@ -75,10 +73,10 @@ def plain_load(
     texts: list[tuple[RawRow, GroupText]] = []
     for row in rows:
         try:
-            texts.append((row, convert.group(row) if groups else GroupText.of_pair(convert(row))))
+            texts.append((row, convert.group(row)))
         except DropRow as drop:
             report.drop(drop.reason, row.source, row.index, quote_row(row.data))
-    out: list[TokenizedGroup] = []
+    out: list[Row] = []
     bos = getattr(tokenizer, "bos_token_id", None)
     encoded = encode_groups([t for _, t in texts], tokenizer, PlainEncoder(tokenizer))  # type: ignore[arg-type]
     for (row, text), (prompt, responses) in zip(texts, encoded, strict=True):
@@ -89,7 +87,7 @@ def plain_load(
             continue
         report.truncated += truncated
         report.merged_responses += text.merged + len(responses) - len(cut)
-        out.append(TokenizedGroup(p, cut, scores, row.source, row.index))
+        out.append(Row(p, cut, scores, row.source, row.index))
     report.kept = len(out)
     if convert.has_template:
         report.untemplated_prompts = sum(text.prompt_special_tokens for _, text in texts)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from preftune.config import load_config
-from preftune.data import load_pairs
+from preftune.data import load_rows
 from preftune.layouts import LAYOUTS
 from preftune.model.loading import load_tokenizer
 
@@ -75,7 +75,7 @@ def test_workload_ids_are_what_preftune_trains_on(workdir: Path) -> None:
     cfg = load_config(
         None, {"model.name_or_path": str(model_dir), "data.train": str(data), "data.shuffle": False}
     )
-    pairs, _ = load_pairs(cfg.data, load_tokenizer(str(model_dir)), "train", cfg.seed)
+    pairs, _ = load_rows(cfg.data, load_tokenizer(str(model_dir)), "train", cfg.seed)
     expected = wl.expected_ids(model_dir, data, QUICK.pairs)
     assert [(p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in pairs] == expected
     lo, hi = QUICK.prompt_tokens

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from preftune.config import DataConfig
-from preftune.data import load_pairs
+from preftune.data import load_rows
 
 
 def write_source(path: Path, n: int, tag: str) -> str:
@@ -26,14 +26,14 @@ def two_sources(tmp_path: Path) -> tuple[str, str]:
 
 
 def identities(cfg: DataConfig, tokenizer, seed: int, split: str = "train") -> list[tuple[str, int]]:
-    pairs, _ = load_pairs(cfg, tokenizer, split, seed)  # type: ignore[arg-type]
+    pairs, _ = load_rows(cfg, tokenizer, split, seed)  # type: ignore[arg-type]
     return [(p.source, p.index) for p in pairs]
 
 
 def test_probabilities_give_exact_counts_with_oversampling(two_sources, toy_tokenizer) -> None:
     small, big = two_sources
     cfg = DataConfig(train=[small, big], train_probs=[3, 1], max_samples=40)
-    pairs, report = load_pairs(cfg, toy_tokenizer, "train", seed=7)
+    pairs, report = load_rows(cfg, toy_tokenizer, "train", seed=7)
     per_row = Counter((p.source, p.index) for p in pairs)
     # small: round(0.75 * 40) = 30 draws from 10 rows = three full permutations, each row exactly 3 times.
     assert {i: per_row[(small, i)] for i in range(10)} == dict.fromkeys(range(10), 3)
@@ -52,10 +52,10 @@ def test_probabilities_give_exact_counts_with_oversampling(two_sources, toy_toke
 
 def test_probabilities_without_max_samples_use_total_size(two_sources, toy_tokenizer) -> None:
     small, big = two_sources
-    _, report = load_pairs(DataConfig(train=[small, big], train_probs=[1, 1]), toy_tokenizer, "train", 0)
+    _, report = load_rows(DataConfig(train=[small, big], train_probs=[1, 1]), toy_tokenizer, "train", 0)
     assert report.sources[small]["used"] == 15 and report.sources[small]["repeated"] == 5
     assert report.sources[big]["used"] == 15 and report.sources[big]["repeated"] == 0
-    _, report = load_pairs(
+    _, report = load_rows(
         DataConfig(train=[small, big], train_probs=[1, 2], max_samples=10), toy_tokenizer, "train", 0
     )
     assert (report.sources[small]["used"], report.sources[big]["used"]) == (3, 7)  # round(3.33), round(6.67)

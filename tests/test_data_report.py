@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from preftune.config import DataConfig
-from preftune.data import DataReport, load_pairs, write_data_report
+from preftune.data import DataReport, load_rows, write_data_report
 
 GOOD = {
     "prompt": "Tell me: a bird reads the old map.",
@@ -35,7 +35,7 @@ def test_every_drop_reason_counted_with_its_row(tmp_path: Path, toy_tokenizer) -
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     cfg = DataConfig(train=[str(path)], max_len=24, truncation="response_right", report_examples=2)
-    pairs, report = load_pairs(cfg, toy_tokenizer, "train", seed=0)
+    pairs, report = load_rows(cfg, toy_tokenizer, "train", seed=0)
     assert [(p.source, p.index) for p in pairs] == [(str(path), 0)]
     assert report.dropped == {
         "empty_field": 3,
@@ -58,7 +58,7 @@ def test_report_written_as_json(tmp_path: Path, toy_tokenizer) -> None:
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:3]))
     cfg = DataConfig(train=[str(path)], eval=[str(path)])
-    reports = {split: load_pairs(cfg, toy_tokenizer, split, seed=0)[1] for split in ("train", "eval")}
+    reports = {split: load_rows(cfg, toy_tokenizer, split, seed=0)[1] for split in ("train", "eval")}
     written = write_data_report(reports, tmp_path / "out")  # folder created on demand
     assert written == tmp_path / "out" / "data_report.json"
     data = json.loads(written.read_text())

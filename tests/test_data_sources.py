@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from preftune.config import DataConfig
-from preftune.data import DataError, load_pairs
+from preftune.data import DataError, load_rows
 from preftune.data.sources import read_source
 
 # Commas, quotes, newlines, braces and non-ASCII text: whatever breaks a naive CSV/JSON writer or reader.
@@ -64,7 +64,7 @@ def test_every_format_reads_the_same_rows(tmp_path: Path, toy_tokenizer) -> None
 
     reference = None
     for path in paths:
-        pairs, report = load_pairs(DataConfig(train=[path]), toy_tokenizer, "train", seed=0)
+        pairs, report = load_rows(DataConfig(train=[path]), toy_tokenizer, "train", seed=0)
         assert [(p.source, p.index) for p in pairs] == [(path, 0), (path, 1), (path, 2)]
         ids = [(p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in pairs]
         reference = reference or ids
@@ -104,8 +104,8 @@ def test_eval_reads_eval_split(tmp_path: Path, toy_tokenizer) -> None:
         {"train": datasets.Dataset.from_list(ROWS), "test": datasets.Dataset.from_list(ROWS[1:])}
     ).save_to_disk(str(folder))
     cfg = DataConfig(train=[str(folder)], eval=[str(folder)])
-    train, _ = load_pairs(cfg, toy_tokenizer, "train", seed=0)
-    evals, report = load_pairs(cfg, toy_tokenizer, "eval", seed=0)
+    train, _ = load_rows(cfg, toy_tokenizer, "train", seed=0)
+    evals, report = load_rows(cfg, toy_tokenizer, "eval", seed=0)
     assert len(train) == 3 and len(evals) == 2
     assert report.split == "eval" and report.rows_read == 2
 
@@ -129,7 +129,7 @@ def test_missing_key_names_file_row_key_and_existing_keys(tmp_path: Path, toy_to
     rows = [ROWS[0], ROWS[1], {"prompt": "p", "chosen": "c", "answer_b": "r"}]
     jsonl = write_jsonl(tmp_path / "rows.jsonl", rows)
     with pytest.raises(DataError) as err:
-        load_pairs(DataConfig(train=[jsonl]), toy_tokenizer, "train", seed=0)
+        load_rows(DataConfig(train=[jsonl]), toy_tokenizer, "train", seed=0)
     message = str(err.value)
     assert f"{jsonl}:3 (row 2)" in message  # file, 1-based line, 0-based row index
     assert "missing key 'rejected' (data.rejected_key)" in message
@@ -140,7 +140,7 @@ def test_configured_key_names(tmp_path: Path, toy_tokenizer) -> None:
     rows = [{"q": r["prompt"], "good": r["chosen"], "bad": r["rejected"]} for r in ROWS]
     path = write_jsonl(tmp_path / "renamed.jsonl", rows)
     cfg = DataConfig(train=[path], prompt_key="q", chosen_key="good", rejected_key="bad")
-    pairs, _ = load_pairs(cfg, toy_tokenizer, "train", seed=0)
+    pairs, _ = load_rows(cfg, toy_tokenizer, "train", seed=0)
     assert len(pairs) == 3
 
 
@@ -185,7 +185,7 @@ def test_hub_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_same_source_twice_is_an_error(tmp_path: Path, toy_tokenizer) -> None:
     path = write_jsonl(tmp_path / "a.jsonl", ROWS)
     with pytest.raises(DataError, match="listed more than once"):
-        load_pairs(DataConfig(train=[path, path]), toy_tokenizer, "train", seed=0)
+        load_rows(DataConfig(train=[path, path]), toy_tokenizer, "train", seed=0)
 
 
 def test_csv_rows_name_their_first_line(tmp_path: Path) -> None:

@@ -14,10 +14,10 @@ import pytest
 
 from data_reference import plain_load
 from preftune.config import DataConfig
-from preftune.data import DataError, TokenizedGroup, load_groups, load_pairs
+from preftune.data import DataError, load_rows
 from preftune.data import build as build_module
 from preftune.data import store as store_module
-from preftune.data.store import GroupStore, building, is_complete, source_fingerprint, store_key
+from preftune.data.store import RowStore, building, is_complete, source_fingerprint, store_key
 from preftune.data.view import padded_widths, response_counts
 
 WORDS = ["alpha", "beta", "gamma", "delta", "echo", "fox", "golf", "hotel", "india", "juliet", "kilo", "lima"]
@@ -72,15 +72,10 @@ def group_sources(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return _sources(tmp_path_factory.mktemp("group_sources"), groups=True)
 
 
-def _same_as_plain(cfg: DataConfig, tokenizer, groups: bool, seed: int, tmp_path: Path) -> None:
-    load = load_groups if groups else load_pairs
-    rows, report = load(cfg, tokenizer, "train", seed, tmp_path / "cache")
-    want, want_report = plain_load(cfg, tokenizer, "train", seed, groups)
-    got = [
-        TokenizedGroup(r.prompt_ids, r.responses, getattr(r, "scores", [1.0, 0.0]), r.source, r.index)
-        for r in rows
-    ]
-    assert got == want
+def _same_as_plain(cfg: DataConfig, tokenizer, seed: int, tmp_path: Path) -> None:
+    rows, report = load_rows(cfg, tokenizer, "train", seed, tmp_path / "cache")
+    want, want_report = plain_load(cfg, tokenizer, "train", seed)
+    assert list(rows) == want
     assert report.to_dict() == want_report.to_dict()
     assert json.dumps(report.to_dict()) == json.dumps(want_report.to_dict())  # the same key order too
     assert report.untemplated_prompts == want_report.untemplated_prompts
@@ -89,7 +84,7 @@ def _same_as_plain(cfg: DataConfig, tokenizer, groups: bool, seed: int, tmp_path
     assert response_counts(rows) == [len(g.responses) for g in want]
 
 
-@pytest.mark.parametrize("groups", [False, True])
+@pytest.mark.parametrize("groups", [False, True])  # pair rows only, or pair and group rows mixed
 @pytest.mark.parametrize(
     "mix",
     [
@@ -113,33 +108,33 @@ def test_the_store_gives_what_the_plain_path_gives(
         cfg = DataConfig(
             **{"train": train, "num_proc": 2, "max_len": 48, "apply_chat_template": template, **mix}
         )
-        _same_as_plain(cfg, toy_tokenizer, groups, seed, tmp_path)
+        _same_as_plain(cfg, toy_tokenizer, seed, tmp_path)
 
 
 def test_a_store_is_reused_and_rebuilt_when_a_source_changes(sources, toy_tokenizer, tmp_path) -> None:
     source = tmp_path / "a.jsonl"
     source.write_text(Path(sources[0]).read_text())
     cfg = DataConfig(train=[str(source)])
-    first, _ = load_pairs(cfg, toy_tokenizer, "train", 0, tmp_path / "cache")
-    again, _ = load_pairs(cfg, toy_tokenizer, "train", 0, tmp_path / "cache")
+    first, _ = load_rows(cfg, toy_tokenizer, "train", 0, tmp_path / "cache")
+    again, _ = load_rows(cfg, toy_tokenizer, "train", 0, tmp_path / "cache")
     assert not first.store.reused and again.store.reused and again == first
     assert again.store.folder == first.store.folder
     source.write_text(
         source.read_text() + json.dumps({"prompt": "new", "chosen": " a", "rejected": " b"}) + "\n"
     )
-    changed, _ = load_pairs(cfg, toy_tokenizer, "train", 0, tmp_path / "cache")
+    changed, _ = load_rows(cfg, toy_tokenizer, "train", 0, tmp_path / "cache")
     assert not changed.store.reused and len(changed) == len(first) + 1
     # Only opening (a process that waits for another to build) refuses a store that is not there.
     with pytest.raises(DataError, match="no complete tokenised store"):
-        load_pairs(replace(cfg, max_len=77), toy_tokenizer, "train", 0, tmp_path / "cache", build=False)
+        load_rows(replace(cfg, max_len=77), toy_tokenizer, "train", 0, tmp_path / "cache", build=False)
 
 
 def test_rows_are_numbered_by_position(group_sources, toy_tokenizer) -> None:
-    rows, _ = load_groups(DataConfig(train=group_sources[:1]), toy_tokenizer, "train", 0)
-    assert {r.group_id for r in rows} == {-1}
+    rows, _ = load_rows(DataConfig(train=group_sources[:1]), toy_tokenizer, "train", 0)
+    assert {r.row_id for r in rows} == {-1}
     rows.number_from(10)
-    assert [r.group_id for r in rows] == list(range(10, 10 + len(rows)))
-    assert rows[-1].group_id == 10 + len(rows) - 1
+    assert [r.row_id for r in rows] == list(range(10, 10 + len(rows)))
+    assert rows[-1].row_id == 10 + len(rows) - 1
 
 
 def test_the_key_moves_with_what_changes_ids_only(sources, toy_tokenizer) -> None:
@@ -152,7 +147,6 @@ def test_the_key_moves_with_what_changes_ids_only(sources, toy_tokenizer) -> Non
         assert store_key(replace(cfg, **same), "train", cfg.train, toy_tokenizer, 0) == base, same
     assert store_key(cfg, "eval", cfg.train, toy_tokenizer, 0) != base
     assert store_key(cfg, "train", cfg.train, toy_tokenizer, 1) != base
-    assert store_key(cfg, "train", cfg.train, toy_tokenizer, 0, kind="pairs") != base
 
 
 def test_a_source_edit_changes_its_fingerprint(tmp_path: Path, monkeypatch) -> None:
@@ -193,19 +187,19 @@ def test_a_build_killed_mid_write_is_never_read(sources, toy_tokenizer, tmp_path
 
     monkeypatch.setattr(build_module.ChunkConverter, "__call__", dies_on_the_second_source)
     with pytest.raises(KeyboardInterrupt):
-        load_pairs(cfg, toy_tokenizer, "train", 0, tmp_path)
+        load_rows(cfg, toy_tokenizer, "train", 0, tmp_path)
     assert list(tmp_path.iterdir()) == []  # no store and no temporary folder left
     monkeypatch.undo()
-    rows, _ = load_pairs(cfg, toy_tokenizer, "train", 0, tmp_path)
-    key = store_key(cfg, "train", cfg.train, toy_tokenizer, 0, kind="pairs")
+    rows, _ = load_rows(cfg, toy_tokenizer, "train", 0, tmp_path)
+    key = store_key(cfg, "train", cfg.train, toy_tokenizer, 0)
     assert is_complete(rows.store.folder, key) and not is_complete(rows.store.folder, "another key")
 
 
 def test_a_second_builder_of_the_same_key_keeps_the_first(sources, toy_tokenizer, tmp_path) -> None:
-    rows, _ = load_pairs(DataConfig(train=sources), toy_tokenizer, "train", 0, tmp_path)
+    rows, _ = load_rows(DataConfig(train=sources), toy_tokenizer, "train", 0, tmp_path)
     folder = rows.store.folder
     key = json.loads((folder / "meta.json").read_text())["key"]
     with building(tmp_path, key) as tmp:
         (tmp / "meta.json").write_text("{}")  # a second, different build that finishes later
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]
-    assert GroupStore(folder).meta["key"] == key and len(GroupStore(folder)) == len(rows)
+    assert RowStore(folder).meta["key"] == key and len(RowStore(folder)) == len(rows)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from preftune.config import DataConfig
-from preftune.data import DataReport, TokenizedPair, load_pairs
+from preftune.data import DataReport, Row, load_rows
 from preftune.data.errors import DropRow
 from preftune.data.tokenize import truncate
 from preftune.toy import build_toy_tokenizer
@@ -17,10 +17,10 @@ from preftune.toy import build_toy_tokenizer
 BOS, EOS = 1, 2
 
 
-def load(tmp_path: Path, tokenizer, rows: list[Any], **cfg: Any) -> tuple[list[TokenizedPair], DataReport]:
+def load(tmp_path: Path, tokenizer, rows: list[Any], **cfg: Any) -> tuple[list[Row], DataReport]:
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return load_pairs(DataConfig(train=[str(path)], **cfg), tokenizer, "train", seed=0)
+    return load_rows(DataConfig(train=[str(path)], **cfg), tokenizer, "train", seed=0)
 
 
 def test_response_tokens_are_exact_at_a_merging_boundary(tmp_path: Path) -> None:

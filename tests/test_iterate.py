@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 from iterate_rewards import space_first
 from launch import run_cli
 from preftune.config import ConfigError, config_from_args, load_config
-from preftune.data import load_pairs
+from preftune.data import load_rows
 from preftune.io import read_jsonl
 from preftune.iterate import rounds as rounds_module
 from preftune.iterate import run_iterate
@@ -140,7 +140,7 @@ def test_sampled_prompts_are_the_prompts_trained_on(tmp_path, monkeypatch) -> No
         samples = rounds_module.sample_and_score(cfg, str(model), prompts, 2, 0, lambda p, r: [0.0] * len(r))
         rows = [{"prompt": s.prompt, "chosen": " yes", "rejected": " no"} for s in samples]
         cfg.data.train = [str(write_jsonl(tmp_path / "pairs.jsonl", rows))]
-        pairs, _ = load_pairs(cfg.data, load_tokenizer(str(model)), "train", 0)
+        pairs, _ = load_rows(cfg.data, load_tokenizer(str(model)), "train", 0)
         assert [p.prompt_ids for p in pairs] == seen, (chat, template)
         assert seen[0][0] == 1 and seen[0].count(1) == 1  # one BOS, whichever way it was rendered
 

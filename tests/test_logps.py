@@ -9,7 +9,7 @@ from preftune.layouts import PaddedLayout
 from preftune.model.logps import chunked_token_logps, chunked_token_logps_lse, naive_token_logps
 from preftune.model.scorer import SequenceScorer
 from preftune.toy import build_toy_model
-from toy_env import id_pair
+from toy_env import id_pair, score_pairs
 
 
 @pytest.mark.equivalence
@@ -78,11 +78,11 @@ def test_padded_layout_equals_naive_and_ignores_padding(arch: str) -> None:
     layout = PaddedLayout(pad_token_id=0)
     scorer = SequenceScorer(model, chunk_size=4)
     with torch.no_grad():
-        out = layout.pair_logps(scorer, layout.collate(pairs))
+        out = score_pairs(scorer, layout.collate(pairs))
         expected_c = torch.stack([_naive_sequence_logps(model, p.prompt_ids, p.chosen_ids) for p in pairs])
         expected_r = torch.stack([_naive_sequence_logps(model, p.prompt_ids, p.rejected_ids) for p in pairs])
         # The first pair alone (no padding at all in its batch) must give the same numbers as inside the batch.
-        alone = layout.pair_logps(scorer, layout.collate(pairs[:1]))
+        alone = score_pairs(scorer, layout.collate(pairs[:1]))
     torch.testing.assert_close(out.chosen_logps, expected_c, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.rejected_logps, expected_r, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(alone.chosen_logps, out.chosen_logps[:1], rtol=1e-5, atol=1e-5)
@@ -94,7 +94,7 @@ def test_padded_layout_gradients_equal_naive() -> None:
     model = build_toy_model(61, seed=5)
     pairs = [id_pair([4, 5, 6], [7, 8], [9]), id_pair([10], [11, 12, 13], [14, 15])]
     layout = PaddedLayout(pad_token_id=0)
-    out = layout.pair_logps(SequenceScorer(model, chunk_size=2), layout.collate(pairs))
+    out = score_pairs(SequenceScorer(model, chunk_size=2), layout.collate(pairs))
     (out.chosen_logps.sum() - 2 * out.rejected_logps.sum()).backward()
     fast = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
@@ -111,9 +111,7 @@ def test_padded_layout_gradients_equal_naive() -> None:
 def test_moe_aux_loss_is_returned_for_mixtral() -> None:
     model = build_toy_model(61, arch="mixtral", seed=2)
     layout = PaddedLayout(pad_token_id=0)
-    out = layout.pair_logps(
-        SequenceScorer(model), layout.collate([id_pair([4, 5], [6, 7], [8])]), want_aux=True
-    )
+    out = score_pairs(SequenceScorer(model), layout.collate([id_pair([4, 5], [6, 7], [8])]), want_aux=True)
     assert out.aux_loss is not None and out.aux_loss.requires_grad and float(out.aux_loss.detach()) > 0
 
 

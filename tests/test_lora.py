@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from launch import TORCHRUN, launch, run_cli, train_args
 from preftune.config import ConfigError
-from preftune.data import TokenizedPair
+from preftune.data import Row
 from preftune.layouts import Batch
 from preftune.model.loading import load_model
 from preftune.model.scorer import SequenceScorer
@@ -30,6 +30,8 @@ from toy_env import (
     fit_recording_grads,
     load_weights,
     logged_metrics,
+    reference_pairs,
+    score_pairs,
     toy_config,
 )
 
@@ -43,7 +45,7 @@ def _random_batch(trainer, seed: int = 0) -> Batch:
     def ids(n: int) -> list[int]:
         return torch.randint(3, vocab, (n,), generator=gen).tolist()
 
-    pairs = [TokenizedPair(ids(3 + i), ids(2 + 2 * i), ids(7 - i), "random", i) for i in range(4)]
+    pairs = [Row.pair(ids(3 + i), ids(2 + 2 * i), ids(7 - i), "random", i) for i in range(4)]
     return trainer.layout.collate(pairs)
 
 
@@ -68,12 +70,12 @@ def test_reference_is_the_base_model_and_policy_uses_the_adapters(ws, tmp_path) 
     batch = _random_batch(trainer)
     trainer.scorer.train()
 
-    ref = trainer.reference.pair_logps(batch)
-    again = trainer.reference.pair_logps(batch)
+    ref = reference_pairs(trainer.reference, batch)
+    again = reference_pairs(trainer.reference, batch)
     with torch.no_grad():
-        expected = trainer.layout.pair_logps(base, batch)
+        expected = score_pairs(base, batch)
         trainer.scorer.eval()
-        policy = trainer.layout.pair_logps(trainer.scorer, batch)
+        policy = score_pairs(trainer.scorer, batch)
         trainer.scorer.train()
     torch.testing.assert_close(ref.chosen_logps, expected.chosen_logps, rtol=1e-5, atol=0)
     torch.testing.assert_close(ref.rejected_logps, expected.rejected_logps, rtol=1e-5, atol=0)
@@ -249,11 +251,10 @@ def test_moe_aux_loss_with_lora(ws, tmp_path) -> None:
     write_toy_model_dir(model_dir, arch="mixtral", hidden_size=32)
     cfg = toy_config({**ws, "model": str(model_dir)}, tmp_path / "out", **LORA, **{"loss.aux_loss_coef": 0.5})
     trainer, _ = runner.build_trainer(cfg)
-    objective, per_pair, _, fwd, _ = trainer.micro_batch_losses(
-        next(iter(trainer.eval_dataloader)), training=False
-    )
-    assert fwd.aux_loss is not None and float(fwd.aux_loss) > 0
-    assert float(objective) == pytest.approx(float(per_pair.mean() + 0.5 * fwd.aux_loss), rel=1e-6)
+    losses = trainer.micro_batch_losses(next(iter(trainer.eval_dataloader)), training=False)
+    assert losses.aux_loss is not None and float(losses.aux_loss) > 0
+    want = float(losses.per_row.mean() + 0.5 * losses.aux_loss)
+    assert float(losses.objective) == pytest.approx(want, rel=1e-6)
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from preftune.losses import (
     LossOutput,
     LossState,
     PairLogps,
-    compute_loss,
+    compute_pair_loss,
     get_loss,
     register_loss,
 )
@@ -69,7 +69,7 @@ def pairs(
 
 
 def run(name: str, logps: PairLogps, state: LossState | None = None, **cfg: Any) -> LossOutput:
-    return compute_loss(logps, LossConfig(type=name, **cfg), state)
+    return compute_pair_loss(logps, LossConfig(type=name, **cfg), state)
 
 
 # The shared non-trivial point: pc=-10, rc=-12 -> a = 2; pr=-15, rr=-14 -> b = -1; h = a - b = 3;
@@ -399,7 +399,9 @@ def test_losses_differentiable_rewards_detached(name: str) -> None:
     base = point()
     pc = base.policy_chosen.clone().requires_grad_(True)
     pr = base.policy_rejected.clone().requires_grad_(True)
-    out = compute_loss(dataclasses.replace(base, policy_chosen=pc, policy_rejected=pr), LossConfig(type=name))
+    out = compute_pair_loss(
+        dataclasses.replace(base, policy_chosen=pc, policy_rejected=pr), LossConfig(type=name)
+    )
     out.losses.sum().backward()
     assert pc.grad is not None and torch.isfinite(pc.grad).all()
     assert not out.chosen_rewards.requires_grad and not out.rejected_rewards.requires_grad
@@ -432,8 +434,8 @@ def _wpo_example() -> tuple[PairLogps, list[float]]:
             -> w = sqrt(6/41) * 6/5 = 0.459...
     Pair 1: chosen = (h=2,t=1): a_c = ln(45/41); rejected = (h=1,t=1): a_r = ln(6/5) -> w = 54/41 > 1.
     """
-    from preftune.layouts.batch import mean_aligned_logps
     from preftune.model.logps import chunked_token_logps_lse
+    from preftune.model.responses import mean_aligned_logps
 
     hidden = torch.tensor([[1.0], [2.0], [2.0], [1.0], [1.0]])  # sequences: c0 c0 c1 r0 r1
     targets = torch.tensor([1, 0, 1, 1, 1])
@@ -472,12 +474,12 @@ def test_wpo_gradient_is_the_weight_times_the_plain_gradient(name: str) -> None:
         for key in ("policy_chosen", "policy_rejected", "chosen_aligned", "rejected_aligned")
     }
     weighted = dataclasses.replace(logps, **leaves)
-    out = compute_loss(weighted, LossConfig(type=name, wpo=True, wpo_clamp=False))
+    out = compute_pair_loss(weighted, LossConfig(type=name, wpo=True, wpo_clamp=False))
     assert out.weights is not None and not out.weights.requires_grad
     got = torch.autograd.grad(out.losses.sum(), list(leaves.values()), allow_unused=True)
     assert got[2] is None and got[3] is None
     plain_leaves = {k: v.detach().clone().requires_grad_(True) for k, v in leaves.items() if "policy" in k}
-    plain = compute_loss(dataclasses.replace(logps, **plain_leaves), LossConfig(type=name))
+    plain = compute_pair_loss(dataclasses.replace(logps, **plain_leaves), LossConfig(type=name))
     # sum_k w_k loss_k with w held constant: per pair for most types; aot and sft mix pairs in each term.
     want = torch.autograd.grad(
         (out.weights * plain.losses).sum(), list(plain_leaves.values()), allow_unused=True

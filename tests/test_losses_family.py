@@ -12,7 +12,7 @@ import torch
 
 from preftune.config import LossConfig
 from preftune.errors import ConfigError
-from preftune.losses import LossState, compute_loss, get_loss
+from preftune.losses import LossState, compute_pair_loss, get_loss
 from preftune.training import runner
 from test_losses import LN2, point, softplus
 from test_losses import pairs as make_pairs
@@ -23,7 +23,7 @@ E = math.e
 
 
 def loss_at_point(**cfg: object) -> float:
-    return compute_loss(point(), LossConfig(**cfg)).losses.item()  # type: ignore[arg-type]
+    return compute_pair_loss(point(), LossConfig(**cfg)).losses.item()  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- f-divergences
@@ -38,7 +38,7 @@ def loss_at_point(**cfg: object) -> float:
     ],
 )
 def test_f_divergence_scores_replace_the_log_ratios(kind: str, h: float) -> None:
-    out = compute_loss(point(), LossConfig(f_divergence=kind))  # type: ignore[arg-type]
+    out = compute_pair_loss(point(), LossConfig(f_divergence=kind))  # type: ignore[arg-type]
     assert out.losses.item() == pytest.approx(softplus(-0.1 * h), rel=1e-9)
     # Rewards stay beta times the log-ratios, as TRL logs them.
     assert (out.chosen_rewards.item(), out.rejected_rewards.item()) == pytest.approx((0.2, -0.1), rel=1e-9)
@@ -58,15 +58,15 @@ def test_f_divergence_per_token_forms_divide_the_scores() -> None:
 
 
 def test_reverse_kl_and_alpha_one_are_plain_dpo_exactly() -> None:
-    plain = compute_loss(point(), LossConfig()).losses
+    plain = compute_pair_loss(point(), LossConfig()).losses
     for cfg in (LossConfig(f_divergence="reverse_kl"), LossConfig(f_divergence="alpha", f_alpha=1.0)):
-        assert torch.equal(compute_loss(point(), cfg).losses, plain)
+        assert torch.equal(compute_pair_loss(point(), cfg).losses, plain)
 
 
 def test_every_f_divergence_is_zero_at_the_reference() -> None:
     at_ref = point(rc=[-10.0], rr=[-15.0])
     for kind in ("forward_kl", "js", "alpha"):
-        assert compute_loss(at_ref, LossConfig(f_divergence=kind)).losses.item() == pytest.approx(LN2)  # type: ignore[arg-type]
+        assert compute_pair_loss(at_ref, LossConfig(f_divergence=kind)).losses.item() == pytest.approx(LN2)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- AOT
@@ -79,14 +79,14 @@ AOT = make_pairs(
 
 def test_aot_matches_sorted_log_prob_gaps() -> None:
     # sort(pc - pr) = [-2, 0.5, 1], sort(rc - rr) = [-1, 0, 3]: d = [-1, 0.5, -2].
-    out = compute_loss(AOT, LossConfig(type="aot"))
+    out = compute_pair_loss(AOT, LossConfig(type="aot"))
     assert out.losses.tolist() == pytest.approx([softplus(0.1), softplus(-0.05), softplus(0.2)], rel=1e-9)
     assert out.chosen_rewards.tolist() == pytest.approx([0.0, -0.4, 0.15], abs=1e-12)
 
 
 def test_aot_unpaired_matches_sorted_log_ratios() -> None:
     # sort(a) = [-4, 0, 1.5], sort(b) = [-1, 0, 1]: d = [-3, 0, 0.5].
-    out = compute_loss(AOT, LossConfig(type="aot_unpaired"))
+    out = compute_pair_loss(AOT, LossConfig(type="aot_unpaired"))
     assert out.losses.tolist() == pytest.approx([softplus(0.3), LN2, softplus(-0.05)], rel=1e-9)
 
 
@@ -100,7 +100,7 @@ def test_aot_of_one_pair_is_dpo() -> None:
 
 def test_sft_is_token_weighted_over_the_micro_batch() -> None:
     two = make_pairs(pc=[-6.0, -1.0], pr=[-5.0, -5.0], lc=[3.0, 1.0], lr=[2.0, 2.0])
-    out = compute_loss(two, LossConfig(type="sft"))
+    out = compute_pair_loss(two, LossConfig(type="sft"))
     # (6 + 1) / (3 + 1) for both pairs; loss.nll_coef's per-pair means would be 2 and 1 (mean 1.5).
     assert out.losses.tolist() == pytest.approx([1.75, 1.75], rel=1e-12)
     assert get_loss("sft").reference_free and get_loss("sft").reports_nll
@@ -108,7 +108,7 @@ def test_sft_is_token_weighted_over_the_micro_batch() -> None:
 
 def test_mixture_is_the_weighted_sum_and_keeps_each_term() -> None:
     cfg = LossConfig(type="sigmoid,bco_pair,sft", weights=[0.8, 0.2, 1.0])
-    out = compute_loss(point(), cfg, LossState())
+    out = compute_pair_loss(point(), cfg, LossState())
     sigmoid = softplus(-0.3)
     bco = 2 * softplus(-0.15)  # d = mean(0.2, -0.1) = 0.05: -ls(0.2 - 0.05) - ls(-(-0.1 - 0.05))
     sft = 10 / 4
@@ -120,7 +120,7 @@ def test_mixture_is_the_weighted_sum_and_keeps_each_term() -> None:
     spec = get_loss(cfg.type)
     assert not spec.reference_free and spec.reports_nll and not spec.f_divergence
     assert get_loss("simpo,sft").reference_free
-    unweighted = compute_loss(point(), LossConfig(type="sigmoid,sft")).losses.item()
+    unweighted = compute_pair_loss(point(), LossConfig(type="sigmoid,sft")).losses.item()
     assert unweighted == pytest.approx(sigmoid + sft, rel=1e-9)
 
 
@@ -132,7 +132,7 @@ def test_mixture_is_the_weighted_sum_and_keeps_each_term() -> None:
         ({"loss.type": "sigmoid,sigmoid"}, "loss.type", "names a loss twice"),
         ({"loss.type": "sigmoid,nope"}, "loss.type", "unknown loss 'nope'"),
         (
-            {"loss.type": "sigmoid,plackett_luce", "data.groups": True},
+            {"loss.type": "sigmoid,plackett_luce"},
             "loss.type",
             "cannot be part of a mixture",
         ),

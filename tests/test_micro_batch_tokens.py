@@ -46,7 +46,7 @@ def count_run(ws, tmp_path_factory):
 def _sizes(cfg) -> list[list[int]]:
     """Rows per micro-batch of each step a run's loader makes."""
     trainer, _ = runner.build_trainer(cfg, log=lambda *_: None)
-    return [[batch.num_pairs for batch in step] for step in trainer.train_dataloader]
+    return [[batch.num_rows for batch in step] for step in trainer.train_dataloader]
 
 
 # ---------------------------------------------------------------- the split
@@ -80,10 +80,10 @@ def test_every_process_runs_as_many_micro_batches_as_the_busiest() -> None:
     rows = [id_pair([1] * 4, [2] * 3, [3] * 3, index=i) for i in range(6)]  # 10 tokens each
     steps = [rows]  # one step of six rows; a list of step lists stands for the loader
     own = TokenBudgetSteps(steps, layout.collate, layout.laid_out_tokens, 30, 4, _Busier(1))
-    assert [[b.num_pairs for b in step] for step in own] == [[3, 3]]  # 30 tokens: three rows
+    assert [[b.num_rows for b in step] for step in own] == [[3, 3]]  # 30 tokens: three rows
     busier = TokenBudgetSteps(steps, layout.collate, layout.laid_out_tokens, 30, 4, _Busier(4))
     (step,) = list(busier)
-    assert [b.num_pairs for b in step] == [1, 1, 2, 2]  # the same six rows, in order
+    assert [b.num_rows for b in step] == [1, 1, 2, 2]  # the same six rows, in order
     assert [row for b in step for row in b.rows] == [(r.source, r.index) for r in rows]
 
 
@@ -121,7 +121,7 @@ def test_a_token_budget_trains_pairs_as_the_split_by_count(ws, count_run, tmp_pa
 @pytest.mark.equivalence
 @pytest.mark.parametrize(("layout", "budget"), [("prefix_shared", 170), ("padded", 300)])
 def test_a_token_budget_trains_groups_as_the_split_by_count(ws, tmp_path, layout, budget) -> None:
-    opts = {**RUN, "data.groups": True, "loss.pairs": "all", "train.layout": layout,
+    opts = {**RUN, "loss.pairs": "all", "train.layout": layout,
             "data.train": ws["group_train"], "data.eval": ws["group_eval"]}  # fmt: skip
     cfg = toy_config(ws, tmp_path / "budget", **opts, **{"train.micro_batch_tokens": budget})
     assert any(len(set(step)) > 1 for step in _sizes(cfg))

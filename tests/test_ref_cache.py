@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from preftune.config import ConfigError
-from preftune.data import TokenizedGroup, TokenizedPair
+from preftune.data import Row
 from preftune.layouts import build_layout
 from preftune.model.scorer import SequenceScorer
 from preftune.reference.cache import (
@@ -35,6 +35,7 @@ from preftune.reference.precompute import (
 from preftune.reference.sources import ModelReference, freeze
 from preftune.strategy import SingleProcessStrategy
 from preftune.toy import build_toy_model
+from toy_env import reference_pairs
 
 VOCAB = 64
 
@@ -43,22 +44,20 @@ def _ids(rng: random.Random, lo: int, hi: int) -> list[int]:
     return [rng.randrange(3, VOCAB) for _ in range(rng.randint(lo, hi))]
 
 
-def random_pairs(n: int, seed: int) -> list[TokenizedPair]:
+def random_pairs(n: int, seed: int) -> list[Row]:
     rng = random.Random(seed)
-    pairs = [
-        TokenizedPair([1, *_ids(rng, 1, 9)], _ids(rng, 1, 7), _ids(rng, 1, 7), "random", i) for i in range(n)
-    ]
+    pairs = [Row.pair([1, *_ids(rng, 1, 9)], _ids(rng, 1, 7), _ids(rng, 1, 7), "random", i) for i in range(n)]
     number_rows(pairs, [])
     return pairs
 
 
-def random_groups(n: int, seed: int) -> list[TokenizedGroup]:
+def random_groups(n: int, seed: int) -> list[Row]:
     """Prompt groups of 2 to 5 responses (scores are never read by a reference)."""
     rng = random.Random(seed)
     groups = []
     for i in range(n):
         prompt, k = [1, *_ids(rng, 1, 9)], rng.randint(2, 5)
-        groups.append(TokenizedGroup(prompt, [_ids(rng, 1, 7) for _ in range(k)], [0.0] * k, "random", i))
+        groups.append(Row(prompt, [_ids(rng, 1, 7) for _ in range(k)], [0.0] * k, "random", i))
     number_rows(groups, [])
     return groups
 
@@ -108,8 +107,8 @@ def test_pairs_fingerprint_sees_every_token_and_boundary() -> None:
     changed[13].rejected_ids[-1] += 1
     assert rows_fingerprint(changed) != base
     # The same token streams with the prompt/response boundary one token later score other tokens.
-    early = [TokenizedPair([1, 7], [8, 9], [8, 10], "s", 0)]
-    late = [TokenizedPair([1, 7, 8], [9], [10], "s", 0)]
+    early = [Row.pair([1, 7], [8, 9], [8, 10], "s", 0)]
+    late = [Row.pair([1, 7, 8], [9], [10], "s", 0)]
     assert rows_fingerprint(early) != rows_fingerprint(late)
     assert rows_fingerprint(pairs[::-1]) != base  # order is the table's index
     keys = {cache_key("r", "c", base), cache_key("r2", "c", base), cache_key("r", "c2", base)}
@@ -132,10 +131,8 @@ def test_groups_fingerprint_sees_every_response_but_not_scores() -> None:
     rescored[5].scores[0] = 9.0  # scores never change a reference log-prob: the same key
     assert rows_fingerprint(rescored) == base
     # A pair is the group [chosen, rejected]: one key, so a pair run's cache serves a group run of its rows.
-    pair = TokenizedPair([1, 7], [8, 9], [10], "s", 0)
-    assert rows_fingerprint([pair]) == rows_fingerprint(
-        [TokenizedGroup([1, 7], [[8, 9], [10]], [1, 0], "s", 0)]
-    )
+    pair = Row.pair([1, 7], [8, 9], [10], "s", 0)
+    assert rows_fingerprint([pair]) == rows_fingerprint([Row([1, 7], [[8, 9], [10]], [1, 0], "s", 0)])
 
 
 def test_cache_key_changes_with_ld_alpha_and_not_without_it() -> None:
@@ -150,17 +147,17 @@ def test_precomputed_reference_is_keyed_by_the_layouts_ld_alpha(model, tmp_path:
     tables = {}
     for alpha in (None, 0.5, None):
         layout = build_layout("padded", pad_token_id=0, ld_alpha=alpha)
-        live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model))), layout)
+        live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model))))
         setup = PrecomputeSetup({"train": pairs}, layout, "fp32", 4, progress=False)
         cached = precompute_reference(model, lambda live=live: live, strategy, setup, tmp_path, logs.append)
         batch = layout.collate(pairs)
         torch.testing.assert_close(
-            cached.pair_logps(batch).rejected_logps, live.pair_logps(batch).rejected_logps
+            reference_pairs(cached, batch).rejected_logps, reference_pairs(live, batch).rejected_logps
         )
         tables[alpha] = cached.state_for_checkpoint()
     assert tables[0.5]["ld_alpha"] == "0.5" and "ld_alpha" not in tables[None]
     assert tables[0.5]["train_key"] != tables[None]["train_key"]
-    passes = ["reused" if "reusing cache" in line else "computed" for line in logs if " train pairs" in line]
+    passes = ["reused" if "reusing cache" in line else "computed" for line in logs if " train rows" in line]
     assert passes == ["computed", "computed", "reused"]  # the third run finds the first one's table
     with pytest.raises(ConfigError, match=r"loss\.ld_alpha \(the reference sums it weighs\) changed"):
         check_resume(tables[None], tables[0.5], Path("ckpt"))
@@ -259,10 +256,10 @@ class CountingStrategy(SingleProcessStrategy):
 def test_cached_reference_equals_model_reference_on_random_batches(model, layout_name, ld_alpha) -> None:
     pairs = random_pairs(29, seed=2)
     layout = build_layout(layout_name, pad_token_id=0, ld_alpha=ld_alpha)
-    live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model), chunk_size=7)), layout)
+    live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model), chunk_size=7)))
     # The table is scored in batches of 5 in order, the checks below in other, shuffled batches.
     table = score_split(pairs, live, layout, SingleProcessStrategy("cpu"), 5, False, "test")
-    alone = live.pair_logps(layout.collate(pairs[:1]))  # a pair's row is its chosen, then its rejected
+    alone = reference_pairs(live, layout.collate(pairs[:1]))  # a pair's row is its chosen, then its rejected
     torch.testing.assert_close(
         table.values[0, :2].float(), torch.cat([alone.chosen_logps, alone.rejected_logps])
     )
@@ -271,7 +268,7 @@ def test_cached_reference_equals_model_reference_on_random_batches(model, layout
     for size in (1, 3, 8):
         chosen = rng.sample(pairs, size)
         batch = layout.collate(chosen)
-        want, got = live.pair_logps(batch), cached.pair_logps(batch)
+        want, got = reference_pairs(live, batch), reference_pairs(cached, batch)
         for name in ("chosen_logps", "rejected_logps", "chosen_tokens", "rejected_tokens"):
             w, g = getattr(want, name), getattr(got, name)
             assert g.dtype == w.dtype
@@ -282,26 +279,26 @@ def test_cached_reference_equals_model_reference_on_random_batches(model, layout
 def test_cached_reference_refuses_batches_it_cannot_place(model) -> None:
     pairs = random_pairs(6, seed=4)
     layout = build_layout("padded", pad_token_id=0)
-    live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model))), layout)
+    live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model))))
     cached = CachedReference(
         score_split(pairs, live, layout, SingleProcessStrategy("cpu"), 4, False, "t"), {}
     )
     unnumbered = copy.deepcopy(pairs[:2])
     for pair in unnumbered:
-        pair.pair_id = -1
-    with pytest.raises(ValueError, match="pair_ids"):
-        cached.pair_logps(layout.collate(unnumbered))
+        pair.row_id = -1
+    with pytest.raises(ValueError, match="row_ids"):
+        reference_pairs(cached, layout.collate(unnumbered))
     # Ids pointing at other pairs than the batch holds (here pair 0's tokens numbered as pair 1, whose
     # responses are longer) are caught by the response token counts.
-    pairs[1].chosen_ids = [*pairs[0].chosen_ids, 5]
+    pairs[1].responses[0] = [*pairs[0].chosen_ids, 5]
     cached = CachedReference(
         score_split(pairs, live, layout, SingleProcessStrategy("cpu"), 4, False, "t"), {}
     )
     misplaced = copy.deepcopy(pairs[0])
-    misplaced.pair_id = 1
+    misplaced.row_id = 1
     with pytest.raises(RuntimeError, match="misaligned"):
-        cached.pair_logps(layout.collate([misplaced]))
-    cached.pair_logps(layout.collate(pairs[:2]))  # the same pairs, correctly numbered, pass
+        reference_pairs(cached, layout.collate([misplaced]))
+    reference_pairs(cached, layout.collate(pairs[:2]))  # the same pairs, correctly numbered, pass
 
 
 @pytest.mark.equivalence
@@ -309,17 +306,17 @@ def test_cached_reference_refuses_batches_it_cannot_place(model) -> None:
 def test_cached_reference_equals_model_reference_on_random_groups(model, layout_name) -> None:
     groups = random_groups(23, seed=6)
     layout = build_layout(layout_name, pad_token_id=0)
-    live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model), chunk_size=7)), layout)
+    live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model), chunk_size=7)))
     table = score_split(groups, live, layout, SingleProcessStrategy("cpu"), 4, False, "test")
     assert table.offsets.diff().tolist() == [len(g.responses) for g in groups]
     for i in range(3):  # row i's responses fill slots offsets[i]..offsets[i+1]-1 in the group's order
-        alone = live.response_logps(layout.collate_groups([groups[i]]))
+        alone = live.response_logps(layout.collate([groups[i]]))
         stored = table.values[:, table.offsets[i] : table.offsets[i + 1]]
         torch.testing.assert_close(stored[0].float(), alone.logps, rtol=1e-5, atol=1e-6)
     cached = CachedReference(table, {})
     rng = random.Random(1)
     for size in (1, 3, 7):
-        batch = layout.collate_groups(rng.sample(groups, size))
+        batch = layout.collate(rng.sample(groups, size))
         want, got = live.response_logps(batch), cached.response_logps(batch)
         assert got.logps.dtype == want.logps.dtype and got.logps.shape == (batch.num_sequences,)
         torch.testing.assert_close(got.logps, want.logps, rtol=1e-5, atol=1e-6)
@@ -329,29 +326,27 @@ def test_cached_reference_equals_model_reference_on_random_groups(model, layout_
 def test_cached_reference_refuses_misaligned_groups(model) -> None:
     prompt, three = [1, 5, 6], [[7, 8], [9], [10, 11, 12]]
     groups = [
-        TokenizedGroup(prompt, three, [2, 1, 0], "s", 0),
-        TokenizedGroup(prompt, [*three[:2], [10, 11, 12, 13]], [2, 1, 0], "s", 1),  # last response 1 longer
-        TokenizedGroup(prompt, [*three, [14]], [3, 2, 1, 0], "s", 2),  # one response more
+        Row(prompt, three, [2, 1, 0], "s", 0),
+        Row(prompt, [*three[:2], [10, 11, 12, 13]], [2, 1, 0], "s", 1),  # last response 1 longer
+        Row(prompt, [*three, [14]], [3, 2, 1, 0], "s", 2),  # one response more
     ]
     number_rows(groups, [])
     layout = build_layout("padded", pad_token_id=0)
-    live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model))), layout)
+    live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model))))
     cached = CachedReference(
         score_split(groups, live, layout, SingleProcessStrategy("cpu"), 2, False, "t"), {}
     )
     misplaced = copy.deepcopy(groups[0])
-    misplaced.group_id = -1
-    with pytest.raises(ValueError, match="pair_ids"):
-        cached.response_logps(layout.collate_groups([misplaced]))
-    misplaced.group_id = 2
+    misplaced.row_id = -1
+    with pytest.raises(ValueError, match="row_ids"):
+        cached.response_logps(layout.collate([misplaced]))
+    misplaced.row_id = 2
     with pytest.raises(RuntimeError, match=r"response counts .* misaligned"):
-        cached.response_logps(layout.collate_groups([misplaced]))
-    misplaced.group_id = 1
+        cached.response_logps(layout.collate([misplaced]))
+    misplaced.row_id = 1
     with pytest.raises(RuntimeError, match=r"token counts .* misaligned"):
-        cached.response_logps(layout.collate_groups([misplaced]))
-    with pytest.raises(ValueError, match="no chosen/rejected halves"):
-        cached.pair_logps(layout.collate_groups(groups[:2]))
-    cached.response_logps(layout.collate_groups(groups[::-1]))  # correctly numbered groups pass, in any order
+        cached.response_logps(layout.collate([misplaced]))
+    cached.response_logps(layout.collate(groups[::-1]))  # correctly numbered groups pass, in any order
 
 
 @pytest.mark.parametrize(("n", "micro", "world"), [(15, 1, 2), (7, 3, 2), (1, 2, 2), (10, 4, 3)])
@@ -359,12 +354,11 @@ def test_cached_reference_refuses_misaligned_groups(model) -> None:
 def test_every_rank_runs_the_same_number_of_forwards(model, n, micro, world, kind) -> None:
     rows = random_pairs(n, seed=5) if kind == "pairs" else random_groups(n, seed=5)
     layout = build_layout("padded", pad_token_id=0)
-    live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model))), layout)
+    live = ModelReference(freeze(SequenceScorer(copy.deepcopy(model))))
     full = score_split(rows, live, layout, SingleProcessStrategy("cpu"), micro, False, "t")
     calls = []
-    method = "pair_logps" if kind == "pairs" else "response_logps"
-    real = getattr(live, method)
-    setattr(live, method, lambda batch: calls.append(batch.num_pairs) or real(batch))
+    real = live.response_logps
+    live.response_logps = lambda batch: calls.append(batch.num_rows) or real(batch)  # type: ignore[method-assign]
     summed = torch.zeros_like(full.values)
     expected_forwards = math.ceil(math.ceil(n / world) / micro)
     busiest = {"batches": float(max(math.ceil(len(range(r, n, world)) / micro) for r in range(world)))}

@@ -12,7 +12,7 @@ import torch
 
 from preftune import DPOTrainer
 from preftune.config import ConfigError
-from preftune.data import TokenizedPair
+from preftune.data import Row
 from preftune.errors import CheckpointError
 from preftune.layouts import Batch
 from preftune.model.loading import load_model
@@ -21,7 +21,14 @@ from preftune.strategy import SingleProcessStrategy
 from preftune.toy import write_toy_model_dir
 from preftune.training import runner
 from test_distributed import _resume_copy
-from toy_env import assert_close_weights, load_weights, logged_metrics, toy_config
+from toy_env import (
+    assert_close_weights,
+    load_weights,
+    logged_metrics,
+    reference_pairs,
+    score_pairs,
+    toy_config,
+)
 
 LORA = {"lora.rank": 8, "lora.alpha": 16, "optim.lr": 1e-2}
 
@@ -36,7 +43,7 @@ def _random_batch(trainer: DPOTrainer, seed: int = 0) -> Batch:
     def ids(n: int) -> list[int]:
         return torch.randint(3, vocab, (n,), generator=gen).tolist()
 
-    pairs = [TokenizedPair(ids(3 + i), ids(2 + 2 * i), ids(7 - i), "random", i) for i in range(4)]
+    pairs = [Row.pair(ids(3 + i), ids(2 + 2 * i), ids(7 - i), "random", i) for i in range(4)]
     return trainer.layout.collate(pairs)
 
 
@@ -106,11 +113,11 @@ def test_lora_reference_is_base_plus_dense_delta(ws, tmp_path) -> None:
         for name, delta in expected.items():
             dense.get_submodule(name.removeprefix("base_model.model.")).weight += delta  # type: ignore[operator]
     batch = _random_batch(trainer)
-    got = trainer.reference.pair_logps(batch)  # type: ignore[union-attr]
+    got = reference_pairs(trainer.reference, batch)  # type: ignore[union-attr]
     with torch.no_grad():
-        want = trainer.layout.pair_logps(SequenceScorer(dense.eval()), batch)
+        want = score_pairs(SequenceScorer(dense.eval()), batch)
         with trainer.model.disable_adapter():  # type: ignore[operator]
-            base = trainer.layout.pair_logps(SequenceScorer(trainer.model).eval(), batch)
+            base = score_pairs(SequenceScorer(trainer.model).eval(), batch)
     torch.testing.assert_close(got.chosen_logps, want.chosen_logps, rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(got.rejected_logps, want.rejected_logps, rtol=1e-6, atol=1e-5)
     assert (got.chosen_logps - base.chosen_logps).abs().max() > 1e-3  # the reference did move off the base

@@ -30,10 +30,6 @@ WORKSPACE = {"n_train": 16, "n_eval": 8}  # the sizes of this module's `ws` (tes
         ({"lora.rank": "4"}, ReferencePlan("adapters_off")),
         ({"ref.precompute": "true"}, ReferencePlan("policy_start", "pol", True, Path("out/ref_cache"))),
         (
-            {"ref.precompute": "true", "data.groups": "true"},
-            ReferencePlan("policy_start", "pol", True, Path("out/ref_cache")),
-        ),
-        (
             {"lora.rank": "4", "ref.precompute": "true", "ref.cache_dir": "shared"},
             ReferencePlan("adapters_off", precompute=True, cache_dir=Path("shared")),
         ),
@@ -108,7 +104,10 @@ def test_beta_and_loss_config_beta_never_silently_disagree(ws) -> None:
         (LossConfig(beta=-1.0), "loss.beta: must be > 0, got -1.0"),
         (LossConfig(type="nope"), "loss.type: unknown loss 'nope'"),
         (LossConfig(beta=float("nan")), "loss.beta: must be a finite number"),
-        (LossConfig(type="plackett_luce"), "loss.type: 'plackett_luce' is listwise"),
+        (
+            LossConfig(type="sigmoid,plackett_luce"),
+            "a listwise loss scores whole prompt groups and cannot be part",
+        ),
     ],
 )
 def test_a_hand_built_trainer_checks_its_loss_config_as_the_cli_does(ws, loss_config, needle) -> None:

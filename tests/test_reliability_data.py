@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from preftune.config import DataConfig
-from preftune.data import DataError, DataReport, TokenizedPair, load_pairs
+from preftune.data import DataError, DataReport, Row, load_rows
 from preftune.toy import write_toy_model_dir
 
 CORPUS = Path(__file__).parent / "data_corpus"
@@ -85,8 +85,8 @@ TOOLS_TEMPLATE = (
 )
 
 
-def load(path: Path, tokenizer: Any, **cfg: Any) -> tuple[list[TokenizedPair], DataReport]:
-    return load_pairs(DataConfig(train=[str(path)], **cfg), tokenizer, "train", seed=0)
+def load(path: Path, tokenizer: Any, **cfg: Any) -> tuple[list[Row], DataReport]:
+    return load_rows(DataConfig(train=[str(path)], **cfg), tokenizer, "train", seed=0)
 
 
 def check_error(err: DataError, path: Path) -> str:
@@ -96,16 +96,17 @@ def check_error(err: DataError, path: Path) -> str:
     return message
 
 
-def check_accounting(pairs: list[TokenizedPair], report: DataReport, max_len: int | None = None) -> None:
+def check_accounting(pairs: list[Row], report: DataReport, max_len: int | None = None) -> None:
     assert report.kept == len(pairs)
     assert report.kept + sum(report.dropped.values()) == report.rows_read
     assert all(n > 0 for n in report.dropped.values())
     json.dumps(report.to_dict())  # data_report.json can be written
-    for pair in pairs:
-        assert pair.prompt_ids and pair.chosen_ids and pair.rejected_ids
-        assert pair.chosen_ids != pair.rejected_ids
+    for row in pairs:  # pair rows, and rows of K responses (a "rejected" list)
+        assert row.prompt_ids and len(row.responses) >= 2 and all(row.responses)
+        assert len(set(map(tuple, row.responses))) == len(row.responses)  # no two the same
+        assert len(row.scores) == len(row.responses) and min(row.scores) < max(row.scores)
         if max_len is not None:
-            assert len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids)) <= max_len
+            assert len(row.prompt_ids) + max(map(len, row.responses)) <= max_len
 
 
 def test_every_corpus_file_has_an_expected_outcome() -> None:

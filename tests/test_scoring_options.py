@@ -10,7 +10,7 @@ from preftune.layouts import PackedLayout, PaddedLayout, PrefixSharedLayout
 from preftune.model.logps import naive_token_logps
 from preftune.model.scorer import SequenceScorer
 from preftune.toy import build_toy_model
-from toy_env import id_pair
+from toy_env import id_pair, score_pairs
 
 LAYOUTS = [PaddedLayout, PackedLayout, PrefixSharedLayout]
 # Pair 0: chosen 2 tokens, rejected 4 (shared length 2); pair 1: chosen 3, rejected 1 (shared length 1).
@@ -41,7 +41,7 @@ def test_ld_alpha_sums_the_shared_length_plus_alpha_times_the_rest(layout_cls) -
     model = build_toy_model(97, seed=3).eval()
     layout = layout_cls(0, ld_alpha=0.25)
     with torch.no_grad():
-        out = layout.pair_logps(SequenceScorer(model, chunk_size=3), layout.collate(PAIRS))
+        out = score_pairs(SequenceScorer(model, chunk_size=3), layout.collate(PAIRS))
         c0, r0 = (
             _naive_token_logps(model, PAIRS[0].prompt_ids, ids)
             for ids in (PAIRS[0].chosen_ids, PAIRS[0].rejected_ids)
@@ -64,18 +64,20 @@ def test_ld_alpha_sums_the_shared_length_plus_alpha_times_the_rest(layout_cls) -
 def test_ld_alpha_one_is_the_plain_sum_exactly(layout_cls) -> None:
     model = build_toy_model(97, seed=3)
     scorer = SequenceScorer(model, chunk_size=3)
-    got = layout_cls(0, ld_alpha=1.0).pair_logps(scorer, layout_cls(0, ld_alpha=1.0).collate(PAIRS))
-    want = layout_cls(0).pair_logps(scorer, layout_cls(0).collate(PAIRS))
+    got = score_pairs(scorer, layout_cls(0, ld_alpha=1.0).collate(PAIRS))
+    want = score_pairs(scorer, layout_cls(0).collate(PAIRS))
     assert torch.equal(got.chosen_logps, want.chosen_logps)
     assert torch.equal(got.rejected_logps, want.rejected_logps)
 
 
-def test_ld_alpha_refuses_prompt_groups() -> None:
-    from preftune.data.load import TokenizedGroup
+def test_ld_alpha_refuses_a_row_of_more_than_two_responses_naming_it() -> None:
+    from preftune.data import Row
 
-    group = TokenizedGroup(prompt_ids=[5], responses=[[6], [7, 8]], scores=[1.0, 0.0], source="t", index=0)
-    with pytest.raises(ValueError, match="a pair; not with prompt groups"):
-        PaddedLayout(0, ld_alpha=0.5).collate_groups([group])
+    pair = Row(prompt_ids=[5], responses=[[6], [7, 8]], scores=[1.0, 0.0], source="t", index=0)
+    assert PaddedLayout(0, ld_alpha=0.5).collate([pair]).score_weights is not None
+    wide = Row(prompt_ids=[5], responses=[[6], [7, 8], [9]], scores=[2.0, 1.0, 0.0], source="t", index=3)
+    with pytest.raises(ValueError, match=r"t row 3: loss\.ld_alpha: .* a pair, and this row has 3 responses"):
+        PaddedLayout(0, ld_alpha=0.5).collate([pair, wide])
 
 
 @pytest.mark.equivalence
@@ -85,8 +87,8 @@ def test_aligned_logps_equal_the_naive_full_logits_value(layout_cls) -> None:
     model = build_toy_model(97, seed=3).eval()
     layout = layout_cls(0)
     with torch.no_grad():
-        out = layout.pair_logps(SequenceScorer(model, chunk_size=3), layout.collate(PAIRS), want_aligned=True)
-        plain = layout.pair_logps(SequenceScorer(model, chunk_size=3), layout.collate(PAIRS))
+        out = score_pairs(SequenceScorer(model, chunk_size=3), layout.collate(PAIRS), want_aligned=True)
+        plain = score_pairs(SequenceScorer(model, chunk_size=3), layout.collate(PAIRS))
 
     def naive(prompt: list[int], response: list[int]) -> torch.Tensor:
         logits, targets = _naive_logits(model, prompt, response)
@@ -105,11 +107,11 @@ def test_aligned_logps_equal_the_naive_full_logits_value(layout_cls) -> None:
 def _pair_losses(layout, cfg, model, ref_model, pairs=PAIRS):
     from preftune.losses import LossState
     from preftune.reference.sources import ModelReference, freeze
-    from preftune.training.objective import pair_losses
+    from preftune.training.objective import row_losses
 
-    reference = ModelReference(freeze(SequenceScorer(ref_model, chunk_size=3)), layout)
+    reference = ModelReference(freeze(SequenceScorer(ref_model, chunk_size=3)))
     scorer = SequenceScorer(model, chunk_size=3)
-    return pair_losses(scorer, reference, layout, layout.collate(pairs), cfg, LossState())
+    return row_losses(scorer, reference, layout.collate(pairs), cfg, LossState())
 
 
 @pytest.mark.equivalence
@@ -120,8 +122,8 @@ def test_ld_alpha_one_trains_exactly_as_plain_dpo(layout_cls) -> None:
     model, ref_model = build_toy_model(97, seed=3), build_toy_model(97, seed=4)
     got = _pair_losses(layout_cls(0, ld_alpha=1.0), LossConfig(ld_alpha=1.0), model, ref_model)
     want = _pair_losses(layout_cls(0), LossConfig(), model, ref_model)
-    assert torch.equal(got.per_pair, want.per_pair)
-    assert torch.equal(got.loss.chosen_rewards, want.loss.chosen_rewards)
+    assert torch.equal(got.per_row, want.per_row)
+    assert torch.equal(got.loss.rewards, want.loss.rewards)
 
 
 def test_a_batch_collated_for_another_ld_alpha_is_refused() -> None:

@@ -271,10 +271,8 @@ def test_response_logps_equal_plain_log_softmax_and_kl_of_a_model_to_itself_is_z
         for p in other.parameters():
             p.add_(0.05 * torch.randn_like(p))
     options = SamplingOptions(max_new_tokens=6, temperature=1.0, batch_size=4, seed=3)
-    samples = sample_responses(
-        model, tokenizer, ["say thanks", "a longer prompt here"], 3, options
-    )  # odd count
-    got = response_logps(model, samples, tokenizer.pad_token_id, batch_pairs=2)
+    samples = sample_responses(model, tokenizer, ["say thanks", "a longer prompt here"], 3, options)
+    got = response_logps(model, samples, tokenizer.pad_token_id, batch_rows=4)
     flat = [s for group in samples for s in group]
     assert len(got) == len(flat) == 6
     for value, sample in zip(got, flat, strict=True):

@@ -59,8 +59,12 @@ def test_moe_aux_loss_enters_the_objective(tmp_path) -> None:
             toy_config(ws, tmp_path / f"o{coef}", **{"loss.aux_loss_coef": coef})
         )
         batch = next(iter(trainer.eval_dataloader))
-        objective, per_pair, _, fwd, _ = trainer.micro_batch_losses(batch, training=False)
-        values[coef] = (float(objective.detach()), float(per_pair.detach().mean()), fwd.aux_loss)
+        losses = trainer.micro_batch_losses(batch, training=False)
+        values[coef] = (
+            float(losses.objective.detach()),
+            float(losses.per_row.detach().mean()),
+            losses.aux_loss,
+        )
     assert values[0.0][2] is None
     aux = float(values[0.5][2].detach())
     assert aux > 0

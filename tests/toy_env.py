@@ -6,8 +6,8 @@ import bz2
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,6 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from preftune.config import Config, load_config
+from preftune.data import Row
+from preftune.layouts import Batch
+from preftune.model.responses import ResponseForward, score_responses
 from preftune.toy import synthetic_preference_rows, write_toy_model_dir
 from preftune.validate import validate
 
@@ -102,11 +105,9 @@ def assert_same_metrics(expected: Path, actual: Path, atol: float, rtol: float =
             assert got[key] == pytest.approx(want[key], rel=rtol, abs=atol), (want["step"], key)
 
 
-def id_pair(prompt: list[int], chosen: list[int], rejected: list[int], index: int = 0) -> Any:
-    """A pair of token ids with what layouts read from a TokenizedPair, for collating by hand."""
-    return SimpleNamespace(
-        prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected, source="t", index=index
-    )
+def id_pair(prompt: list[int], chosen: list[int], rejected: list[int], index: int = 0) -> Row:
+    """A pair row of token ids, for collating by hand."""
+    return Row.pair(prompt, chosen, rejected, "t", index)
 
 
 def load_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -161,3 +162,36 @@ def fit_recording_grads(cfg: Config) -> tuple[Any, list[dict[str, torch.Tensor]]
     trainer.on_gradients.append(record)
     trainer.fit(cfg, 0, steps)
     return trainer, grads
+
+
+@dataclass
+class PairHalves:
+    """A pair batch's per-response results split into chosen and rejected halves (B each): a batch of B pairs
+    numbers its sequences B chosen, then B rejected."""
+
+    chosen_logps: torch.Tensor
+    rejected_logps: torch.Tensor
+    chosen_tokens: torch.Tensor
+    rejected_tokens: torch.Tensor
+    aux_loss: torch.Tensor | None = None
+    chosen_aligned: torch.Tensor | None = None
+    rejected_aligned: torch.Tensor | None = None
+
+
+def halves(out: ResponseForward) -> PairHalves:
+    b = out.logps.numel() // 2
+    aligned = out.aligned
+    return PairHalves(
+        out.logps[:b], out.logps[b:], out.tokens[:b], out.tokens[b:], out.aux_loss,
+        None if aligned is None else aligned[:b], None if aligned is None else aligned[b:],
+    )  # fmt: skip
+
+
+def score_pairs(scorer: Any, batch: Batch, want_aux: bool = False, want_aligned: bool = False) -> PairHalves:
+    """:func:`score_responses` of a batch of pairs, as chosen and rejected halves."""
+    return halves(score_responses(scorer, batch, want_aux, want_aligned))
+
+
+def reference_pairs(reference: Any, batch: Batch) -> PairHalves:
+    """A reference source's log-probs of a batch of pairs, as chosen and rejected halves."""
+    return halves(reference.response_logps(batch))

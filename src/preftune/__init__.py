@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 _HOMES = {
     "Config": "config", "ConfigError": "config", "LossConfig": "config", "load_config": "config",
     "validate": "validate", "ResumableSampler": "data.sampler",
-    "Batch": "layouts", "Layout": "layouts", "PaddedLayout": "layouts", "PairForward": "layouts",
-    "LOSSES": "losses", "LossOutput": "losses", "PairLogps": "losses", "compute_loss": "losses",
+    "Row": "data.items", "Batch": "layouts", "Layout": "layouts", "PaddedLayout": "layouts",
+    "LOSSES": "losses", "LossOutput": "losses", "PairLogps": "losses", "ResponseLogps": "losses",
+    "RowLossOutput": "losses", "compute_loss": "losses", "compute_pair_loss": "losses",
     "get_loss": "losses", "register_loss": "losses", "SequenceScorer": "model.scorer",
     "SingleProcessStrategy": "strategy", "Strategy": "strategy", "DPOTrainer": "training.trainer",
 }  # fmt: skip
@@ -29,13 +30,16 @@ __all__ = [
     "LossConfig",
     "LossOutput",
     "PaddedLayout",
-    "PairForward",
     "PairLogps",
+    "ResponseLogps",
     "ResumableSampler",
+    "Row",
+    "RowLossOutput",
     "SequenceScorer",
     "SingleProcessStrategy",
     "Strategy",
     "compute_loss",
+    "compute_pair_loss",
     "get_loss",
     "load_config",
     "register_loss",
@@ -57,9 +61,20 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .config import Config, ConfigError, LossConfig, load_config
+    from .data.items import Row
     from .data.sampler import ResumableSampler
-    from .layouts import Batch, Layout, PaddedLayout, PairForward
-    from .losses import LOSSES, LossOutput, PairLogps, compute_loss, get_loss, register_loss
+    from .layouts import Batch, Layout, PaddedLayout
+    from .losses import (
+        LOSSES,
+        LossOutput,
+        PairLogps,
+        ResponseLogps,
+        RowLossOutput,
+        compute_loss,
+        compute_pair_loss,
+        get_loss,
+        register_loss,
+    )
     from .model.scorer import SequenceScorer
     from .strategy import SingleProcessStrategy, Strategy
     from .training.trainer import DPOTrainer

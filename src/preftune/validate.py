@@ -20,7 +20,7 @@ def validate(cfg: Config, world_size: int = 1, training: bool = True) -> None:
     the batch arithmetic of optimizer steps.
     """
     check_fields(cfg, world_size, training)
-    check_loss_config(cfg.loss, cfg.data.groups)
+    check_loss_config(cfg.loss)
     check_layout_config(cfg.train, cfg.loss)
     check_lora_setup(cfg)
     plan_reference(cfg)  # refuses a combination that leaves no valid reference

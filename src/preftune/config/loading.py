@@ -106,8 +106,6 @@ def load_config(
             set_value(cfg, key, value)
     for key, value in (overrides or {}).items():
         set_value(cfg, key, value)
-    if cfg.iterate.pairing == "listwise":
-        cfg.data.groups = True  # a listwise iterate run trains on groups (each round's config says so too)
     check_fields(cfg, training=training)
     return cfg
 

@@ -38,7 +38,7 @@ class RefConfig:
     offload: bool = _f(False, "keep the reference whole on CPU (ddp / fsdp2)")
     precompute: bool = _f(
         False,
-        "score every train and eval response (pairs or prompt groups) with the reference once before "
+        "score every train and eval response (of every row, pairs included) with the reference once before "
         "training, cache them on disk, and free the reference model during training",
     )
     cache_dir: str | None = _f(
@@ -73,8 +73,8 @@ class DataConfig:
     rejected_key: str = _f("rejected", "row key holding the dispreferred response (or a list of them)")
     groups: bool = _f(
         False,
-        "train and evaluate on prompt groups (a prompt with K scored responses; pair rows become groups of two): "
-        "each response scored once, each prompt laid out once by prefix_shared, the loss over the whole group",
+        "ignored, kept so that older configs load: rows of any shape (pairs, and prompts with K scored responses) "
+        "train together, each response scored once and each prompt laid out once by prefix_shared",
     )
     responses_key: str = _f("responses", "row key holding a prompt's K responses (strings or message lists)")
     scores_key: str = _f("scores", "row key holding one score per response (higher is better; ties allowed)")
@@ -139,7 +139,7 @@ class LossConfig:
     nll_coef: float = _f(
         0.0,
         "weight of the NLL term on chosen responses (RPO / Llama 3.1): each pair's per-token mean NLL of its "
-        "chosen response; on prompt groups, of the top-scored response (the mean over ties for the top)",
+        "chosen response; on a row of K responses, of the top-scored one (the mean over ties for the top)",
     )
     aux_loss_coef: float = _f(0.0, "weight of the MoE load-balancing auxiliary loss")
     simpo_gamma: float = _f(0.5, "SimPO target reward margin gamma")
@@ -148,7 +148,7 @@ class LossConfig:
         False,
         "WPO (Zhou et al. 2024), for any pairwise loss.type: each pair's loss times w = exp(a_c + a_r), a = a "
         "response's mean over its tokens of log p(token) - log sum_v p(v)^2 under the policy, no gradient "
-        "through w (TRL's use_weighting); logged as wpo/weight. Over data.groups: per expanded pair",
+        "through w (TRL's use_weighting); logged as wpo/weight. On a row of K responses: per expanded pair",
     )
     wpo_clamp: bool = _f(
         True,
@@ -159,11 +159,11 @@ class LossConfig:
         None,
         "LD-DPO (Liu et al. 2024), in (0, 1]: a response's log-prob sums its first l tokens (l = the shorter "
         "response of its pair) plus ld_alpha times the rest, for policy and reference alike (as TRL's "
-        "ld_alpha); 1 = plain DPO; token counts stay the full lengths; not with data.groups",
+        "ld_alpha); 1 = plain DPO; token counts stay the full lengths; pair rows only",
     )
     pairs: Literal["all", "best_vs_rest", "best_vs_worst"] = _f(
         "best_vs_worst",
-        "prompt groups with a pairwise loss.type: which pairs (better, worse) of each group's responses train; "
+        "rows of K responses with a pairwise loss.type: which pairs (better, worse) of each row's responses train; "
         "all = every pair with different scores, best_vs_rest = the top-scored against each lower one, "
         "best_vs_worst = top against bottom (one pair, as pair data trains); tied scores never make a pair; "
         "listwise losses (plackett_luce, multi_negative) read the whole group and ignore this",
@@ -267,7 +267,7 @@ class IterateConfig:
     pairing: Literal["best_worst", "listwise"] = _f(
         "best_worst",
         "what a round trains on: best_worst = one pair per prompt (its best and worst response); listwise = every "
-        "scored response of the prompt as one group (sets data.groups; ties kept as ties), for a listwise "
+        "scored response of the prompt as one row (ties kept as ties), for a listwise "
         "loss.type or a pairwise one over loss.pairs",
     )
     min_score_gap: float = _f(0.0, "keep a pair only when best - worst reward >= this (and > 0)")

@@ -1,20 +1,18 @@
 """The data layer: user files -> preference rows -> token ids, with a report of every dropped row.
 
-Entry points: :func:`load_pairs` (one split, as :class:`TokenizedPair` lists), :func:`load_groups` (one split,
-as :class:`TokenizedGroup` lists: a prompt with K scored responses) and :func:`write_data_report`.
+Entry points: :func:`load_rows` (one split, as :class:`Row` objects: a prompt with K >= 2 scored responses, a
+pair being the row [chosen, rejected] with scores [1, 0]) and :func:`write_data_report`.
 """
 
 from .errors import DataError
-from .items import TokenizedGroup, TokenizedPair
-from .load import load_groups, load_pairs
+from .items import Row
+from .load import load_rows
 from .report import DataReport, write_data_report
 
 __all__ = [
     "DataError",
     "DataReport",
-    "TokenizedGroup",
-    "TokenizedPair",
-    "load_groups",
-    "load_pairs",
+    "Row",
+    "load_rows",
     "write_data_report",
 ]

@@ -52,16 +52,12 @@ class SplitSources:
 class ChunkConverter:
     """Rows of one chunk -> one record batch of :data:`SOURCE_SCHEMA` (a worker process holds one)."""
 
-    def __init__(self, cfg: DataConfig, tokenizer: Any, groups: bool) -> None:
+    def __init__(self, cfg: DataConfig, tokenizer: Any) -> None:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.convert = RowConverter(cfg, tokenizer)
         self.encoder = TextEncoder(tokenizer)
-        self.groups = groups
         self.bos = getattr(tokenizer, "bos_token_id", None)
-
-    def to_group(self, row: RawRow) -> GroupText:
-        return self.convert.group(row) if self.groups else GroupText.of_pair(self.convert(row))
 
     def __call__(self, rows: list[RawRow]) -> pa.RecordBatch:
         out: dict[str, list[Any]] = {name: [] for name in SOURCE_SCHEMA.names}
@@ -69,7 +65,7 @@ class ChunkConverter:
         for i, row in enumerate(rows):
             _append(out, row.index)
             try:
-                texts.append((i, self.to_group(row)))
+                texts.append((i, self.convert.group(row)))
             except DropRow as drop:
                 _set(out, i, drop=drop.reason, example=quote_row(row.data))
         encoded = encode_groups([text for _, text in texts], self.tokenizer, self.encoder)

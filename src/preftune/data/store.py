@@ -1,4 +1,4 @@
-"""A tokenised store: a split's prompt groups (a pair is a group of two) as columnar int32 ids in Arrow IPC
+"""A tokenised store: a split's rows (a pair is a row of two responses) as columnar int32 ids in Arrow IPC
 files, memory-mapped for reading, so nothing per token is a Python object until a row is asked for.
 
 Folder ``<root>/<key[:32]>/``::
@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .items import TokenizedGroup
+from .items import Row
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -63,7 +63,8 @@ _WHOLE = 64 << 20  # sources up to this size are hashed whole (about 0.1 s)
 _SAMPLE = 1 << 20  # bytes hashed at each of a larger file's start, middle and end
 # Data settings that act after the store (shuffling, batching by length) or only say where the store lives
 # and how it is built; every other one can change which rows are read or how they become ids.
-_AFTER_THE_STORE = {"shuffle", "group_by_length", "cache_dir", "num_proc"}
+# data.groups is read by nothing since every row shape trains alike; kept out so old configs share stores.
+_AFTER_THE_STORE = {"shuffle", "group_by_length", "cache_dir", "num_proc", "groups"}
 # Each split's own settings: the other split's never change this one's store.
 _SPLIT_SETTINGS = {
     "train",
@@ -113,13 +114,11 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
-def store_key(
-    cfg: DataConfig, split: str, sources: Sequence[str], tokenizer: Any, seed: int, kind: str = "groups"
-) -> str:
+def store_key(cfg: DataConfig, split: str, sources: Sequence[str], tokenizer: Any, seed: int) -> str:
     """The key of one split's store: its sources (by :func:`source_fingerprint` when local, else by name:
     a Hub dataset is keyed by name and split), the tokenizer, every data setting that can change ids (the
-    split's own source settings, not the other split's), the seed (it decides mixing), ``kind`` (pair rows
-    only, or any row as a group) and the format version."""
+    split's own source settings, not the other split's), and the seed (it decides mixing) and the format
+    version."""
     settings = asdict(cfg)
     own = {k: settings[k] for k in _SPLIT_SETTINGS if k.startswith(split)} | (
         {"max_samples": cfg.max_samples} if split == "train" else {}
@@ -127,7 +126,7 @@ def store_key(
     shared = {k: v for k, v in settings.items() if k not in _AFTER_THE_STORE | _SPLIT_SETTINGS}
     located = [source_fingerprint(Path(s)) if Path(s).exists() else f"name:{s}" for s in sources]
     # The names too: a store's rows and its report name their sources as this run gives them.
-    payload = {"version": FORMAT_VERSION, "split": split, "kind": kind, "seed": seed, "sources": located,
+    payload = {"version": FORMAT_VERSION, "split": split, "seed": seed, "sources": located,
                "names": list(sources),
                "tokenizer": tokenizer_fingerprint(tokenizer), "data": shared, "split_settings": own}  # fmt: skip
     return hashlib.blake2b(
@@ -185,8 +184,8 @@ class _SourceRows:
         return np.concatenate([np.zeros(0, dtype=np.int64)] + [measure(b) for b in self.batches])
 
 
-class GroupStore(Sequence[TokenizedGroup]):
-    """The groups of a complete store folder, memory-mapped: ``store[i]`` builds one :class:`TokenizedGroup`."""
+class RowStore(Sequence[Row]):
+    """The rows of a complete store folder, memory-mapped: ``store[i]`` builds one :class:`Row`."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -204,19 +203,19 @@ class GroupStore(Sequence[TokenizedGroup]):
         return len(self._row)
 
     @overload
-    def __getitem__(self, i: int) -> TokenizedGroup: ...
+    def __getitem__(self, i: int) -> Row: ...
     @overload
-    def __getitem__(self, i: slice) -> list[TokenizedGroup]: ...
-    def __getitem__(self, i: int | slice) -> TokenizedGroup | list[TokenizedGroup]:
+    def __getitem__(self, i: slice) -> list[Row]: ...
+    def __getitem__(self, i: int | slice) -> Row | list[Row]:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         if not -len(self) <= i < len(self):
-            raise IndexError(f"group {i} of a store of {len(self)}")
+            raise IndexError(f"row {i} of a store of {len(self)}")
         s = int(self._source[i])
         batch, row = self._sources[s].locate(int(self._row[i]))
         responses = batch.column("responses")[row].values  # list<int32> per response
         offsets, flat = responses.offsets.to_numpy(), responses.values.to_numpy()
-        return TokenizedGroup(
+        return Row(
             batch.column("prompt")[row].values.to_numpy().tolist(),
             [flat[a:b].tolist() for a, b in itertools.pairwise(offsets)],
             batch.column("scores")[row].values.to_numpy().tolist(),

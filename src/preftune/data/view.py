@@ -1,26 +1,23 @@
-"""A split's rows as training reads them: a sequence over its memory-mapped store, building each pair or
-group only when it is asked for, numbered by position for the reference table."""
+"""A split's rows as training reads them: a sequence over its memory-mapped store, building each row only when
+it is asked for, numbered by position for the reference table."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Generic, TypeVar, overload
+from typing import overload
 
 import numpy as np
 
-from .items import TokenizedGroup, TokenizedPair
-from .store import GroupStore
-
-Row = TypeVar("Row", TokenizedPair, TokenizedGroup)
+from .items import Row
+from .store import RowStore
 
 
-class StoreRows(Sequence[Row], Generic[Row]):
-    """The rows of ``store`` as pairs (``pairs``) or groups. Row ``i``'s ``pair_id`` / ``group_id`` is
-    ``first_id + i`` once :meth:`number_from` gave a first id (-1 before: not numbered)."""
+class StoreRows(Sequence[Row]):
+    """The rows of ``store``. Row ``i``'s ``row_id`` is ``first_id + i`` once :meth:`number_from` gave a first
+    id (-1 before: not numbered)."""
 
-    def __init__(self, store: GroupStore, pairs: bool) -> None:
+    def __init__(self, store: RowStore) -> None:
         self.store = store
-        self.pairs = pairs
         self.first_id = -1
 
     def number_from(self, first_id: int) -> None:
@@ -36,14 +33,9 @@ class StoreRows(Sequence[Row], Generic[Row]):
     def __getitem__(self, i: int | slice) -> Row | list[Row]:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        group = self.store[i]
-        row_id = -1 if self.first_id < 0 else self.first_id + (i % len(self))
-        if self.pairs:
-            # A pair is never merged (that leaves one response, a drop): responses stay [chosen, rejected].
-            chosen, rejected = group.responses
-            return TokenizedPair(group.prompt_ids, chosen, rejected, group.source, group.index, row_id)  # type: ignore[return-value]
-        group.group_id = row_id
-        return group  # type: ignore[return-value]
+        row = self.store[i]
+        row.row_id = -1 if self.first_id < 0 else self.first_id + (i % len(self))
+        return row
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Sequence) and not isinstance(other, str):
@@ -60,14 +52,14 @@ class StoreRows(Sequence[Row], Generic[Row]):
         return self.store.widths()
 
 
-def padded_widths(rows: Sequence[TokenizedPair | TokenizedGroup]) -> np.ndarray:
+def padded_widths(rows: Sequence[Row]) -> np.ndarray:
     """Per row: prompt plus longest response, in tokens; read from a store's offsets when it has one."""
     if isinstance(rows, StoreRows):
         return rows.widths()
     return np.array([len(r.prompt_ids) + max(map(len, r.responses)) for r in rows], dtype=np.int64)
 
 
-def response_counts(rows: Sequence[TokenizedPair | TokenizedGroup]) -> list[int]:
+def response_counts(rows: Sequence[Row]) -> list[int]:
     """Per row: how many responses it has (a pair: 2)."""
     if isinstance(rows, StoreRows):
         return rows.response_counts().tolist()

@@ -282,5 +282,4 @@ def _round_config(cfg: Config, r: int, start: str) -> Config:
     # pairs.jsonl is written with these keys whatever the user's own data uses.
     rc.data.prompt_key, rc.data.chosen_key, rc.data.rejected_key = "prompt", "chosen", "rejected"
     rc.data.responses_key, rc.data.scores_key = "responses", "scores"
-    rc.data.groups = cfg.data.groups or cfg.iterate.pairing == "listwise"
     return rc

@@ -1,7 +1,7 @@
-"""Batch layouts: how (prompt, chosen, rejected) pairs become one forward pass, all exact.
+"""Batch layouts: how rows (a prompt with K >= 2 responses; a pair is K = 2) become one forward pass, all exact.
 
-- :mod:`.batch`: the seam (:class:`Batch`, :class:`PairForward`, :class:`Layout`) and the functions every layout
-  shares to build a batch and score it.
+- :mod:`.batch`: the seam (:class:`Batch`, :class:`Layout`) and the functions every layout shares to build a
+  batch (:func:`preftune.model.responses.score_responses` scores it).
 - :mod:`.padded`: ``padded``, the plain reference.
 - :mod:`.segmented`: ``packed`` and ``prefix_shared``, one row per micro-batch under a segment plan.
 - :mod:`.plan` and :mod:`.attention`: the segment plan and the attention function that reads it.
@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import LossConfig, TrainConfig, check
 from .attention import supports_segments
-from .batch import Batch, Layout, PairForward, score_pairs
+from .batch import Batch, Layout
 from .padded import PaddedLayout
 from .segmented import PackedLayout, PrefixSharedLayout
 
@@ -44,7 +44,7 @@ def build_layout(
     """The layout named by ``train.layout``. ``auto`` picks the fastest exact one ``model`` supports:
     prefix_shared, or packed when an MoE balancing loss must see each token once per sequence as padded does,
     or padded when the model's attention does not take a segment plan (remote or older model code).
-    ``ld_alpha`` (``loss.ld_alpha``) makes its pair batches carry LD-DPO's per-token weights."""
+    ``ld_alpha`` (``loss.ld_alpha``) makes its batches carry LD-DPO's per-token weights."""
     if name == "auto":
         if model is None or not supports_segments(model):
             name = "padded"
@@ -62,9 +62,7 @@ __all__ = [
     "Layout",
     "PackedLayout",
     "PaddedLayout",
-    "PairForward",
     "PrefixSharedLayout",
     "build_layout",
     "check_layout_config",
-    "score_pairs",
 ]

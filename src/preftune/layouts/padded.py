@@ -1,4 +1,5 @@
-"""The padded layout: chosen and rejected sequences as rows of one right-padded batch (the plain reference)."""
+"""The padded layout: every sequence (prompt + one response) as a row of one right-padded batch (the plain
+reference)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,19 @@ import torch
 
 from .batch import (
     Batch,
-    PromptGroup,
     Scoring,
     in_sequence_order,
-    laid_out_groups,
+    laid_out_rows,
     make_batch,
-    pair_groups,
-    response_groups,
-    score_pairs,
 )
 
 if TYPE_CHECKING:
-    from ..data import TokenizedGroup, TokenizedPair
+    from ..data import Row
 
 
 @dataclass(frozen=True)
 class PaddedLayout:
-    """Chosen and rejected concatenated into one right-padded batch: the plain reference layout.
+    """Every sequence in one right-padded batch, in sequence order: the plain reference layout.
 
     Example, pad id 0, two pairs with prompts [5, 6] / [7] and responses c1=[8], r1=[9, 2], c2=[3, 2], r2=[4]:
 
@@ -42,26 +39,9 @@ class PaddedLayout:
     name = "padded"
     pad_token_id: int
     ld_alpha: float | None = None  # LD-DPO (loss.ld_alpha): see make_batch
-    pair_logps = staticmethod(score_pairs)
 
-    def collate(self, pairs: list[TokenizedPair]) -> Batch:
-        return self._lay_out(pairs, pair_groups(pairs), self.ld_alpha)
-
-    def collate_groups(self, groups: list[TokenizedGroup]) -> Batch:
-        return self._lay_out(groups, response_groups(groups), self.ld_alpha)
-
-    def laid_out_tokens(self, items: Sequence[TokenizedPair | TokenizedGroup]) -> int:
-        """The padded rectangle, sequences x the longest (padding included): what the forward holds. Two pairs
-        with prompts of 2 and 1 tokens and responses of 1, 2 / 2, 1 tokens lay out 4 x 4 = 16."""
-        sequences = in_sequence_order(laid_out_groups(items))
-        return len(sequences) * max(len(prompt) + len(resp) for prompt, resp in sequences)
-
-    def _lay_out(
-        self,
-        items: Sequence[TokenizedPair | TokenizedGroup],
-        groups: list[PromptGroup],
-        ld_alpha: float | None,
-    ) -> Batch:
+    def collate(self, rows: list[Row]) -> Batch:
+        groups = laid_out_rows(rows)
         sequences = in_sequence_order(groups)
         width = max(len(prompt) + len(resp) for prompt, resp in sequences)
         input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
@@ -73,4 +53,11 @@ class PaddedLayout:
             attention_mask[row, :length] = 1
             first = row * width + len(prompt)  # flat position of the first response token
             scoring.add(row, list(range(first - 1, first - 1 + len(resp))), resp)
-        return make_batch(items, groups, (input_ids, attention_mask, None), scoring, ld_alpha=ld_alpha)
+        inputs = (input_ids, attention_mask, None)
+        return make_batch(rows, groups, inputs, scoring, ld_alpha=self.ld_alpha)
+
+    def laid_out_tokens(self, rows: Sequence[Row]) -> int:
+        """The padded rectangle, sequences x the longest (padding included): what the forward holds. Two pairs
+        with prompts of 2 and 1 tokens and responses of 1, 2 / 2, 1 tokens lay out 4 x 4 = 16."""
+        sequences = in_sequence_order(laid_out_rows(rows))
+        return len(sequences) * max(len(prompt) + len(resp) for prompt, resp in sequences)

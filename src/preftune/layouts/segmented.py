@@ -20,17 +20,14 @@ from .batch import (
     PromptGroup,
     Scoring,
     in_sequence_order,
-    laid_out_groups,
+    laid_out_rows,
     make_batch,
-    pair_groups,
-    response_groups,
-    score_pairs,
     sequence_tokens,
 )
 from .plan import Segment, SegmentPlan
 
 if TYPE_CHECKING:
-    from ..data import TokenizedGroup, TokenizedPair
+    from ..data import Row
 
 
 @dataclass(frozen=True)
@@ -47,22 +44,16 @@ class PackedLayout:
     name = "packed"
     pad_token_id: int = 0  # taken like every layout's; nothing is padded
     ld_alpha: float | None = None  # LD-DPO (loss.ld_alpha): see make_batch
-    pair_logps = staticmethod(score_pairs)
 
-    def collate(self, pairs: list[TokenizedPair]) -> Batch:
-        return _packed(pairs, pair_groups(pairs), self.ld_alpha)
+    def collate(self, rows: list[Row]) -> Batch:
+        return _packed(rows, laid_out_rows(rows), self.ld_alpha)
 
-    def collate_groups(self, groups: list[TokenizedGroup]) -> Batch:
-        return _packed(groups, response_groups(groups), self.ld_alpha)
-
-    def laid_out_tokens(self, items: Sequence[TokenizedPair | TokenizedGroup]) -> int:
+    def laid_out_tokens(self, rows: Sequence[Row]) -> int:
         """Every sequence's own tokens, its prompt once per response (12 in the example above)."""
-        return sequence_tokens(laid_out_groups(items))
+        return sequence_tokens(laid_out_rows(rows))
 
 
-def _packed(
-    items: Sequence[TokenizedPair | TokenizedGroup], groups: list[PromptGroup], ld_alpha: float | None
-) -> Batch:
+def _packed(rows: Sequence[Row], groups: list[PromptGroup], ld_alpha: float | None) -> Batch:
     row: list[int] = []
     positions: list[int] = []
     segments: list[Segment] = []
@@ -74,7 +65,7 @@ def _packed(
         scoring.add(sequence, list(range(first - 1, first - 1 + len(resp))), resp)
         row.extend(prompt + resp)
         positions.extend(range(len(prompt) + len(resp)))
-    return _one_row(items, groups, row, positions, segments, scoring, ld_alpha)
+    return _one_row(rows, groups, row, positions, segments, scoring, ld_alpha)
 
 
 @dataclass(frozen=True)
@@ -95,27 +86,21 @@ class PrefixSharedLayout:
     name = "prefix_shared"
     pad_token_id: int = 0  # taken like every layout's; nothing is padded
     ld_alpha: float | None = None  # LD-DPO (loss.ld_alpha): see make_batch
-    pair_logps = staticmethod(score_pairs)
 
-    def collate(self, pairs: list[TokenizedPair]) -> Batch:
-        return _prefix_shared(pairs, pair_groups(pairs), self.ld_alpha)
+    def collate(self, rows: list[Row]) -> Batch:
+        return _prefix_shared(rows, laid_out_rows(rows), self.ld_alpha)
 
-    def collate_groups(self, groups: list[TokenizedGroup]) -> Batch:
-        return _prefix_shared(groups, response_groups(groups), self.ld_alpha)
-
-    def laid_out_tokens(self, items: Sequence[TokenizedPair | TokenizedGroup]) -> int:
+    def laid_out_tokens(self, rows: Sequence[Row]) -> int:
         """Each prompt once, then all of its responses (5 in the example above)."""
-        return sum(len(g.prompt) + sum(map(len, g.responses)) for g in laid_out_groups(items))
+        return sum(len(g.prompt) + sum(map(len, g.responses)) for g in laid_out_rows(rows))
 
 
-def _prefix_shared(
-    items: Sequence[TokenizedPair | TokenizedGroup], groups: list[PromptGroup], ld_alpha: float | None
-) -> Batch:
+def _prefix_shared(rows: Sequence[Row], groups: list[PromptGroup], ld_alpha: float | None) -> Batch:
     row: list[int] = []
     positions: list[int] = []
     segments: list[Segment] = []
     scoring = Scoring()
-    for item, group in zip(items, groups, strict=True):
+    for item, group in zip(rows, groups, strict=True):
         prompt = group.prompt
         if not prompt:
             raise ValueError(f"{item.source} row {item.index}: empty prompt; prefix_shared needs one token")
@@ -131,11 +116,11 @@ def _prefix_shared(
             scoring.add(sequence, [last_prompt, *range(begin, begin + len(resp) - 1)], resp)
             row.extend(resp)
             positions.extend(range(len(prompt), len(prompt) + len(resp)))
-    return _one_row(items, groups, row, positions, segments, scoring, ld_alpha)
+    return _one_row(rows, groups, row, positions, segments, scoring, ld_alpha)
 
 
 def _one_row(
-    items: Sequence[TokenizedPair | TokenizedGroup],
+    rows: Sequence[Row],
     groups: list[PromptGroup],
     row: list[int],
     positions: list[int],
@@ -144,4 +129,4 @@ def _one_row(
     ld_alpha: float | None,
 ) -> Batch:
     inputs = (torch.tensor([row], dtype=torch.long), None, torch.tensor([positions], dtype=torch.long))
-    return make_batch(items, groups, inputs, scoring, SegmentPlan(segments), ld_alpha)
+    return make_batch(rows, groups, inputs, scoring, SegmentPlan(segments), ld_alpha)

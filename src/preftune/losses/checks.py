@@ -7,9 +7,8 @@ from ..config import LossConfig, check, check_loss_fields
 from .registry import LOSSES, get_loss, loss_terms
 
 
-def check_loss_config(loss: LossConfig, groups: bool = False) -> None:
-    """Refuse, naming the field, a loss section the registry cannot train (``groups``: the run trains prompt
-    groups, ``data.groups``)."""
+def check_loss_config(loss: LossConfig) -> None:
+    """Refuse, naming the field, a loss section the registry cannot train."""
     check_loss_fields(loss)
     terms = loss_terms(loss.type)
     for term in terms:
@@ -28,20 +27,16 @@ def check_loss_config(loss: LossConfig, groups: bool = False) -> None:
     listwise = get_loss(loss.type).listwise
     check(not (loss.wpo and listwise), "loss.wpo",
           f"WPO weighs each pair's loss; the listwise loss.type {loss.type!r} has no pairs to weigh")  # fmt: skip
-    check(not listwise or groups, "loss.type",
-          f"{loss.type!r} is listwise: it trains on prompt groups of K responses; set data.groups true")  # fmt: skip
-    if groups:
-        # LD-DPO's shared length l is min(len chosen, len rejected): a group's responses pair up differently in
-        # each pair loss.pairs expands, so one per-token weight per response cannot serve them all.
-        check(loss.ld_alpha is None, "loss.ld_alpha",
-              "LD-DPO's shared length is that of one pair; not with data.groups (a response of a group "
-              "belongs to several pairs)")  # fmt: skip
+    # LD-DPO's shared length l is min(len chosen, len rejected), so it needs pairs: a listwise loss reads all K
+    # responses together. (A row of K > 2 responses under LD-DPO is refused when it is collated, naming it.)
+    check(not (loss.ld_alpha is not None and listwise), "loss.ld_alpha",
+          f"LD-DPO's shared length is that of one pair; the listwise loss.type {loss.type!r} has none")  # fmt: skip
 
 
 DEFAULT_BETA = 0.01  # OpenRLHF's default, used when neither beta nor loss_config gives one
 
 
-def trainer_loss_config(beta: float | None, loss_config: LossConfig | None, groups: bool) -> LossConfig:
+def trainer_loss_config(beta: float | None, loss_config: LossConfig | None) -> LossConfig:
     """The loss section a :class:`~preftune.DPOTrainer` trains with, checked as the command line's is.
     OpenRLHF's ``beta`` argument and ``loss_config.beta`` name one value: a conflict is refused, not resolved."""
     if loss_config is None:
@@ -50,5 +45,5 @@ def trainer_loss_config(beta: float | None, loss_config: LossConfig | None, grou
         raise ValueError(
             f"beta={beta} and loss_config.beta={loss_config.beta} disagree; give one of them, or the same value"
         )
-    check_loss_config(loss_config, groups)
+    check_loss_config(loss_config)
     return loss_config

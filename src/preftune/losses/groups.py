@@ -1,16 +1,17 @@
-"""Losses over prompt groups: one prompt, K responses ranked by score, one loss per group.
+"""The loss of every row (one prompt, K >= 2 responses ranked by score; a pair is K = 2), one loss per row.
 
-Notation used by every docstring below, for the responses j, k of one group:
+Notation used by every docstring below, for the responses j, k of one row:
 
     h_k = policy_k - ref_k    (the response's log-ratio; log-probs summed over its tokens)
     z_k = beta h_k            (its implicit reward)
     s_k                       its score, higher is better; ties allowed
     ls(x) = log(sigmoid(x))
 
-:func:`compute_group_loss` runs the variant named by ``cfg.type``: a listwise one (registered here with
-:func:`register_group_loss`) reads each whole group; any pairwise one (:mod:`.pairwise`) runs over the response
+:func:`compute_loss` runs the variant named by ``cfg.type``: a listwise one (registered here with
+:func:`register_group_loss`) reads each whole row; any pairwise one (:mod:`.pairwise`) runs over the response
 pairs ``loss.pairs`` picks, weighted by ``loss.pair_weighting``. With K = 2 (two different scores) a listwise
-variant is sigmoid DPO on (better, worse) exactly, and a pairwise one is itself on that pair, for any loss.pairs.
+variant is sigmoid DPO on (better, worse) exactly, and a pairwise one is itself on that pair, for any
+loss.pairs, with the very numbers :func:`compute_pair_loss` gives on the pair.
 All arithmetic runs in at least float32; outputs come back in the dtype of ``policy``.
 """
 
@@ -23,12 +24,12 @@ from torch import Tensor
 
 from .pairwise import wide
 from .registry import (
-    GroupLogps,
     GroupLossFn,
-    GroupLossOutput,
     LossFn,
     LossState,
     PairLogps,
+    ResponseLogps,
+    RowLossOutput,
     get_loss,
     pair_loss,
     register_group_loss,
@@ -39,8 +40,8 @@ if TYPE_CHECKING:
     from ..config import LossConfig
 
 
-def compute_group_loss(logps: GroupLogps, cfg: LossConfig, state: LossState | None = None) -> GroupLossOutput:
-    """Per-group loss and per-response detached rewards of ``cfg.type`` over a micro-batch of prompt groups."""
+def compute_loss(logps: ResponseLogps, cfg: LossConfig, state: LossState | None = None) -> RowLossOutput:
+    """Per-row loss and per-response detached rewards of ``cfg.type`` over a micro-batch of rows."""
     spec = get_loss(cfg.type)
     if not spec.reference_free and logps.ref is None:
         raise ValueError(
@@ -59,28 +60,28 @@ def compute_group_loss(logps: GroupLogps, cfg: LossConfig, state: LossState | No
 # ---------------------------------------------------------------- shared pieces
 
 
-def _rewards(x: GroupLogps, cfg: LossConfig) -> Tensor:
+def _rewards(x: ResponseLogps, cfg: LossConfig) -> Tensor:
     """z = beta (policy - ref), wide."""
     if x.ref is None:
         raise ValueError("this loss needs reference log-probs (ref)")
     return cfg.beta * (wide(x.policy) - wide(x.ref))
 
 
-def _same_group(x: GroupLogps) -> Tensor:
-    """(S, S) bool: [k, j] is True when responses k and j answer the same prompt."""
-    return x.group[:, None] == x.group[None, :]
+def _same_row(x: ResponseLogps) -> Tensor:
+    """(S, S) bool: [k, j] is True when responses k and j answer the same prompt (are of one row)."""
+    return x.row[:, None] == x.row[None, :]
 
 
-def at_group_extreme(x: GroupLogps, reduce: str) -> Tensor:
-    """(S,) bool: the response's score is its group's top (reduce "amax") or bottom ("amin") score."""
+def at_row_extreme(x: ResponseLogps, reduce: str) -> Tensor:
+    """(S,) bool: the response's score is its row's top (reduce "amax") or bottom ("amin") score."""
     scores = wide(x.scores)
-    extreme = scores.new_zeros(x.num_groups).scatter_reduce(0, x.group, scores, reduce, include_self=False)
-    return scores == extreme[x.group]
+    extreme = scores.new_zeros(x.num_rows).scatter_reduce(0, x.row, scores, reduce, include_self=False)
+    return scores == extreme[x.row]
 
 
-def sum_per_group(values: Tensor, group: Tensor, num_groups: int) -> Tensor:
-    """(G,) sums of ``values`` (one per response, or per pair) over the group index ``group`` of each."""
-    return values.new_zeros(num_groups).index_add(0, group, values)
+def sum_per_row(values: Tensor, row: Tensor, num_rows: int) -> Tensor:
+    """(R,) sums of ``values`` (one per response, or per pair) over the row index ``row`` of each."""
+    return values.new_zeros(num_rows).index_add(0, row, values)
 
 
 def _logsumexp_rows(z: Tensor, mask: Tensor) -> Tensor:
@@ -88,16 +89,24 @@ def _logsumexp_rows(z: Tensor, mask: Tensor) -> Tensor:
     return torch.logsumexp(z[None, :].expand_as(mask).masked_fill(~mask, float("-inf")), dim=1)
 
 
-def _output(x: GroupLogps, losses: Tensor, rewards: Tensor) -> GroupLossOutput:
+def _output(
+    x: ResponseLogps,
+    losses: Tensor,
+    rewards: Tensor,
+    terms: dict[str, Tensor] | None = None,
+    weights: Tensor | None = None,
+) -> RowLossOutput:
     dtype = x.policy.dtype
-    return GroupLossOutput(losses.to(dtype), rewards.detach().to(dtype))
+    kept = {name: term.detach().to(dtype) for name, term in (terms or {}).items()}
+    shown = None if weights is None else weights.detach().to(dtype)
+    return RowLossOutput(losses.to(dtype), rewards.detach().to(dtype), terms=kept, weights=shown)
 
 
 # ---------------------------------------------------------------- listwise variants
 
 
 @register_group_loss("plackett_luce")
-def plackett_luce_loss(x: GroupLogps, cfg: LossConfig) -> GroupLossOutput:
+def plackett_luce_loss(x: ResponseLogps, cfg: LossConfig) -> RowLossOutput:
     """Listwise DPO (Rafailov et al. 2023, appendix A.3): the Plackett-Luce loss of the ranking by score, summed.
 
         loss = sum_k [ log sum_{j: s_j <= s_k} exp(z_j) - z_k ]   = -sum_k log( e^{z_k} / sum_{j: s_j <= s_k} e^{z_j} )
@@ -111,13 +120,13 @@ def plackett_luce_loss(x: GroupLogps, cfg: LossConfig) -> GroupLossOutput:
     """
     z = _rewards(x, cfg)
     scores = wide(x.scores)
-    at_or_below = _same_group(x) & (scores[None, :] <= scores[:, None])  # [k, j]: j is in k's denominator
+    at_or_below = _same_row(x) & (scores[None, :] <= scores[:, None])  # [k, j]: j is in k's denominator
     terms = _logsumexp_rows(z, at_or_below) - z
-    return _output(x, sum_per_group(terms, x.group, x.num_groups), z)
+    return _output(x, sum_per_row(terms, x.row, x.num_rows), z)
 
 
 @register_group_loss("multi_negative")
-def multi_negative_loss(x: GroupLogps, cfg: LossConfig) -> GroupLossOutput:
+def multi_negative_loss(x: ResponseLogps, cfg: LossConfig) -> RowLossOutput:
     """The best response against all the others: -log softmax of z over [best, others...].
 
         loss = log( e^{z_b} + sum_{j: s_j < s_b} e^{z_j} ) - z_b,   averaged over the b tied for the top score
@@ -128,18 +137,18 @@ def multi_negative_loss(x: GroupLogps, cfg: LossConfig) -> GroupLossOutput:
     number tied for the top. Rewards: z_k.
     """
     z = _rewards(x, cfg)
-    best = at_group_extreme(x, "amax")
-    rivals = _same_group(x) & (~best[None, :] | torch.eye(len(z), dtype=torch.bool, device=z.device))
+    best = at_row_extreme(x, "amax")
+    rivals = _same_row(x) & (~best[None, :] | torch.eye(len(z), dtype=torch.bool, device=z.device))
     terms = _logsumexp_rows(z, rivals) - z  # read only where k is a best response
     weights = best.to(z.dtype)
-    per_group = sum_per_group(terms * weights, x.group, x.num_groups)
-    return _output(x, per_group / sum_per_group(weights, x.group, x.num_groups), z)
+    per_group = sum_per_row(terms * weights, x.row, x.num_rows)
+    return _output(x, per_group / sum_per_row(weights, x.row, x.num_rows), z)
 
 
 # ---------------------------------------------------------------- every pairwise variant over response pairs
 
 
-def expand_pairs(x: GroupLogps, pairs: str) -> tuple[Tensor, Tensor]:
+def expand_pairs(x: ResponseLogps, pairs: str) -> tuple[Tensor, Tensor]:
     """Index tensors (i, j), each (P,), of the pairs with s_i > s_j in one group that ``loss.pairs`` picks.
 
         all            every pair with different scores: K(K-1)/2 with distinct scores
@@ -150,11 +159,11 @@ def expand_pairs(x: GroupLogps, pairs: str) -> tuple[Tensor, Tensor]:
     best_vs_rest -> i = [0, 0], j = [1, 2]; best_vs_worst -> i = [0], j = [1]. Pairs come in (i, j) order.
     """
     scores = wide(x.scores)
-    chosen = _same_group(x) & (scores[:, None] > scores[None, :])  # [i, j]: i beats j
+    chosen = _same_row(x) & (scores[:, None] > scores[None, :])  # [i, j]: i beats j
     if pairs == "best_vs_rest":
-        chosen &= at_group_extreme(x, "amax")[:, None]
+        chosen &= at_row_extreme(x, "amax")[:, None]
     elif pairs == "best_vs_worst":
-        chosen &= at_group_extreme(x, "amax")[:, None] & at_group_extreme(x, "amin")[None, :]
+        chosen &= at_row_extreme(x, "amax")[:, None] & at_row_extreme(x, "amin")[None, :]
     elif pairs != "all":
         raise ValueError(
             f"loss.pairs: unknown pair selection {pairs!r}; choose all, best_vs_rest or best_vs_worst"
@@ -163,7 +172,7 @@ def expand_pairs(x: GroupLogps, pairs: str) -> tuple[Tensor, Tensor]:
     return i, j
 
 
-def _pair_weights(x: GroupLogps, i: Tensor, j: Tensor, weighting: str) -> Tensor:
+def _pair_weights(x: ResponseLogps, i: Tensor, j: Tensor, weighting: str) -> Tensor:
     gap = wide(x.scores[i]) - wide(x.scores[j])  # > 0: every pair's better response comes first
     if weighting == "gap":
         return gap
@@ -172,7 +181,7 @@ def _pair_weights(x: GroupLogps, i: Tensor, j: Tensor, weighting: str) -> Tensor
     raise ValueError(f"loss.pair_weighting: unknown weighting {weighting!r}; choose uniform or gap")
 
 
-def pairwise_group_loss(x: GroupLogps, cfg: LossConfig, fn: LossFn, state: LossState) -> GroupLossOutput:
+def pairwise_group_loss(x: ResponseLogps, cfg: LossConfig, fn: LossFn, state: LossState) -> RowLossOutput:
     """A pairwise variant ``fn`` over each group's pairs (:func:`expand_pairs`), as a weighted mean per group:
 
         loss_g = sum_p w_p loss(i_p, j_p) / sum_p w_p     over the pairs p of group g
@@ -180,9 +189,9 @@ def pairwise_group_loss(x: GroupLogps, cfg: LossConfig, fn: LossFn, state: LossS
     w_p = 1 (loss.pair_weighting uniform) or s_i - s_j (gap). loss(i, j) is the registry's own function on the
     pair (chosen i, rejected j), so no formula is copied here; a stateful variant (bco_pair) sees every pair of
     the micro-batch as one batch. With loss.wpo each pair's loss carries its own WPO weight exp(a_i + a_j), as
-    on pair data. Rewards: the variant's reward of each response, which depends on that response
-    alone (read as the chosen side of a pair of the response with itself, with a copy of the state that is not
-    updated). A group with no two different scores has no pair, and is refused.
+    on pair data, and a mixture's terms and the WPO weights come back as the same weighted means per row.
+    Rewards: the variant's reward of each response, which depends on that response alone (read as the chosen side of a pair of the response with itself, with a copy of the state that is not
+    updated). A row with no two different scores has no pair, and is refused.
     """
     i, j = expand_pairs(x, cfg.pairs)
     ref, aligned = x.ref, x.aligned
@@ -196,14 +205,20 @@ def pairwise_group_loss(x: GroupLogps, cfg: LossConfig, fn: LossFn, state: LossS
         chosen_aligned=None if aligned is None else aligned[i],
         rejected_aligned=None if aligned is None else aligned[j],
     )
-    per_pair = wide(pair_loss(fn, pair_logps, cfg, state).losses)
-    weights = _pair_weights(x, i, j, cfg.pair_weighting).to(per_pair.dtype)
-    pair_group = x.group[i]
-    total = sum_per_group(weights, pair_group, x.num_groups)
+    out = pair_loss(fn, pair_logps, cfg, state)
+    weights = _pair_weights(x, i, j, cfg.pair_weighting).to(wide(out.losses).dtype)
+    pair_row = x.row[i]
+    total = sum_per_row(weights, pair_row, x.num_rows)
     if bool((total == 0).any()):
         empty = (total == 0).nonzero().flatten().tolist()
-        raise ValueError(f"prompt groups {empty} have no two responses with different scores, so no pair")
-    losses = sum_per_group(weights * per_pair, pair_group, x.num_groups) / total
+        raise ValueError(f"rows {empty} of the batch have no two responses with different scores, so no pair")
+
+    def per_row(per_pair: Tensor) -> Tensor:
+        """The weighted mean of a per-pair value over each row's pairs (a pair row: the value itself)."""
+        return sum_per_row(weights * wide(per_pair), pair_row, x.num_rows) / total
+
     itself = PairLogps(x.policy, x.policy, ref, ref, x.tokens, x.tokens)
     rewards = fn(itself, cfg, LossState(dict(state.values), update=False)).chosen_rewards
-    return _output(x, losses, rewards)
+    terms = {name: per_row(term) for name, term in out.terms.items()}
+    wpo = None if out.weights is None else per_row(out.weights)
+    return _output(x, per_row(out.losses), rewards, terms, wpo)

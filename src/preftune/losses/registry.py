@@ -1,13 +1,17 @@
 """The loss registry: the input and output types of a variant, :class:`LossSpec` (what a variant needs from the
-rest of a run), :data:`LOSSES`, and :func:`compute_loss` for pairs.
+rest of a run), :data:`LOSSES`, and :func:`compute_pair_loss`, a pairwise variant on explicit pairs.
+
+Training reads one input, :class:`ResponseLogps` (every response of a micro-batch's rows), and gets one output,
+:class:`RowLossOutput` (a loss per row): :func:`preftune.losses.groups.compute_loss`. A pairwise variant runs
+there on the pairs each row expands into (a pair row is one pair), through :func:`compute_pair_loss`.
 
 A new pairwise variant is one decorated function: ``@register_loss("name")``, plus ``reference_free=True`` when
 it never reads ``ref_*`` and ``reports_nll=True`` when its loss holds the chosen NLL (logged as ``nll``). A
-listwise variant (one loss per prompt group of K responses) is ``@register_group_loss("name")``. Either name is
-then a valid ``loss.type``: the config reads the names and needs from :data:`LOSSES` alone.
+listwise variant (one loss per row of K responses) is ``@register_group_loss("name")``. Either name is then a
+valid ``loss.type``: the config reads the names and needs from :data:`LOSSES` alone.
 
 ``loss.wpo`` is an option of every pairwise variant, not a variant: :func:`pair_loss` multiplies each pair's
-loss by its :func:`wpo_weights`, for pairs (:func:`compute_loss`) and for the pairs of prompt groups alike.
+loss by its :func:`wpo_weights`.
 """
 
 from __future__ import annotations
@@ -70,34 +74,38 @@ class LossState:
 
 
 @dataclass(frozen=True)
-class GroupLogps:
-    """A micro-batch of G prompt groups, S responses in all, in sequence order group after group.
+class ResponseLogps:
+    """Every response of a micro-batch of R rows (S responses in all), in the batch's sequence order.
 
-    Two prompts, the first with 3 responses, the second with 2 (S = 5, G = 2)::
+    Two prompts, the first with 3 responses, the second with 2 (S = 5, R = 2), numbered as a batch numbers
+    them (the first response of each row, then the second, ...)::
 
-        policy = [-10., -12., -11., -7., -9.]    ref = [...] (5,) or None
-        tokens = [4, 6, 5, 3, 3]                 scores = [3., 1., 2., 0.5, 0.]   (higher is better; ties allowed)
-        group  = [0, 0, 0, 1, 1]                 num_groups = 2
+        policy = [-10., -7., -12., -9., -11.]    ref = [...] (5,) or None
+        tokens = [4, 3, 6, 3, 5]                 scores = [3., 0.5, 1., 0., 2.]   (higher is better; ties allowed)
+        row    = [0, 1, 0, 1, 0]                 num_rows = 2
     """
 
     policy: Tensor  # (S,) sum over response tokens of log p(token | prompt, earlier tokens), policy
     ref: Tensor | None  # (S,) the same under the frozen reference; None for reference-free losses
     tokens: Tensor  # (S,) number of response tokens scored (float or int)
     scores: Tensor  # (S,) the responses' scores, higher is better
-    group: Tensor  # (S,) long, the group index 0..G-1 of each response
-    num_groups: int  # G
+    row: Tensor  # (S,) long, the row index 0..R-1 of each response
+    num_rows: int  # R
     aligned: Tensor | None = None  # (S,) WPO (loss.wpo) only: as PairLogps.chosen_aligned, per response
 
 
 @dataclass
-class GroupLossOutput:
-    losses: Tensor  # (G,) per-group loss, differentiable; the trainer takes the mean
+class RowLossOutput:
+    losses: Tensor  # (R,) per-row loss, differentiable; the trainer takes the mean
     rewards: Tensor  # (S,) detached implicit reward of each response (as the variant defines it)
     rounding: Tensor | None = None  # (S,) each reward's :func:`reward_rounding`, as LossOutput.rounding
+    # A mixture's terms: name -> (R,) detached, unweighted loss of that term per row (logged as loss/<name>).
+    terms: dict[str, Tensor] = field(default_factory=dict)
+    weights: Tensor | None = None  # (R,) detached mean WPO weight of each row's pairs; None without loss.wpo
 
 
 LossFn = Callable[[PairLogps, "LossConfig", LossState], LossOutput]
-GroupLossFn = Callable[[GroupLogps, "LossConfig"], GroupLossOutput]
+GroupLossFn = Callable[[ResponseLogps, "LossConfig"], RowLossOutput]
 
 
 @dataclass(frozen=True)
@@ -108,8 +116,8 @@ class LossSpec:
     fn: LossFn | GroupLossFn  # a LossFn, or a GroupLossFn when listwise
     reference_free: bool  # never reads reference log-probs: no reference is planned or loaded
     reports_nll: bool = False  # its loss contains the chosen NLL, so the NLL is logged even at nll_coef 0
-    # Scores a whole prompt group at once (fn is a GroupLossFn), so it needs groups, not pairs. A pairwise
-    # variant also trains on groups, over the pairs loss.pairs expands them into (see losses.groups).
+    # Scores all responses of a row at once (fn is a GroupLossFn); a pairwise variant trains on the pairs
+    # loss.pairs expands a row into (see losses.groups).
     listwise: bool = False
     # Its loss reads the responses' scores (pairwise.f_scores), so loss.f_divergence can replace the log-ratios
     # by f'(ratio); the variants that read log-ratios in other ways have no f-divergence form (TRL's set).
@@ -133,7 +141,7 @@ def register_loss(
 
 
 def register_group_loss(name: str) -> Callable[[GroupLossFn], GroupLossFn]:
-    """Decorator adding a listwise ``fn`` (a whole prompt group per loss term) to :data:`LOSSES`."""
+    """Decorator adding a listwise ``fn`` (all responses of a row per loss term) to :data:`LOSSES`."""
 
     def register(fn: GroupLossFn) -> GroupLossFn:
         _check_new(name)
@@ -246,13 +254,11 @@ def reward_rounding(policy: Tensor, ref: Tensor | None, beta: float) -> Tensor:
     return TIE_RTOL * abs(beta) * magnitude
 
 
-def compute_loss(logps: PairLogps, cfg: LossConfig, state: LossState | None = None) -> LossOutput:
-    """Per-pair loss and detached rewards of the variant named by ``cfg.type``."""
+def compute_pair_loss(logps: PairLogps, cfg: LossConfig, state: LossState | None = None) -> LossOutput:
+    """Per-pair loss and detached rewards of the pairwise variant named by ``cfg.type`` on explicit pairs."""
     spec = get_loss(cfg.type)
     if spec.listwise:
-        raise ValueError(
-            f"loss {spec.name!r} is listwise: it scores prompt groups, not pairs; use compute_group_loss"
-        )
+        raise ValueError(f"loss {spec.name!r} is listwise: it scores whole rows; use compute_loss")
     if not spec.reference_free and (logps.ref_chosen is None or logps.ref_rejected is None):
         free = ", ".join(name for name, s in LOSSES.items() if s.reference_free)
         raise ValueError(

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layouts import Layout
 from ..losses import LossSpec
 from ..model.lora import is_peft_model
 from ..strategy import Strategy
@@ -29,7 +28,6 @@ class ReferenceInputs:
     load: Callable[
         [str, str], nn.Module
     ]  # (folder, config key naming it) -> a model loaded as the policy was
-    layout: Layout
     strategy: Strategy
     lm_head_chunk: int = 1024
     log: Callable[[str], Any] = print
@@ -42,18 +40,18 @@ def live_reference(
     already loaded, else loaded from ``plan.path``)."""
     if plan.kind == "adapters_off":
         inputs.policy.to(inputs.strategy.device)  # where it will train; its forward-only pass runs there too
-        return AdapterDisabledReference(inputs.policy, inputs.layout, inputs.lm_head_chunk)
+        return AdapterDisabledReference(inputs.policy, inputs.lm_head_chunk)
     if not plan.loads_model or plan.path is None:
         raise ValueError(f"a {plan.kind!r} reference has no model to score with")
     loaded = model if model is not None else inputs.load(plan.path, plan.path_key)
-    return model_reference(loaded, inputs.strategy, inputs.layout, inputs.lm_head_chunk)
+    return model_reference(loaded, inputs.strategy, inputs.lm_head_chunk)
 
 
 def build_reference(
     plan: ReferencePlan, inputs: ReferenceInputs, precompute: PrecomputeSetup | None = None
 ) -> ReferenceSource | None:
     """The run's reference source (None for a reference-free loss). A precomputed plan needs ``precompute``
-    (the pairs to score); its live model is freed before this returns, so training never holds it."""
+    (the rows to score); its live model is freed before this returns, so training never holds it."""
     if plan.kind == "none":
         return None
     if not plan.precompute:
@@ -87,7 +85,6 @@ def trainer_reference(
     ref_model: nn.Module | None,
     reference: ReferenceSource | None,
     strategy: Strategy,
-    layout: Layout,
     lm_head_chunk: int,
 ) -> ReferenceSource | None:
     """The reference of a :class:`~preftune.DPOTrainer` built by hand: ``ref_model`` becomes a frozen model
@@ -99,9 +96,9 @@ def trainer_reference(
             raise ValueError(f"loss {loss.name!r} is reference-free; pass ref_model=None and no reference")
         return None
     if ref_model is not None:
-        return model_reference(ref_model, strategy, layout, lm_head_chunk)
+        return model_reference(ref_model, strategy, lm_head_chunk)
     if reference is None and is_peft_model(model):
-        return AdapterDisabledReference(model, layout, lm_head_chunk)
+        return AdapterDisabledReference(model, lm_head_chunk)
     if reference is None:
         raise ValueError(f"loss {loss.name!r} needs a reference model (ref_model) or a reference source")
     return reference

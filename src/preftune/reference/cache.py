@@ -1,7 +1,7 @@
 """The reference log-prob cache: content hashes that key it, its file format, and the reference that reads it.
 
-A cache file holds, for one split of tokenised rows (pairs or prompt groups), every response's summed reference
-log-prob and token count, row after row: a pair is a group of two responses, chosen then rejected. Its key is a
+A cache file holds, for one split of tokenised rows (pairs and rows of K responses), every response's summed
+reference log-prob and token count, row after row: a pair is a row of two responses, chosen then rejected. Its key is a
 hash of (reference weights, model config, compute precision, tokenised rows), so a later run over the same data
 with the same reference reuses it and any change to either makes a new key: a stale cache is never read, only
 left unused.
@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..layouts import Batch, PairForward
-from ..layouts.batch import ResponseForward
+from ..layouts import Batch
 from ..model.lora import base_state_dict, is_peft_model
+from ..model.responses import ResponseForward
 
 if TYPE_CHECKING:
-    from ..data import TokenizedGroup, TokenizedPair
+    from ..data import Row
 
 # 2: one table of responses with row offsets, for pairs and prompt groups alike (1 held pairs only).
 FORMAT_VERSION = 2
@@ -79,7 +79,7 @@ def reference_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def rows_fingerprint(rows: Sequence[TokenizedPair | TokenizedGroup]) -> str:
+def rows_fingerprint(rows: Sequence[Row]) -> str:
     """Hash of the tokenised rows in order: each row's prompt ids and its responses' ids in order, every list
     with its length. Scores are left out: they never change a reference log-prob, so rescoring the same
     responses reuses the cache. A pair hashes as the group [chosen, rejected]: the same log-probs."""
@@ -116,14 +116,6 @@ def row_offsets(widths: Sequence[int]) -> Tensor:
     offsets = torch.zeros(len(widths) + 1, dtype=torch.long)
     offsets[1:] = torch.tensor(list(widths), dtype=torch.long).cumsum(0)
     return offsets
-
-
-def _sequence_rows(batch: Batch) -> Tensor:
-    """(S,) the batch row (pair or group, 0..B-1) each sequence answers, on CPU; a pair batch holds B chosen
-    then B rejected sequences, a group batch says it in ``sequence_group``."""
-    if batch.sequence_group is not None:
-        return batch.sequence_group.cpu()
-    return torch.arange(batch.num_pairs).repeat(2)
 
 
 @dataclass
@@ -164,7 +156,7 @@ class RefTable:
         is slot ``offsets[row_ids[b]] + k``. Raises when a batch row has another number of responses than
         its table row: the ids point at other rows than the batch holds.
         """
-        rows = _sequence_rows(batch)
+        rows = batch.sequence_row.cpu()
         counts = torch.bincount(rows, minlength=row_ids.numel())
         starts = self.offsets[row_ids]
         if not torch.equal(counts, self.offsets[row_ids + 1] - starts):
@@ -259,8 +251,8 @@ def read_cache(path: Path, key: str, split: str, widths: Sequence[int]) -> RefTa
 
 
 class CachedReference:
-    """Reference log-probs looked up by each batch row's id (``Batch.pair_ids``: a pair's or a prompt group's
-    slot in the run) in a precomputed table.
+    """Reference log-probs looked up by each batch row's id (``Batch.row_ids``: the row's slot in the run) in
+    a precomputed table.
 
     ``state`` (hashes and keys) goes into every checkpoint, so a resumed run can check it trains against the
     same reference values.
@@ -272,11 +264,11 @@ class CachedReference:
 
     def _lookup(self, batch: Batch) -> Tensor:
         """(2, S) the stored log-probs and token counts of the batch's sequences, in sequence order."""
-        ids = batch.pair_ids
+        ids = batch.row_ids
         n = self.table.num_rows
-        if ids is None or ids.numel() != batch.num_pairs or bool((ids < 0).any() | (ids >= n).any()):
+        if ids is None or ids.numel() != batch.num_rows or bool((ids < 0).any() | (ids >= n).any()):
             raise ValueError(
-                f"a precomputed reference needs batches whose pair_ids index its {n} rows; got {ids}"
+                f"a precomputed reference needs batches whose row_ids index its {n} rows; got {ids}"
             )
         got = self.table.values[:, self.table.slots(ids.cpu(), batch)]
         # The batch's own response lengths must match the cached ones: a mismatch means the ids point at
@@ -285,12 +277,6 @@ class CachedReference:
         if not torch.equal(counted.double(), got[1]):
             raise RuntimeError("cached reference token counts do not match the batch: row ids are misaligned")
         return got.to(batch.input_ids.device, self.table.dtype)
-
-    def pair_logps(self, batch: Batch) -> PairForward:
-        if batch.sequence_group is not None:
-            raise ValueError("a batch of prompt groups has no chosen/rejected halves; use response_logps")
-        (logps, tokens), b = self._lookup(batch), batch.num_pairs
-        return PairForward(logps[:b], logps[b:], tokens[:b], tokens[b:])
 
     def response_logps(self, batch: Batch) -> ResponseForward:
         logps, tokens = self._lookup(batch)

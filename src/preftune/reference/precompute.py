@@ -1,4 +1,4 @@
-"""``ref.precompute``: one pass of the reference over the train and eval rows (pairs or prompt groups) before
+"""``ref.precompute``: one pass of the reference over the train and eval rows (pairs and prompt groups) before
 training, cached on disk.
 
 Order of work: hash the reference weights and the tokenised rows into one key per split; check a resumed
@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import TokenizedGroup, TokenizedPair
+from ..data import Row
 from ..data.view import StoreRows, response_counts
 from ..errors import ConfigError
 from ..layouts import Batch, Layout
-from ..layouts.batch import ResponseForward
+from ..model.responses import ResponseForward
 from ..strategy import Strategy, lockstep
 from .cache import (
     CachedReference,
@@ -38,28 +38,24 @@ from .cache import (
 )
 from .sources import ReferenceSource
 
-# One split's rows: pairs, or prompt groups (one kind per run, never mixed).
-Rows = Sequence[TokenizedPair | TokenizedGroup]
+Rows = Sequence[Row]
 
 
 def number_rows(train_rows: Rows, eval_rows: Rows) -> None:
-    """Give every pair or group its row in the run's table: train rows 0..N-1, then eval rows N..N+M-1."""
+    """Give every row its slot in the run's table: train rows 0..N-1, then eval rows N..N+M-1."""
     start = 0
     for rows in (train_rows, eval_rows):
         if isinstance(rows, StoreRows):
             rows.number_from(start)  # its rows are built on demand: each takes its id from its position
         else:
             for row_id, row in enumerate(rows, start):
-                if isinstance(row, TokenizedGroup):
-                    row.group_id = row_id
-                else:
-                    row.pair_id = row_id
+                row.row_id = row_id
         start += len(rows)
 
 
 def _described(rows: Rows, split: str) -> str:
-    """'49 train pairs' or '32 train groups', for the log."""
-    return f"{len(rows)} {split} {'groups' if rows and isinstance(rows[0], TokenizedGroup) else 'pairs'}"
+    """'49 train rows', for the log."""
+    return f"{len(rows)} {split} rows"
 
 
 @dataclass
@@ -98,16 +94,9 @@ def check_resume(saved: dict[str, str], current: dict[str, str], folder: Path | 
 def _score(
     rows: Rows, reference: ReferenceSource, layout: Layout, device: torch.device
 ) -> tuple[Batch, ResponseForward]:
-    """One forward of the live reference over ``rows``; pairs go through the layout's pair scoring, as they
-    train, and come back in sequence order (B chosen, then B rejected)."""
-    groups = [row for row in rows if isinstance(row, TokenizedGroup)]
-    if groups:
-        batch = layout.collate_groups(groups).to(device)
-        return batch, reference.response_logps(batch)
-    batch = layout.collate([row for row in rows if isinstance(row, TokenizedPair)]).to(device)
-    out = reference.pair_logps(batch)
-    logps = torch.cat([out.chosen_logps, out.rejected_logps])
-    return batch, ResponseForward(logps, torch.cat([out.chosen_tokens, out.rejected_tokens]))
+    """One forward of the live reference over ``rows``, laid out as they train; results in sequence order."""
+    batch = layout.collate(list(rows)).to(device)
+    return batch, reference.response_logps(batch)
 
 
 def score_split(

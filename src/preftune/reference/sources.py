@@ -1,4 +1,4 @@
-"""Reference sources: the two-method seam the trainer reads reference log-probs through, and the live sources
+"""Reference sources: the seam the trainer reads reference log-probs through, and the live sources
 (a separate frozen model; the LoRA policy with its adapters disabled). A precomputed table
 (:class:`~preftune.reference.cache.CachedReference`) slots in behind the same seam."""
 
@@ -7,13 +7,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from ..layouts import Batch, Layout, PairForward
-from ..layouts.batch import ResponseForward, score_responses
+from ..layouts import Batch
+from ..model.responses import ResponseForward, score_responses
 from ..model.scorer import SequenceScorer
 from ..strategy import Strategy
 from ..strategy.mixing import paired_parameters
@@ -21,20 +21,13 @@ from .lora_deltas import LoraDeltas
 
 
 class ReferenceSource(Protocol):
-    def pair_logps(self, batch: Batch) -> PairForward:
-        """Reference log-probs for the batch's pairs (no gradient)."""
-        ...
-
     def response_logps(self, batch: Batch) -> ResponseForward:
-        """Reference log-probs of every response of a batch of prompt groups (no gradient)."""
+        """Reference log-probs and token counts of every response of a batch, in sequence order (no gradient)."""
         ...
 
     def state_for_checkpoint(self) -> dict[str, str]:
         """What a resumed run needs to rebuild the same reference (e.g. a cache key); may be empty."""
         ...
-
-
-Result = TypeVar("Result", PairForward, ResponseForward)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -46,19 +39,15 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 class LiveReference:
-    """A reference that runs a forward per batch: pairs through the layout, prompt groups response by response.
-    Subclasses say how one forward runs (:meth:`_run`)."""
+    """A reference that runs a forward per batch, in the batch's own layout. Subclasses say how one forward
+    runs (:meth:`_run`)."""
 
     scorer: nn.Module
-    layout: Layout
-
-    def pair_logps(self, batch: Batch) -> PairForward:
-        return self._run(lambda b: self.layout.pair_logps(self.scorer, b), batch)
 
     def response_logps(self, batch: Batch) -> ResponseForward:
         return self._run(lambda b: score_responses(self.scorer, b), batch)
 
-    def _run(self, score: Callable[[Batch], Result], batch: Batch) -> Result:
+    def _run(self, score: Callable[[Batch], ResponseForward], batch: Batch) -> ResponseForward:
         raise NotImplementedError
 
     def state_for_checkpoint(self) -> dict[str, str]:
@@ -84,11 +73,10 @@ class LiveReference:
 class ModelReference(LiveReference):
     """A separate frozen model scored with the same layout as the policy (one forward per step)."""
 
-    def __init__(self, scorer: nn.Module, layout: Layout) -> None:
+    def __init__(self, scorer: nn.Module) -> None:
         self.scorer = scorer
-        self.layout = layout
 
-    def _run(self, score: Callable[[Batch], Result], batch: Batch) -> Result:
+    def _run(self, score: Callable[[Batch], ResponseForward], batch: Batch) -> ResponseForward:
         """``score(batch)`` without gradient; an offloaded reference runs where its weights are, and only the
         per-sequence results travel back."""
         device = next(self.scorer.parameters()).device
@@ -121,12 +109,10 @@ class ModelReference(LiveReference):
         strategy.load_frozen(folder, self.scorer)
 
 
-def model_reference(
-    model: nn.Module, strategy: Strategy, layout: Layout, lm_head_chunk: int
-) -> ModelReference:
+def model_reference(model: nn.Module, strategy: Strategy, lm_head_chunk: int) -> ModelReference:
     """``model`` frozen and placed by the strategy for forward-only use (sharded, offloaded or copied)."""
     scorer = strategy.prepare_model(freeze(SequenceScorer(model, lm_head_chunk)), trainable=False)
-    return ModelReference(scorer, layout)
+    return ModelReference(scorer)
 
 
 class AdapterDisabledReference(LiveReference):
@@ -138,13 +124,12 @@ class AdapterDisabledReference(LiveReference):
     is in the middle of a training step (the trainer switches the whole model, so one flag says its mode).
     """
 
-    def __init__(self, peft_model: nn.Module, layout: Layout, lm_head_chunk: int = 1024) -> None:
+    def __init__(self, peft_model: nn.Module, lm_head_chunk: int = 1024) -> None:
         self.peft_model: Any = peft_model
         self.scorer = SequenceScorer(peft_model, lm_head_chunk)
-        self.layout = layout
         self.deltas = LoraDeltas(peft_model)  # what TR-DPO syncs add to the base weights; none until then
 
-    def _run(self, score: Callable[[Batch], Result], batch: Batch) -> Result:
+    def _run(self, score: Callable[[Batch], ResponseForward], batch: Batch) -> ResponseForward:
         was_training = self.scorer.training
         self.scorer.eval()
         try:

@@ -1,8 +1,7 @@
 """Log-probabilities of sampled responses and a Monte Carlo estimate of KL(policy || reference) from them.
 
-The responses are scored with the trainer's own machinery (a layout's batch and :class:`SequenceScorer`, chunked
-LM head), not a second implementation: two samples of the same prompt form one "pair" (chosen and rejected
-slots), so a batch scores them in one forward pass.
+The responses are scored with the trainer's own machinery (a layout's batch, :func:`score_responses` and
+:class:`SequenceScorer`, chunked LM head), not a second implementation: each sample is a row of one response.
 """
 
 from __future__ import annotations
@@ -10,56 +9,36 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data import TokenizedPair
+from ..data import Row
 from ..layouts import build_layout
 from ..model.generation import Sample
+from ..model.responses import score_responses
 from ..model.scorer import SequenceScorer
-
-
-def _as_pairs(samples: list[list[Sample]]) -> tuple[list[TokenizedPair], list[tuple[int, int]]]:
-    """Samples grouped per prompt -> pairs of two responses to the same prompt, and for each sample its
-    (pair, slot) position. An odd one out is paired with itself and read from the first slot only."""
-    pairs: list[TokenizedPair] = []
-    where: list[tuple[int, int]] = []
-    for group in samples:
-        for k in range(0, len(group), 2):
-            first, second = group[k], group[min(k + 1, len(group) - 1)]
-            where.append((len(pairs), 0))
-            if k + 1 < len(group):
-                where.append((len(pairs), 1))
-            pairs.append(
-                TokenizedPair(
-                    first.prompt_ids, first.response_ids, second.response_ids, "samples", len(pairs)
-                )
-            )
-    return pairs, where
 
 
 @torch.no_grad()
 def response_logps(
-    model: nn.Module, samples: list[list[Sample]], pad_token_id: int, batch_pairs: int = 8
+    model: nn.Module, samples: list[list[Sample]], pad_token_id: int, batch_rows: int = 16
 ) -> list[float]:
     """log p(response | prompt) under ``model`` for every sample, flattened in order (prompt by prompt).
 
     Responses without tokens score 0. The model is put in eval mode (no dropout) and restored afterwards.
     """
-    pairs, where = _as_pairs(samples)
+    flat = [sample for group in samples for sample in group]
+    rows = [Row(s.prompt_ids, [s.response_ids], [0.0], "samples", i) for i, s in enumerate(flat)]
     layout = build_layout("padded", pad_token_id)
     scorer = SequenceScorer(model)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    chosen: list[float] = []
-    rejected: list[float] = []
+    logps: list[float] = []
     try:
-        for start in range(0, len(pairs), batch_pairs):
-            batch = layout.collate(pairs[start : start + batch_pairs]).to(device)
-            out = layout.pair_logps(scorer, batch)
-            chosen.extend(out.chosen_logps.tolist())
-            rejected.extend(out.rejected_logps.tolist())
+        for start in range(0, len(rows), batch_rows):
+            batch = layout.collate(rows[start : start + batch_rows]).to(device)
+            logps.extend(score_responses(scorer, batch).logps.tolist())  # one response per row: row order
     finally:
         model.train(was_training)
-    return [(chosen if slot == 0 else rejected)[p] for p, slot in where]
+    return logps
 
 
 def kl_estimate(policy_logps: list[float], reference_logps: list[float]) -> float:

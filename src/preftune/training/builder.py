@@ -86,29 +86,31 @@ def build_trainer(cfg: Config, need_train: bool = True, log: Any = print) -> tup
     strategy = build_strategy(cfg.strategy.name, accumulation, options)
     if not strategy.is_main():
         log = _quiet
+    if cfg.data.groups:
+        log("note: data.groups is ignored: pairs and rows of K scored responses train together without it")
     tokenizer = loading.load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    train_pairs, eval_pairs = load_splits(cfg, tokenizer, out, need_train, log, strategy)
+    train_rows, eval_rows = load_splits(cfg, tokenizer, out, need_train, log, strategy)
 
     policy, layout = _policy_and_layout(cfg, tokenizer.pad_token_id, log)
 
     def load(path: str, key: str) -> nn.Module:
         return loading.load_model(path, cfg.model, key)
 
-    inputs = ReferenceInputs(policy, load, layout, strategy, cfg.train.lm_head_chunk, log)
-    precompute = _precompute_setup(cfg, plan, options, layout, train_pairs, eval_pairs, need_train)
+    inputs = ReferenceInputs(policy, load, strategy, cfg.train.lm_head_chunk, log)
+    precompute = _precompute_setup(cfg, plan, options, layout, train_rows, eval_rows, need_train)
     reference = build_reference(plan, inputs, precompute)
 
-    steps_per_epoch = len(train_pairs) // cfg.train.batch_size
+    steps_per_epoch = len(train_rows) // cfg.train.batch_size
     optimizer = build_optimizer(policy, cfg.optim) if need_train else None
     total = planned_steps(steps_per_epoch, cfg.train.max_epochs, cfg.train.max_steps)
     scheduler = build_scheduler(optimizer, cfg.optim, max(total, 1)) if optimizer is not None else None
-    train_loader = make_train_loader(train_pairs, layout, cfg, strategy, log) if need_train else None
+    train_loader = make_train_loader(train_rows, layout, cfg, strategy, log) if need_train else None
     trainer = DPOTrainer(
-        policy, None, strategy, tokenizer, optimizer, train_loader, make_eval_loader(eval_pairs, layout, cfg, strategy),
+        policy, None, strategy, tokenizer, optimizer, train_loader, make_eval_loader(eval_rows, layout, cfg, strategy),
         scheduler, max_norm=cfg.optim.max_norm, beta=cfg.loss.beta, max_epochs=cfg.train.max_epochs,
         save_hf_ckpt=cfg.ckpt.save_hf, disable_ds_ckpt=cfg.ckpt.disable,
         loss_config=cfg.loss, layout=layout, lm_head_chunk=cfg.train.lm_head_chunk, reference=reference,
-        groups=cfg.data.groups, ref_sync_steps=cfg.ref.sync_steps, ref_sync_alpha=cfg.ref.sync_alpha,
+        ref_sync_steps=cfg.ref.sync_steps, ref_sync_alpha=cfg.ref.sync_alpha,
     )  # fmt: skip
     return trainer, steps_per_epoch
 
@@ -131,13 +133,13 @@ def _precompute_setup(
     plan: ReferencePlan,
     options: StrategyOptions,
     layout: Layout,
-    train_pairs: Items,
-    eval_pairs: Items,
+    train_rows: Items,
+    eval_rows: Items,
     need_train: bool,
 ) -> PrecomputeSetup | None:
     if not plan.precompute:
         return None
-    splits = {name: rows for name, rows in (("train", train_pairs), ("eval", eval_pairs)) if rows}
+    splits = {name: rows for name, rows in (("train", train_rows), ("eval", eval_rows)) if rows}
     folder = resume_point(cfg) if need_train else None
     return PrecomputeSetup(
         splits,

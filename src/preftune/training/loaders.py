@@ -11,17 +11,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..config import Config, ConfigError
-from ..data import (
-    DataError,
-    DataReport,
-    TokenizedGroup,
-    TokenizedPair,
-    load_groups,
-    load_pairs,
-    write_data_report,
-)
+from ..data import DataError, DataReport, Row, load_rows, write_data_report
 from ..data.sampler import ResumableSampler
-from ..data.view import padded_widths
+from ..data.view import padded_widths, response_counts
 from ..layouts import Layout
 from ..reference.precompute import number_rows
 from ..run_folder import RunFolder
@@ -29,8 +21,8 @@ from ..strategy import Strategy
 from ..strategy.launch import launched_local_rank
 from .budget import TokenBudgetSteps, greedy_parts, oversized
 
-# The run's rows: pairs, or prompt groups with data.groups (one kind per run).
-Items = Sequence[TokenizedPair] | Sequence[TokenizedGroup]
+# The run's rows: pairs and prompts with K scored responses, in any mix.
+Items = Sequence[Row]
 
 
 def load_splits(
@@ -38,41 +30,57 @@ def load_splits(
 ) -> tuple[Items, Items]:
     """The run's train and eval rows, numbered for the reference table, with a data report written and every
     size this run cannot train on refused (naming the key)."""
-    train_pairs, eval_pairs = _read_splits(cfg, tokenizer, out, need_train, log, strategy)
-    if 0 < len(eval_pairs) < strategy.world_size:
+    train_rows, eval_rows = _read_splits(cfg, tokenizer, out, need_train, log, strategy)
+    if 0 < len(eval_rows) < strategy.world_size:
         raise ConfigError(
-            f"data.eval: {len(eval_pairs)} usable evaluation pairs for {strategy.world_size} processes; "
+            f"data.eval: {len(eval_rows)} usable evaluation rows for {strategy.world_size} processes; "
             "each process needs at least one"
         )
-    if need_train and len(train_pairs) < cfg.train.batch_size:
+    if need_train and len(train_rows) < cfg.train.batch_size:
         raise ConfigError(
-            f"train.batch_size: {len(train_pairs)} usable training pairs are fewer than one batch of "
+            f"train.batch_size: {len(train_rows)} usable training rows are fewer than one batch of "
             f"{cfg.train.batch_size} (see {out / 'data_report.json'})"
         )
-    number_rows(train_pairs, eval_pairs)
-    left_out = len(train_pairs) % cfg.train.batch_size
+    for split, rows in (("train", train_rows), ("eval", eval_rows)):
+        _refuse_wide_rows_under_ld_dpo(cfg, split, rows)
+    number_rows(train_rows, eval_rows)
+    left_out = len(train_rows) % cfg.train.batch_size
     if need_train and left_out:
         log(
-            f"data train: {left_out} pairs per epoch do not fill a last batch of {cfg.train.batch_size} and are "
+            f"data train: {left_out} rows per epoch do not fill a last batch of {cfg.train.batch_size} and are "
             "left out of that epoch (a different few each epoch when data.shuffle is on)"
         )
-    return train_pairs, eval_pairs
+    return train_rows, eval_rows
+
+
+def _refuse_wide_rows_under_ld_dpo(cfg: Config, split: str, rows: Items) -> None:
+    """LD-DPO weighs each response's tokens past its pair's shared length; a row of K > 2 responses has no one
+    partner, so it is refused here, before training, rather than when its micro-batch comes."""
+    if cfg.loss.ld_alpha is None:
+        return
+    wide = [i for i, k in enumerate(response_counts(rows)) if k != 2]
+    if wide:
+        row = rows[wide[0]]
+        raise DataError(
+            f"data.{split}: {row.source} row {row.index} has {len(row.responses)} responses ({len(wide)} rows "
+            "have more than two); loss.ld_alpha (LD-DPO) trains pairs only"
+        )
 
 
 def _read_splits(
     cfg: Config, tokenizer: Any, out: Path, need_train: bool, log: Any, strategy: Strategy
 ) -> tuple[Items, Items]:
     reports = {}
-    train_pairs: Items = []
+    train_rows: Items = []
     if need_train:
         if not cfg.data.train:
             raise ConfigError("data.train: no training source given")
-        train_pairs, reports["train"] = _open_split(cfg, tokenizer, "train", out, log, strategy)
-    eval_pairs: Items = []
+        train_rows, reports["train"] = _open_split(cfg, tokenizer, "train", out, log, strategy)
+    eval_rows: Items = []
     if cfg.data.eval:
-        eval_pairs, reports["eval"] = _open_split(cfg, tokenizer, "eval", out, log, strategy)
+        eval_rows, reports["eval"] = _open_split(cfg, tokenizer, "eval", out, log, strategy)
     if not strategy.is_main():
-        return train_pairs, eval_pairs
+        return train_rows, eval_rows
     path = write_data_report(reports, out)
     for split, report in reports.items():
         drops = ", ".join(f"{n} {reason}" for reason, n in sorted(report.dropped.items())) or "none"
@@ -85,7 +93,7 @@ def _read_splits(
                 f"data {split}: {report.untemplated_prompts} plain-string prompts are used as plain text, though the "
                 "tokenizer has a chat template; --data.apply_chat_template true renders each as a user turn"
             )
-    return train_pairs, eval_pairs
+    return train_rows, eval_rows
 
 
 def _open_split(
@@ -94,13 +102,12 @@ def _open_split(
     """One split's rows through its tokenised store. The first process of each node builds a missing store
     while the others wait, then they all map the same files (on a filesystem the nodes share, the builders'
     atomic renames keep one copy); a build that fails stops every process, with the builder's error."""
-    load: Any = load_groups if cfg.data.groups else load_pairs
     root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else RunFolder(out).data_cache
     builds = launched_local_rank() == 0
     failure: BaseException | None = None
     if builds:
         try:
-            rows, report = load(cfg.data, tokenizer, split, cfg.seed, root)
+            rows, report = load_rows(cfg.data, tokenizer, split, cfg.seed, root)
         except OSError as exc:
             failure = ConfigError(f"data.cache_dir: cannot write the tokenised store under {root}: {exc}")
         except Exception as exc:  # re-raised below, once every process knows the build failed
@@ -112,7 +119,7 @@ def _open_split(
     if failure is not None:
         raise failure
     if not builds:
-        rows, report = load(cfg.data, tokenizer, split, cfg.seed, root, build=False)
+        rows, report = load_rows(cfg.data, tokenizer, split, cfg.seed, root, build=False)
     store = rows.store
     if store.reused:
         log(
@@ -124,13 +131,13 @@ def _open_split(
 
 
 def make_train_loader(
-    pairs: Items, layout: Layout, cfg: Config, strategy: Strategy, log: Any = print
+    rows: Items, layout: Layout, cfg: Config, strategy: Strategy, log: Any = print
 ) -> DataLoader | TokenBudgetSteps:
     """Micro-batches of ``train.micro_batch_size`` rows; with ``train.micro_batch_tokens``, whole steps of this
     process's rows (the same rows) that :class:`TokenBudgetSteps` cuts by tokens."""
-    lengths = padded_widths(pairs) if cfg.data.group_by_length else None
+    lengths = padded_widths(rows) if cfg.data.group_by_length else None
     sampler = ResumableSampler(
-        len(pairs),
+        len(rows),
         cfg.train.batch_size,
         cfg.seed,
         cfg.data.shuffle,
@@ -138,17 +145,17 @@ def make_train_loader(
         strategy.world_size,
         lengths,
     )
-    dataset: Any = pairs  # a list is a valid map-style dataset; torch's stubs only admit Dataset
+    dataset: Any = rows  # a list is a valid map-style dataset; torch's stubs only admit Dataset
     budget = cfg.train.micro_batch_tokens
     if not budget:
         return DataLoader(
             dataset,
             batch_size=cfg.train.micro_batch_size,
             sampler=sampler,
-            collate_fn=_collate(layout, cfg),
+            collate_fn=layout.collate,
             generator=_private_generator(),
         )
-    _report_oversized(pairs, layout, budget, log)
+    _report_oversized(rows, layout, budget, log)
     step_rows = DataLoader(
         dataset,
         batch_size=cfg.train.batch_size // strategy.world_size,
@@ -157,15 +164,15 @@ def make_train_loader(
         generator=_private_generator(),
     )
     return TokenBudgetSteps(
-        step_rows, _collate(layout, cfg), layout.laid_out_tokens, budget, cfg.train.micro_batch_size, strategy
+        step_rows, layout.collate, layout.laid_out_tokens, budget, cfg.train.micro_batch_size, strategy
     )
 
 
-def _report_oversized(pairs: Items, layout: Layout, budget: int, log: Any) -> None:
+def _report_oversized(rows: Items, layout: Layout, budget: int, log: Any) -> None:
     """Said once, before training: every row is known by then. A row over the budget is trained in a
     micro-batch of its own rather than refused, because it cannot be split and data.max_len already admitted
     it; whoever wants such rows gone lowers data.max_len."""
-    over: list[tuple[int, Any]] = oversized(pairs, layout.laid_out_tokens, budget)
+    over: list[tuple[int, Any]] = oversized(rows, layout.laid_out_tokens, budget)
     if over:
         tokens, row = max(over, key=lambda found: found[0])
         log(
@@ -175,10 +182,6 @@ def _report_oversized(pairs: Items, layout: Layout, budget: int, log: Any) -> No
         )
 
 
-def _collate(layout: Layout, cfg: Config) -> Any:
-    return layout.collate_groups if cfg.data.groups else layout.collate
-
-
 def _private_generator() -> torch.Generator:
     """A generator of the loader's own: each new iterator draws a seed from it, and drawing from the global
     RNG instead would shift dropout masks whenever iterators are made at other points (a resumed run makes
@@ -186,24 +189,22 @@ def _private_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-def make_eval_loader(pairs: Items, layout: Layout, cfg: Config, strategy: Strategy) -> DataLoader | None:
-    if not pairs:
+def make_eval_loader(rows: Items, layout: Layout, cfg: Config, strategy: Strategy) -> DataLoader | None:
+    if not rows:
         return None
     size = cfg.train.eval_micro_batch_size or cfg.train.micro_batch_size
-    # Disjoint shards with no padding or repeats: metric sums over processes then cover each pair once. A
+    # Disjoint shards with no padding or repeats: metric sums over processes then cover each row once. A
     # lazy view, so the rows stay in the store until a batch asks for them.
-    dataset: Any = Subset(pairs, range(strategy.rank, len(pairs), strategy.world_size))  # type: ignore[arg-type]
+    dataset: Any = Subset(rows, range(strategy.rank, len(rows), strategy.world_size))  # type: ignore[arg-type]
     if cfg.train.micro_batch_tokens:
         # Cut by the budget up front, each micro-batch one item collated as it is (batch_size None). Shards
         # may then differ in micro-batches; evaluation runs them in lockstep, which repeats a short shard's last.
         parts: Any = greedy_parts(dataset, layout.laid_out_tokens, cfg.train.micro_batch_tokens, size)
-        return DataLoader(
-            parts, batch_size=None, collate_fn=_collate(layout, cfg), generator=_private_generator()
-        )
+        return DataLoader(parts, batch_size=None, collate_fn=layout.collate, generator=_private_generator())
     return DataLoader(
         dataset,
         batch_size=size,
         shuffle=False,
-        collate_fn=_collate(layout, cfg),
+        collate_fn=layout.collate,
         generator=_private_generator(),
     )

@@ -8,21 +8,25 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..layouts import PairForward
-from ..losses import GroupLogps, GroupLossOutput, LossOutput
+from ..losses.groups import at_row_extreme
 from ..run_folder import RunFolder
-from .group_metrics import GROUP_METRIC_COUNTS, group_metric_means, group_metric_sums
+from .objective import row_mean
+from .rank_metrics import rank_metric_sums
 
 if TYPE_CHECKING:
     from ..config import Config
     from .objective import MicroBatchLosses
 
-# Sums kept per optimizer step (or per evaluation); each mean is a sum over pairs divided by the pair count,
-# so a mean over processes or micro-batches is exact rather than a mean of means.
-_PAIR_SUMS = (
+# Sums kept per optimizer step (or per evaluation); each mean is one sum over its count, so a mean over processes
+# or micro-batches is exact rather than a mean of means. Per row (a pair's own values on a pair row; "chosen" and
+# "rejected" are a row's top- and bottom-scored responses, averaged over ties), except rewards/accuracies, which is
+# per ordered pair:
+_ROW_SUMS = (
     "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
     "logps/chosen", "logps/rejected", "nll", "wpo/weight",
 )  # fmt: skip
+# Per row too, and logged once a row of more than two responses was seen (a pair's would only repeat accuracy).
+_RANK_SUMS = ("rewards/top1_accuracies", "rewards/spearman")
 
 
 def _term_keys(sums: dict[str, float]) -> list[str]:
@@ -30,95 +34,73 @@ def _term_keys(sums: dict[str, float]) -> list[str]:
     return [key for key in sums if key.startswith("loss/")]
 
 
-class PairStats:
-    """Running sums over pairs; ``means()`` divides by the number of pairs seen.
+class RowStats:
+    """Running sums over rows (pairs, and prompts with K scored responses); ``means()`` divides each by its count.
 
-    ``rewards/accuracies`` counts the pairs whose margin is above the rounding of both rewards
-    (``LossOutput.rounding``): a margin within rounding of 0 is a tie, the same on every machine, and no win.
+    ``rewards/accuracies`` is over the ordered pairs of the rows (``pairs``: a pair row's one pair; the pairs
+    (i, j) of one row with s_i > s_j), and counts those whose reward margin is above the rounding of both
+    rewards (``RowLossOutput.rounding``): a margin within rounding of 0 is a tie, the same on every machine, and
+    no win. Every other metric is a mean over rows; :mod:`.rank_metrics` says what the rank metrics are.
     """
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = dict.fromkeys(_PAIR_SUMS, 0.0)
-        self.sums.update(pairs=0.0, tokens=0.0, skipped_steps=0.0)
+        self.sums: dict[str, float] = dict.fromkeys((*_ROW_SUMS, *_RANK_SUMS), 0.0)
+        self.sums.update(rows=0.0, pairs=0.0, wide_rows=0.0, tokens=0.0, skipped_steps=0.0)
 
-    def merge(self, other: PairStats) -> None:
-        for key, value in other.sums.items():  # a mixture's loss/<term> sums arrive with its first pairs
+    def merge(self, other: RowStats) -> None:
+        for key, value in other.sums.items():  # a mixture's loss/<term> sums arrive with its first rows
             self.sums[key] = self.sums.get(key, 0.0) + value
 
     def add(self, losses: MicroBatchLosses, num_tokens: int) -> None:
-        """One micro-batch: its per-pair (B,) losses and NLLs, the loss output and the policy forward."""
-        loss, out, fwd, nll = losses.per_pair, losses.loss, losses.policy, losses.nll
-        assert isinstance(out, LossOutput) and isinstance(fwd, PairForward), "a pair batch's losses"
-        chosen, rejected = out.chosen_rewards.detach().float(), out.rejected_rewards.detach().float()
-        margins = chosen - rejected
-        # Within both rewards' rounding of 0 a margin is a tie (see losses.reward_rounding), and a tie is no win.
-        band = 0.0 if out.rounding is None else (out.rounding[0] + out.rounding[1]).to(margins.device)
+        """One micro-batch: its per-row losses and NLLs, the loss output and the responses' log-probs."""
+        logps, out = losses.logps, losses.loss
+        top, bottom = at_row_extreme(logps, "amax"), at_row_extreme(logps, "amin")
+        rewards, policy = out.rewards.detach().float(), logps.policy.detach().float()
+        # Float32 sums of per-row values, as a pair run always summed them (a pair row's are its own values).
+        chosen, rejected = row_mean(rewards, logps, top), row_mean(rewards, logps, bottom)
         values = {
-            "loss": loss.detach().float().sum(),
+            "loss": losses.per_row.detach().float().sum(),
             "rewards/chosen": chosen.sum(),
             "rewards/rejected": rejected.sum(),
-            "rewards/margins": margins.sum(),
-            "rewards/accuracies": (margins.double() > band).float().sum(),
-            "logps/chosen": fwd.chosen_logps.detach().float().sum(),
-            "logps/rejected": fwd.rejected_logps.detach().float().sum(),
-            "nll": nll.detach().float().sum(),
+            "rewards/margins": (chosen - rejected).sum(),
+            "logps/chosen": row_mean(policy, logps, top).sum(),
+            "logps/rejected": row_mean(policy, logps, bottom).sum(),
+            "nll": losses.nll.detach().float().sum(),
             # Summed as 0 without loss.wpo, like nll without its term: the trainer drops what a run does not log.
             "wpo/weight": out.weights.float().sum() if out.weights is not None else 0.0,
+            **{f"loss/{name}": term.float().sum() for name, term in out.terms.items()},
+            **rank_metric_sums(logps, out),
         }
-        values.update({f"loss/{name}": term.float().sum() for name, term in out.terms.items()})
         for key, value in values.items():
             self.sums[key] = self.sums.get(key, 0.0) + float(value)
-        self.sums["pairs"] += chosen.numel()
+        self.sums["rows"] += logps.num_rows
+        self.sums["wide_rows"] += float((logps.row.bincount(minlength=logps.num_rows) > 2).sum())
         self.sums["tokens"] += num_tokens
 
     def means(self, reduced: dict[str, float] | None = None) -> dict[str, float]:
         sums = reduced if reduced is not None else self.sums
-        pairs = max(sums["pairs"], 1.0)
-        out = {key: sums[key] / pairs for key in (*_PAIR_SUMS, *_term_keys(sums))}
+        rows, pairs = max(sums["rows"], 1.0), max(sums["pairs"], 1.0)
+        out = {key: sums[key] / rows for key in (*_ROW_SUMS, *_term_keys(sums))}
+        out["rewards/accuracies"] = sums["rewards/accuracies"] / pairs
+        if sums["wide_rows"]:
+            out.update({key: sums[key] / rows for key in _RANK_SUMS})
+        out["rows"] = sums["rows"]
         out["pairs"] = sums["pairs"]
         out["tokens"] = sums["tokens"]
         out["skipped_steps"] = sums["skipped_steps"]
         return out
 
 
-class GroupStats(PairStats):
-    """Running sums over prompt groups (``data.groups``): the loss per group, and the group metrics of
-    :mod:`.group_metrics`, each a mean over its own count at the end."""
-
-    def __init__(self) -> None:
-        self.sums = dict.fromkeys(("loss", "nll", "groups", "ordered_pairs", *GROUP_METRIC_COUNTS), 0.0)
-        self.sums.update(tokens=0.0, skipped_steps=0.0)
-
-    def add(self, losses: MicroBatchLosses, num_tokens: int) -> None:
-        """One micro-batch of prompt groups: its per-group losses, the loss output and the GroupLogps."""
-        out, fwd = losses.loss, losses.policy
-        assert isinstance(out, GroupLossOutput) and isinstance(fwd, GroupLogps), (
-            "a prompt-group batch's losses"
-        )
-        for key, value in group_metric_sums(fwd, out).items():
-            self.sums[key] += value
-        self.sums["loss"] += float(losses.per_pair.detach().float().sum())
-        self.sums["nll"] += float(losses.nll.detach().float().sum())
-        self.sums["tokens"] += num_tokens
-
-    def means(self, reduced: dict[str, float] | None = None) -> dict[str, float]:
-        sums = reduced if reduced is not None else self.sums
-        means = group_metric_means(sums)
-        groups = max(sums["groups"], 1.0)
-        return {"loss": sums["loss"] / groups, **means, "nll": sums["nll"] / groups, "tokens": sums["tokens"],
-                "skipped_steps": sums["skipped_steps"]}  # fmt: skip
-
-
 class StepWindow:
-    """The optimizer steps since the last logged one: their pair sums, gradient norms, skipped steps, time."""
+    """The optimizer steps since the last logged one: their row sums, gradient norms, skipped steps, time."""
 
-    def __init__(self, stats: PairStats | None = None) -> None:
-        self.stats = stats if stats is not None else PairStats()
+    def __init__(self, stats: RowStats | None = None) -> None:
+        self.stats = stats if stats is not None else RowStats()
         self.grad_norms: list[float] = []
         self.started = time.perf_counter()
 
-    def add(self, stats: PairStats, grad_norm: float) -> None:
-        """A skipped step (non-finite norm: no update) is counted, and its pairs are left out of the means."""
+    def add(self, stats: RowStats, grad_norm: float) -> None:
+        """A skipped step (non-finite norm: no update) is counted, and its rows are left out of the means."""
         if math.isfinite(grad_norm):
             self.stats.merge(stats)
             self.grad_norms.append(grad_norm)

@@ -1,8 +1,7 @@
 """One micro-batch's losses: the policy (and reference) forward, the loss, and the objective backward runs on.
 
-Two kinds of batch, one shape of result (:class:`MicroBatchLosses`): a batch of pairs goes through the
-pairwise loss registry; a batch of prompt groups (``data.groups``) through the group losses, which read every
-response of a prompt at once.
+Every batch is rows of K >= 2 scored responses (a pair is K = 2): each response is scored once, and the loss
+(:func:`~preftune.losses.compute_loss`) gives one value per row.
 """
 
 from __future__ import annotations
@@ -12,97 +11,61 @@ from typing import NamedTuple
 from torch import Tensor, nn
 
 from ..config import LossConfig
-from ..layouts import Batch, Layout, PairForward
-from ..layouts.batch import score_responses
-from ..losses import (
-    GroupLogps,
-    GroupLossOutput,
-    LossOutput,
-    LossState,
-    PairLogps,
-    compute_group_loss,
-    compute_loss,
-)
-from ..losses.groups import at_group_extreme, sum_per_group
+from ..layouts import Batch
+from ..losses import LossState, ResponseLogps, RowLossOutput, compute_loss
+from ..losses.groups import at_row_extreme, sum_per_row
+from ..model.responses import score_responses
 from ..reference.sources import ReferenceSource
 
 
 class MicroBatchLosses(NamedTuple):
-    """A pair batch's, or (in brackets) a prompt-group batch's, losses and what they came from."""
+    """A micro-batch's losses and what they came from."""
 
-    objective: Tensor  # scalar that backward runs on: mean per-pair (per-group) loss, plus the MoE aux term
-    per_pair: Tensor  # (B,) loss, plus loss.nll_coef x nll  [(G,) loss]
-    loss: LossOutput | GroupLossOutput  # the loss function's output: losses and rewards
-    policy: (
-        PairForward | GroupLogps
-    )  # the policy's summed log-probs and token counts [with ref, scores, groups]
-    nll: Tensor  # (B,) per-token NLL of each chosen response  [zeros]
-
-
-def pair_losses(
-    scorer: nn.Module,
-    reference: ReferenceSource | None,
-    layout: Layout,
-    batch: Batch,
-    cfg: LossConfig,
-    state: LossState,
-) -> MicroBatchLosses:
-    """Losses of B pairs: per pair, the loss (times its WPO weight with ``loss.wpo``) plus ``loss.nll_coef``
-    times the chosen response's per-token NLL."""
-    _check_token_weights(batch, cfg)
-    want_aux = cfg.aux_loss_coef > 0
-    fwd = layout.pair_logps(scorer, batch, want_aux=want_aux, want_aligned=cfg.wpo)
-    ref = reference.pair_logps(batch) if reference is not None else None
-    logps = PairLogps(
-        policy_chosen=fwd.chosen_logps,
-        policy_rejected=fwd.rejected_logps,
-        ref_chosen=ref.chosen_logps if ref is not None else None,
-        ref_rejected=ref.rejected_logps if ref is not None else None,
-        chosen_tokens=fwd.chosen_tokens,
-        rejected_tokens=fwd.rejected_tokens,
-        chosen_aligned=fwd.chosen_aligned,
-        rejected_aligned=fwd.rejected_aligned,
-    )
-    out = compute_loss(logps, cfg, state)
-    # Per-token NLL of each chosen response, averaged per pair, so micro-batch means compose exactly.
-    nll = -fwd.chosen_logps / fwd.chosen_tokens.clamp(min=1)
-    per_pair = out.losses + cfg.nll_coef * nll if cfg.nll_coef > 0 else out.losses
-    return MicroBatchLosses(_objective(per_pair, fwd.aux_loss, cfg), per_pair, out, fwd, nll)
+    objective: Tensor  # scalar that backward runs on: mean per-row loss, plus the MoE aux term
+    per_row: Tensor  # (R,) loss, plus loss.nll_coef x nll
+    loss: RowLossOutput  # the loss function's output: losses, rewards, a mixture's terms, WPO weights
+    logps: ResponseLogps  # every response's policy (and reference) log-probs, token counts, scores, rows
+    nll: Tensor  # (R,) per-token NLL of each row's top-scored response
+    aux_loss: Tensor | None = None  # the MoE balancing loss of the policy forward, when asked for
 
 
-def group_losses(
+def row_losses(
     scorer: nn.Module, reference: ReferenceSource | None, batch: Batch, cfg: LossConfig, state: LossState
 ) -> MicroBatchLosses:
-    """Losses of G prompt groups: one per group, over all of its responses (each scored once)."""
-    if batch.sequence_group is None or batch.sequence_scores is None:
-        raise ValueError("a prompt-group loss needs a batch made by layout.collate_groups")
+    """Losses of R rows: per row, the loss (its pairs' WPO-weighted mean for a pairwise variant) plus
+    ``loss.nll_coef`` times the top-scored response's per-token NLL (a pair's chosen one)."""
     _check_token_weights(batch, cfg)
     want_aux = cfg.aux_loss_coef > 0
     fwd = score_responses(scorer, batch, want_aux, want_aligned=cfg.wpo)
     ref = reference.response_logps(batch) if reference is not None else None
     device = fwd.logps.device
-    logps = GroupLogps(
+    logps = ResponseLogps(
         policy=fwd.logps,
         ref=ref.logps if ref is not None else None,
         tokens=fwd.tokens,
         scores=batch.sequence_scores.to(device),
-        group=batch.sequence_group.to(device),
-        num_groups=batch.num_pairs,
+        row=batch.sequence_row.to(device),
+        num_rows=batch.num_rows,
         aligned=fwd.aligned,
     )
-    out = compute_group_loss(logps, cfg, state)
+    out = compute_loss(logps, cfg, state)
     nll = best_response_nll(logps)
-    per_group = out.losses + cfg.nll_coef * nll if cfg.nll_coef > 0 else out.losses
-    return MicroBatchLosses(_objective(per_group, fwd.aux_loss, cfg), per_group, out, logps, nll)
+    per_row = out.losses + cfg.nll_coef * nll if cfg.nll_coef > 0 else out.losses
+    return MicroBatchLosses(_objective(per_row, fwd.aux_loss, cfg), per_row, out, logps, nll, fwd.aux_loss)
 
 
-def best_response_nll(logps: GroupLogps) -> Tensor:
-    """(G,) per-token NLL of each group's top-scored response (the mean over responses tied for the top): a
-    pair's chosen-response NLL when K = 2, so ``loss.nll_coef`` means the same on groups as on pairs."""
-    is_top = at_group_extreme(logps, "amax").to(logps.policy.dtype)
-    per_token = -logps.policy / logps.tokens.clamp(min=1)
-    summed = sum_per_group(per_token * is_top, logps.group, logps.num_groups)
-    return summed / sum_per_group(is_top, logps.group, logps.num_groups)
+def best_response_nll(logps: ResponseLogps) -> Tensor:
+    """(R,) per-token NLL of each row's top-scored response (the mean over responses tied for the top): a
+    pair's chosen-response NLL, so that micro-batch means compose exactly."""
+    return row_mean(-logps.policy / logps.tokens.clamp(min=1), logps, at_row_extreme(logps, "amax"))
+
+
+def row_mean(values: Tensor, logps: ResponseLogps, members: Tensor) -> Tensor:
+    """(R,) each row's mean of per-response ``values`` over its responses where ``members`` (S,) holds; a row
+    with one member gives that member's value exactly (a pair's chosen or rejected one)."""
+    weight = members.to(values.dtype)
+    summed = sum_per_row(values * weight, logps.row, logps.num_rows)
+    return summed / sum_per_row(weight, logps.row, logps.num_rows)
 
 
 def _check_token_weights(batch: Batch, cfg: LossConfig) -> None:

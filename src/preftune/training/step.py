@@ -12,7 +12,7 @@ from typing import Any
 from ..config import Config
 from ..layouts import Batch
 from ..run_folder import RunFolder
-from .metrics import PairStats
+from .metrics import RowStats
 
 
 @dataclass
@@ -20,7 +20,7 @@ class StepResult:
     """What one optimizer step did, as :meth:`DPOTrainer.train_step` returns it."""
 
     step: int  # the global step this update made
-    stats: PairStats  # sums over this process's pairs of the step
+    stats: RowStats  # sums over this process's rows of the step
     grad_norm: float  # before clipping; non-finite means the update was skipped
     lr: float  # the learning rate the update used
     rows: list[tuple[str, int]]  # (source, index) of the step's pairs on this process
@@ -109,14 +109,14 @@ def step_groups(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
 def row_shares(micro_batches: Sequence[Batch]) -> list[float]:
     """The weight of each micro-batch's objective in its step: its share of the step's rows on this process.
 
-    Each objective is a mean over its micro-batch's rows (pairs, or prompt groups), so these weights make the
+    Each objective is a mean over its micro-batch's rows (pairs and rows of K responses), so these weights make the
     step's gradient the mean over all of the step's rows however they were split: micro-batches of 3, 1 and 4
     rows weigh 3/8, 1/8 and 4/8. Equal micro-batches (a split by count) weigh 1/n each, exactly as dividing by
     the accumulation steps did. Every process holds as many of the step's rows (the sampler's shards are
     equal), so the strategies' mean over processes keeps it the mean over the whole step.
     """
-    total = sum(batch.num_pairs for batch in micro_batches)
-    return [batch.num_pairs / total for batch in micro_batches]
+    total = sum(batch.num_rows for batch in micro_batches)
+    return [batch.num_rows / total for batch in micro_batches]
 
 
 def nonfinite_message(result: StepResult, in_row: int, output_dir: Path, limit: int = 8) -> str:

@@ -23,8 +23,8 @@ from ..reference.sync import reference_sync
 from ..run_folder import RunFolder
 from ..strategy import Strategy, lockstep
 from .checkpoint import export_hf, load_checkpoint, save_checkpoint
-from .metrics import GroupStats, PairStats, Sinks, StepWindow, build_sinks
-from .objective import MicroBatchLosses, group_losses, pair_losses
+from .metrics import RowStats, Sinks, StepWindow, build_sinks
+from .objective import MicroBatchLosses, row_losses
 from .optim import planned_steps
 from .step import LoopSettings, StepResult, nonfinite_message, row_shares, steps_of
 
@@ -41,9 +41,6 @@ class DPOTrainer:
 
     ``ref_sync_steps`` > 0: TR-DPO, the reference becomes ``ref_sync_alpha`` x policy + (1 - ``ref_sync_alpha``) x
     reference after every ``ref_sync_steps``-th optimizer step (see :mod:`preftune.reference.sync`).
-
-    ``groups``: the dataloaders yield batches of prompt groups (``layout.collate_groups``), each trained on all
-    its responses at once by the loss ``loss_config.type`` names (listwise, or pairwise over the group's pairs).
 
     Hooks: ``on_gradients`` callables get the trainer once a step's gradients are accumulated, before clipping
     and the update; ``on_step_end`` callables get the trainer and the :class:`StepResult` after it.
@@ -69,7 +66,6 @@ class DPOTrainer:
         layout: Layout | None = None,
         reference: ReferenceSource | None = None,
         lm_head_chunk: int = 1024,
-        groups: bool = False,
         ref_sync_steps: int = 0,
         ref_sync_alpha: float = 0.6,
     ) -> None:
@@ -83,18 +79,16 @@ class DPOTrainer:
         self.max_epochs = max_epochs
         self.save_hf_ckpt = save_hf_ckpt
         self.disable_ds_ckpt = disable_ds_ckpt
-        self.loss_config = trainer_loss_config(beta, loss_config, groups)
+        self.loss_config = trainer_loss_config(beta, loss_config)
         self.loss_spec = get_loss(self.loss_config.type)
         self.loss_state = LossState()
         self.layout = layout or PaddedLayout(tokenizer.pad_token_id, self.loss_config.ld_alpha)
-        self.groups = groups  # the dataloaders yield prompt groups (layout.collate_groups), not pairs
-        self.new_stats = GroupStats if groups else PairStats
         self.model = model
         if optim is not None:
             strategy.attach_optimizer(optim)
         self.scorer = strategy.prepare_model(SequenceScorer(model, lm_head_chunk), trainable=True)
         self.reference = trainer_reference(
-            self.loss_spec, model, ref_model, reference, strategy, self.layout, lm_head_chunk
+            self.loss_spec, model, ref_model, reference, strategy, lm_head_chunk
         )
         self.global_step = 0
         # Polled after every optimizer step (e.g. a SIGTERM handler); the runner installs one.
@@ -114,11 +108,9 @@ class DPOTrainer:
         """The policy (and reference) forward of one micro-batch and its losses; ``training`` lets a stateful
         loss update its statistics."""
         self.loss_state.update = training
-        if self.groups:
-            return group_losses(self.scorer, self.reference, batch, self.loss_config, self.loss_state)
-        return pair_losses(self.scorer, self.reference, self.layout, batch, self.loss_config, self.loss_state)
+        return row_losses(self.scorer, self.reference, batch, self.loss_config, self.loss_state)
 
-    def _reduced_means(self, stats: PairStats) -> dict[str, float]:
+    def _reduced_means(self, stats: RowStats) -> dict[str, float]:
         means = stats.means(self.strategy.all_reduce(stats.sums))
         if self.loss_config.nll_coef == 0 and not self.loss_spec.reports_nll:
             means.pop("nll", None)
@@ -138,7 +130,7 @@ class DPOTrainer:
             raise ValueError("train_step() needs an optimizer")
         if not micro_batches:
             raise ValueError("a step takes at least one micro-batch")
-        stats, rows, last = self.new_stats(), [], len(micro_batches) - 1
+        stats, rows, last = RowStats(), [], len(micro_batches) - 1
         for i, (batch, share) in enumerate(zip(micro_batches, row_shares(micro_batches), strict=True)):
             batch = batch.to(strategy.device)
             with strategy.accumulate(self.scorer, i == last):
@@ -160,14 +152,14 @@ class DPOTrainer:
     def fit(
         self, args: Config, consumed_samples: int = 0, num_update_steps_per_epoch: int | None = None
     ) -> None:
-        """Train for ``max_epochs`` (or ``args.train.max_steps``), starting after ``consumed_samples`` pairs."""
+        """Train for ``max_epochs`` (or ``args.train.max_steps``), starting after ``consumed_samples`` rows."""
         if self.optimizer is None or self.train_dataloader is None:
             raise ValueError("fit() needs an optimizer and a train_dataloader")
         loop = LoopSettings.of(args, self.max_epochs)
         steps = steps_of(self.train_dataloader, self.strategy.accumulation_steps)
         steps_per_epoch = num_update_steps_per_epoch or len(steps)
         if steps_per_epoch < 1:
-            raise ValueError(f"the training set is smaller than one batch of {loop.global_batch} pairs")
+            raise ValueError(f"the training set is smaller than one batch of {loop.global_batch} rows")
         total_steps = planned_steps(steps_per_epoch, loop.max_epochs, loop.max_steps)
         self.global_step = consumed_samples // loop.global_batch
         sinks = build_sinks(args, loop.run.root, total_steps, self.global_step, self.strategy.is_main())
@@ -176,7 +168,7 @@ class DPOTrainer:
         if loop.eval_at_start and self.global_step == 0 and (before := self.evaluate()):
             sinks.log(0, before)
         start_epoch = self.global_step // steps_per_epoch
-        window, nonfinite_in_row = StepWindow(self.new_stats()), 0
+        window, nonfinite_in_row = StepWindow(RowStats()), 0
         for epoch in range(start_epoch, loop.max_epochs):
             if self.global_step >= total_steps:
                 break
@@ -198,7 +190,7 @@ class DPOTrainer:
                         self.global_step,
                         self._window_metrics(window, result, steps_per_epoch, consumed_samples),
                     )
-                    window = StepWindow(self.new_stats())
+                    window = StepWindow(RowStats())
                 done = self.global_step >= total_steps
                 self._evaluate_and_save(args, loop, sinks, steps_per_epoch, done, consumed_samples)
                 if done:
@@ -244,7 +236,7 @@ class DPOTrainer:
         if self.eval_dataloader is None:
             return {}
         self.scorer.eval()
-        stats = self.new_stats()
+        stats = RowStats()
         with torch.no_grad():
             for batch, real in lockstep(self.strategy, self.eval_dataloader):
                 batch = batch.to(self.strategy.device)

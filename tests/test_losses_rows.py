@@ -1,4 +1,5 @@
-"""Prompt-group losses and metrics against closed-form numbers worked out by hand.
+"""The loss of a row of K scored responses (listwise variants; every pairwise variant over the row's pairs) and
+pair rows against the pairwise variants bit for bit, against closed-form numbers worked out by hand.
 
 As in tests/test_losses.py, expected values are written as the closed form of each number (math module,
 scalars) and tensors are float64, so rel=1e-9 checks the formula rather than rounding.
@@ -16,15 +17,14 @@ import torch
 from preftune.config import ConfigError, LossConfig
 from preftune.losses import (
     LOSSES,
-    GroupLogps,
-    GroupLossOutput,
     LossState,
     PairLogps,
-    compute_group_loss,
+    ResponseLogps,
+    RowLossOutput,
     compute_loss,
+    compute_pair_loss,
     expand_pairs,
 )
-from preftune.training.group_metrics import group_metric_means, group_metric_sums
 from toy_env import checked_config
 
 PAIRWISE = [name for name, spec in LOSSES.items() if not spec.listwise]
@@ -47,19 +47,19 @@ def groups(
     group: list[int],
     tokens: list[float] | None = None,
     dtype: torch.dtype = torch.float64,
-) -> GroupLogps:
-    return GroupLogps(
+) -> ResponseLogps:
+    return ResponseLogps(
         policy=torch.tensor(policy, dtype=dtype),
         ref=None if ref is None else torch.tensor(ref, dtype=dtype),
         tokens=torch.tensor(tokens or [1.0] * len(policy)),
         scores=torch.tensor(scores, dtype=torch.float64),
-        group=torch.tensor(group),
-        num_groups=max(group) + 1,
+        row=torch.tensor(group),
+        num_rows=max(group) + 1,
     )
 
 
-def run(name: str, logps: GroupLogps, state: LossState | None = None, **cfg: Any) -> GroupLossOutput:
-    return compute_group_loss(logps, LossConfig(type=name, **cfg), state)
+def run(name: str, logps: ResponseLogps, state: LossState | None = None, **cfg: Any) -> RowLossOutput:
+    return compute_loss(logps, LossConfig(type=name, **cfg), state)
 
 
 # One group of K = 3 with beta = 0.1: h = policy - ref = [2, -1, 0.5] -> z = beta h = [0.2, -0.1, 0.05];
@@ -85,7 +85,7 @@ TWO = {
 ALL_PAIRS = [(0, 1), (0, 2), (2, 1), (4, 3), (4, 5), (4, 6), (6, 3), (6, 5)]
 
 
-def pair_logps(x: GroupLogps, pairs: list[tuple[int, int]]) -> PairLogps:
+def pair_logps(x: ResponseLogps, pairs: list[tuple[int, int]]) -> PairLogps:
     i, j = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
     assert x.ref is not None
     return PairLogps(x.policy[i], x.policy[j], x.ref[i], x.ref[j], x.tokens[i], x.tokens[j])
@@ -153,7 +153,7 @@ def test_k2_is_sigmoid_dpo_exactly(name: str, pairs: str) -> None:
     # sigmoid DPO on (better, worse): -ls(z_better - z_worse) with z = [0.2, -0.1, -0.2, 0.1].
     expected = [softplus(-(0.2 - -0.1)), softplus(-(0.1 - -0.2))]
     assert out.losses.tolist() == pytest.approx(expected, rel=1e-9)
-    pairwise = compute_loss(pair_logps(x, [(0, 1), (3, 2)]), LossConfig(type="sigmoid"))
+    pairwise = compute_pair_loss(pair_logps(x, [(0, 1), (3, 2)]), LossConfig(type="sigmoid"))
     assert out.losses.tolist() == pytest.approx(pairwise.losses.tolist(), rel=1e-12)
 
 
@@ -168,8 +168,35 @@ def test_k2_every_pairwise_variant_is_itself(name: str, pairs: str) -> None:
         [4, 5, 3, 6],
     )
     out = run(name, x, pairs=pairs, pair_weighting="gap")  # one pair per group: its weight divides out
-    pairwise = compute_loss(pair_logps(x, [(0, 1), (3, 2)]), LossConfig(type=name))
+    pairwise = compute_pair_loss(pair_logps(x, [(0, 1), (3, 2)]), LossConfig(type=name))
     assert out.losses.tolist() == pytest.approx(pairwise.losses.tolist(), rel=1e-12)
+
+
+@pytest.mark.parametrize("cfg", [{"type": n} for n in PAIRWISE] + [{"type": "sigmoid,sft", "wpo": True}])
+def test_pair_rows_give_the_pairwise_numbers_bit_for_bit(cfg: dict[str, Any]) -> None:
+    """B pair rows as a batch numbers them (B chosen, then B rejected), float32 at random: the row loss, each
+    response's reward, a mixture's terms and WPO's weights are the very numbers the variant gives the pairs, so
+    a pair run logs what it logged before rows of K responses shared its path."""
+    gen = torch.Generator().manual_seed(7)
+    b = 6
+    policy, ref = -80 * torch.rand(2 * b, generator=gen), -80 * torch.rand(2 * b, generator=gen)
+    tokens = torch.randint(1, 40, (2 * b,), generator=gen).float()
+    aligned = -torch.rand(2 * b, generator=gen)
+    x = ResponseLogps(policy, ref, tokens, torch.tensor([1.0] * b + [0.0] * b, dtype=torch.float64),
+                      torch.arange(b).repeat(2), b, aligned)  # fmt: skip
+    pairs = PairLogps(
+        policy[:b], policy[b:], ref[:b], ref[b:], tokens[:b], tokens[b:], aligned[:b], aligned[b:]
+    )
+    loss = LossConfig(**cfg)
+    rows, pairwise = compute_loss(x, loss, LossState()), compute_pair_loss(pairs, loss, LossState())
+    assert torch.equal(rows.losses, pairwise.losses)
+    assert torch.equal(rows.rewards, torch.cat([pairwise.chosen_rewards, pairwise.rejected_rewards]))
+    assert rows.terms.keys() == pairwise.terms.keys()
+    for name, term in pairwise.terms.items():
+        assert torch.equal(rows.terms[name], term), name
+    assert (rows.weights is None) == (pairwise.weights is None)
+    if pairwise.weights is not None:
+        assert rows.weights is not None and torch.equal(rows.weights, pairwise.weights)
 
 
 # ---------------------------------------------------------------- pairwise variants over response pairs
@@ -193,11 +220,11 @@ def test_all_pairs_uniform_is_the_mean_of_the_pairwise_loss(name: str) -> None:
     x = groups(**TWO)
     out = run(name, x, pairs="all")
     # The pairwise function itself on the hand-listed pairs (one batch, so bco_pair's mean sees the same).
-    pairwise = compute_loss(pair_logps(x, ALL_PAIRS), LossConfig(type=name)).losses.tolist()
+    pairwise = compute_pair_loss(pair_logps(x, ALL_PAIRS), LossConfig(type=name)).losses.tolist()
     expected = [sum(pairwise[:3]) / 3, sum(pairwise[3:]) / 5]
     assert out.losses.tolist() == pytest.approx(expected, rel=1e-9)
     # Each response's reward is the variant's own, whichever side of a pair it is on.
-    single = compute_loss(pair_logps(x, ALL_PAIRS), LossConfig(type=name))
+    single = compute_pair_loss(pair_logps(x, ALL_PAIRS), LossConfig(type=name))
     for p, (i, j) in enumerate(ALL_PAIRS):
         assert out.rewards[i].item() == pytest.approx(single.chosen_rewards[p].item(), rel=1e-9)
         assert out.rewards[j].item() == pytest.approx(single.rejected_rewards[p].item(), rel=1e-9)
@@ -208,7 +235,7 @@ def test_wpo_weighs_each_expanded_pair_by_its_own_responses() -> None:
     aligned = [0.1, -0.4, -0.2, -0.3, 0.5, -1.0, -0.6]  # a per response, made up
     x = dataclasses.replace(groups(**TWO), aligned=torch.tensor(aligned, dtype=torch.float64))
     out = run("sigmoid", x, pairs="all", wpo=True)
-    plain = compute_loss(pair_logps(x, ALL_PAIRS), LossConfig(type="sigmoid")).losses.tolist()
+    plain = compute_pair_loss(pair_logps(x, ALL_PAIRS), LossConfig(type="sigmoid")).losses.tolist()
     w = [min(1.0, math.exp(aligned[i] + aligned[j])) for i, j in ALL_PAIRS]
     assert max(math.exp(aligned[i] + aligned[j]) for i, j in ALL_PAIRS) > 1  # the cap acts on one pair
     weighted = [wp * lp for wp, lp in zip(w, plain, strict=True)]
@@ -229,7 +256,7 @@ def test_tied_scores_make_no_pair_and_an_all_tied_group_is_refused() -> None:
     # Scores [1, 1, 0]: pairs (0, 2) and (1, 2) only; z gaps 0.2 - 0.05 = 0.15 and -0.1 - 0.05 = -0.15.
     out = run("sigmoid", groups(**{**K3, "scores": [1.0, 1.0, 0.0]}), pairs="all")
     assert out.losses.tolist() == pytest.approx([(softplus(-0.15) + softplus(0.15)) / 2], rel=1e-9)
-    with pytest.raises(ValueError, match=r"prompt groups \[0\] have no two responses"):
+    with pytest.raises(ValueError, match=r"rows \[0\] of the batch have no two responses"):
         run("sigmoid", groups(**{**K3, "scores": [1.0, 1.0, 1.0]}))
 
 
@@ -284,10 +311,10 @@ def test_bco_pair_state_moves_once_per_micro_batch() -> None:
     assert state.values["count"] == 2 * len(ALL_PAIRS)  # every pair's two rewards; the reward read adds none
 
 
-def test_pairwise_compute_loss_refuses_a_listwise_name() -> None:
+def test_pairwise_compute_pair_loss_refuses_a_listwise_name() -> None:
     x = pair_logps(groups(**K3), [(0, 1)])
     with pytest.raises(ValueError, match="'plackett_luce' is listwise"):
-        compute_loss(x, LossConfig(type="plackett_luce"))
+        compute_pair_loss(x, LossConfig(type="plackett_luce"))
 
 
 def test_config_keys_are_validated_by_name() -> None:
@@ -301,59 +328,12 @@ def test_config_keys_are_validated_by_name() -> None:
         checked_config(None, {"loss.pairs": "some"})
     with pytest.raises(ConfigError, match=r"loss\.pair_weighting: 'rank' is not one of uniform, gap"):
         checked_config(None, {"loss.pair_weighting": "rank"})
-    # A listwise loss.type needs prompt groups, refused before any model loads without them.
-    with pytest.raises(ConfigError, match=r"loss\.type: 'plackett_luce' is listwise.*set data\.groups true"):
-        checked_config(None, {"loss.type": "plackett_luce"})
+    # A listwise loss.type trains any rows (on a pair it is sigmoid DPO); data.groups is an accepted no-op.
+    assert checked_config(None, {"loss.type": "plackett_luce"}).loss.type == "plackett_luce"
     assert checked_config(None, {"loss.type": "plackett_luce", "data.groups": "true"}).data.groups
-    # WPO weighs pairs: refused for a listwise type; LD-DPO's shared length is a pair's: refused with groups.
+    # WPO weighs pairs: refused for a listwise type; LD-DPO's shared length is a pair's: refused for one too.
     with pytest.raises(ConfigError, match=r"loss\.wpo: .*listwise loss\.type 'plackett_luce' has no pairs"):
-        checked_config(None, {"loss.type": "plackett_luce", "data.groups": "true", "loss.wpo": "true"})
-    assert checked_config(None, {"loss.pairs": "all", "data.groups": "true", "loss.wpo": "true"}).loss.wpo
-    with pytest.raises(ConfigError, match=r"loss\.ld_alpha: .*not with data\.groups"):
-        checked_config(None, {"data.groups": "true", "loss.ld_alpha": "0.5"})
-
-
-# ---------------------------------------------------------------- metrics
-
-
-# Three groups (r = reward, s = score):
-#   0: s [3, 1, 2],       r [0.2, -0.1, 0.05]      ordered perfectly
-#   1: s [.5, 2, .5, 1],  r [0.3, 0.4, -0.2, 0.1]  pair (6, 3) wrong; top-1 right
-#   2: s [1, 0],          r [0, 0]                 a reward tie: the pair and top-1 both count as wrong
-METRIC_SCORES = [3.0, 1.0, 2.0, 0.5, 2.0, 0.5, 1.0, 1.0, 0.0]
-METRIC_REWARDS = [0.2, -0.1, 0.05, 0.3, 0.4, -0.2, 0.1, 0.0, 0.0]
-METRIC_GROUPS = [0, 0, 0, 1, 1, 1, 1, 2, 2]
-
-
-def metric_sums(lo: int, hi: int) -> dict[str, float]:
-    group = [g - METRIC_GROUPS[lo] for g in METRIC_GROUPS[lo:hi]]
-    x = groups([0.0] * (hi - lo), None, METRIC_SCORES[lo:hi], group)
-    out = GroupLossOutput(torch.zeros(x.num_groups), torch.tensor(METRIC_REWARDS[lo:hi], dtype=torch.float64))
-    return group_metric_sums(x, out)
-
-
-def test_group_metric_sums_hand_example() -> None:
-    sums = metric_sums(0, 9)
-    # Group 1 Spearman: score ranks [1.5, 4, 1.5, 3], reward ranks [3, 4, 1, 2]; centred (mean 2.5):
-    # dx = [-1, 1.5, -1, .5], dy = [.5, 1.5, -1.5, -.5]; sum dx dy = 3, sum dx^2 = 4.5, sum dy^2 = 5.
-    rho1 = 3 / math.sqrt(4.5 * 5)
-    assert sums["groups"] == 3
-    assert sums["ordered_pairs"] == 3 + 5 + 1
-    assert sums["rewards/accuracies"] == 3 + 4 + 0
-    assert sums["rewards/top1_accuracies"] == 1 + 1 + 0
-    assert sums["rewards/spearman"] == pytest.approx(1 + rho1 + 0, rel=1e-12)  # constant rewards: 0
-    # best: the top-scored response's reward; worst: the mean over the tied bottom (group 1: (0.3 - 0.2) / 2).
-    assert sums["rewards/chosen"] == pytest.approx(0.2 + 0.4 + 0.0, rel=1e-12)
-    assert sums["rewards/rejected"] == pytest.approx(-0.1 + 0.05 + 0.0, rel=1e-12)
-    assert sums["rewards/margins"] == pytest.approx(0.3 + 0.35 + 0.0, rel=1e-12)
-    means = group_metric_means(sums)
-    assert means["rewards/accuracies"] == pytest.approx(7 / 9)
-    assert means["rewards/top1_accuracies"] == pytest.approx(2 / 3)
-    assert means["rewards/spearman"] == pytest.approx((1 + rho1) / 3)
-    assert means["rewards/margins"] == pytest.approx(0.65 / 3)
-
-
-def test_group_metric_sums_add_exactly_over_micro_batches() -> None:
-    whole, first, second = metric_sums(0, 9), metric_sums(0, 3), metric_sums(3, 9)
-    for key, value in whole.items():
-        assert first[key] + second[key] == pytest.approx(value, rel=1e-12), key
+        checked_config(None, {"loss.type": "plackett_luce", "loss.wpo": "true"})
+    assert checked_config(None, {"loss.pairs": "all", "loss.wpo": "true"}).loss.wpo
+    with pytest.raises(ConfigError, match=r"loss\.ld_alpha: .*listwise loss\.type 'plackett_luce' has none"):
+        checked_config(None, {"loss.type": "plackett_luce", "loss.ld_alpha": "0.5"})
