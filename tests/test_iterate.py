@@ -266,7 +266,7 @@ def test_missing_or_conflicting_inputs_are_named(tmp_path, overrides, needle) ->
 @pytest.mark.slow
 def test_listwise_rounds_train_on_every_scored_sample(tmp_path) -> None:
     """iterate.pairing listwise: each round writes the prompts' whole scored groups (no sample thrown away) in
-    the group row shape, trains on them with data.groups, and the reward still rises from round to round."""
+    the row shape of K scored responses, trains on them as rows, and the reward still rises from round to round."""
     out = tmp_path / "out"
     args = [
         "--model.name_or_path", str(write_toy_model_dir(tmp_path / "model", hidden_size=32)),
@@ -291,5 +291,6 @@ def test_listwise_rounds_train_on_every_scored_sample(tmp_path) -> None:
             kept = [(t, x) for t, x in zip(sampled["responses"], sampled["scores"], strict=True) if t.strip()]
             assert list(zip(row["responses"], row["scores"], strict=True)) == kept
         config = yaml.safe_load((rdir / "config.yaml").read_text())
-        assert config["data"]["groups"] is True and config["loss"]["type"] == "plackett_luce"
+        assert config["loss"]["type"] == "plackett_luce"
+        assert not config["data"]["groups"]  # no longer needed: rows of any shape train as they come
     assert summaries[1]["reward_mean"] > summaries[0]["reward_mean"]

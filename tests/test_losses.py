@@ -31,7 +31,7 @@ LOSS_TYPES = (
     "sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
     "apo_zero", "apo_down", "discopop", "sigmoid_norm", "simpo", "orpo", "aot", "aot_unpaired", "sft",
 )  # fmt: skip
-LISTWISE_LOSSES = ("plackett_luce", "multi_negative")  # prompt groups only: tests/test_losses_groups.py
+LISTWISE_LOSSES = ("plackett_luce", "multi_negative")  # whole rows: tests/test_losses_rows.py
 REFERENCE_FREE_LOSSES = ("simpo", "orpo", "sft")
 REFERENCE_BASED = sorted(set(LOSS_TYPES) - set(REFERENCE_FREE_LOSSES))
 

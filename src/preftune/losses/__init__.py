@@ -5,7 +5,7 @@
 - :mod:`.pairwise`: the pairwise variants (sigmoid DPO, IPO, SimPO, ...), one function each, and the
   f-divergence scores they read;
 - :mod:`.batchwise`: pairwise variants whose per-pair term reads the whole micro-batch (AOT, TRL's sft);
-- :mod:`.groups`: :func:`compute_loss`, the loss of each row (a prompt with K >= 2 responses; a pair is K =
+- :mod:`.rows`: :func:`compute_loss`, the loss of each row (a prompt with K >= 2 responses; a pair is K =
   2): the listwise variants (plackett_luce, multi_negative), and every pairwise variant over a row's pairs.
 
 Importing this package registers every built-in variant, so :data:`LOSSES` is complete for whoever reads it.
@@ -14,7 +14,6 @@ Importing this package registers every built-in variant, so :data:`LOSSES` is co
 from . import batchwise as batchwise  # registers AOT and sft
 from . import pairwise as pairwise  # registers the pairwise variants (first: they keep the registry's order)
 from .checks import check_loss_config, trainer_loss_config
-from .groups import compute_loss, expand_pairs
 from .registry import (
     LOSSES,
     GroupLossFn,
@@ -31,6 +30,7 @@ from .registry import (
     register_group_loss,
     register_loss,
 )
+from .rows import compute_loss, expand_pairs
 
 __all__ = [
     "LOSSES",

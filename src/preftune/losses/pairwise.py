@@ -11,8 +11,8 @@ Notation used by every docstring below:
     s(x) = sigmoid(x),  ls(x) = log(sigmoid(x)) = -log(1 + exp(-x))
 
 Unless a docstring says otherwise, the implicit rewards are beta*a (chosen) and beta*b (rejected), and a
-response's reward depends on that response alone (never on its partner): the prompt-group losses
-(:mod:`.groups`) read each response's reward that way.
+response's reward depends on that response alone (never on its partner): the row losses
+(:mod:`.rows`) read each response's reward that way.
 All arithmetic runs in at least float32; outputs come back in the dtype of ``policy_chosen``.
 """
 

@@ -2,7 +2,7 @@
 rest of a run), :data:`LOSSES`, and :func:`compute_pair_loss`, a pairwise variant on explicit pairs.
 
 Training reads one input, :class:`ResponseLogps` (every response of a micro-batch's rows), and gets one output,
-:class:`RowLossOutput` (a loss per row): :func:`preftune.losses.groups.compute_loss`. A pairwise variant runs
+:class:`RowLossOutput` (a loss per row): :func:`preftune.losses.rows.compute_loss`. A pairwise variant runs
 there on the pairs each row expands into (a pair row is one pair), through :func:`compute_pair_loss`.
 
 A new pairwise variant is one decorated function: ``@register_loss("name")``, plus ``reference_free=True`` when
@@ -117,7 +117,7 @@ class LossSpec:
     reference_free: bool  # never reads reference log-probs: no reference is planned or loaded
     reports_nll: bool = False  # its loss contains the chosen NLL, so the NLL is logged even at nll_coef 0
     # Scores all responses of a row at once (fn is a GroupLossFn); a pairwise variant trains on the pairs
-    # loss.pairs expands a row into (see losses.groups).
+    # loss.pairs expands a row into (see losses.rows).
     listwise: bool = False
     # Its loss reads the responses' scores (pairwise.f_scores), so loss.f_divergence can replace the log-ratios
     # by f'(ratio); the variants that read log-ratios in other ways have no f-divergence form (TRL's set).

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..losses.groups import at_row_extreme
+from ..losses.rows import at_row_extreme
 from ..run_folder import RunFolder
 from .objective import row_mean
 from .rank_metrics import rank_metric_sums

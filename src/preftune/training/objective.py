@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..config import LossConfig
 from ..layouts import Batch
 from ..losses import LossState, ResponseLogps, RowLossOutput, compute_loss
-from ..losses.groups import at_row_extreme, sum_per_row
+from ..losses.rows import at_row_extreme, sum_per_row
 from ..model.responses import score_responses
 from ..reference.sources import ReferenceSource
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..losses import ResponseLogps, RowLossOutput
-from ..losses.groups import at_row_extreme, sum_per_row
+from ..losses.rows import at_row_extreme, sum_per_row
 
 
 def rank_metric_sums(logps: ResponseLogps, out: RowLossOutput) -> dict[str, float]:
