@@ -49,6 +49,11 @@ def test_yaml_then_overrides(tmp_path) -> None:
         ({"optim.lr": "nan"}, "optim.lr: must be a finite number, got nan"),
         ({"loss.weights": "1,inf", "loss.type": "sigmoid,sft"}, "loss.weights: must be a finite number"),
         ({"iterate.min_score_gap": "inf"}, "iterate.min_score_gap: must be a finite number, got inf"),
+        ({"loss.beta": "inf"}, "loss.beta: must be a finite number, got inf"),
+        ({"optim.lr": "inf"}, "optim.lr: must be a finite number, got inf"),
+        ({"optim.adam_eps": "-1"}, "optim.adam_eps: must be > 0, got -1.0"),
+        ({"optim.adam_eps": "0"}, "optim.adam_eps: must be > 0, got 0.0"),
+        ({"optim.weight_decay": "-0.1"}, "optim.weight_decay: must be >= 0, got -0.1"),
     ],
 )
 def test_bad_values_name_the_key(overrides, needle) -> None:

@@ -212,6 +212,26 @@ def test_metrics_with_a_cut_last_line_are_read_and_a_bad_middle_line_is_named(tm
         run_record.read_metrics(path)
 
 
+def test_a_non_numeric_metric_is_named_not_a_crash(tmp_path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(
+        json.dumps({"step": 1, "loss": 0.69}) + "\n" + json.dumps({"step": 2, "loss": "high"}) + "\n"
+    )
+    with pytest.raises(DataError, match=r"metrics.jsonl:2: loss is 'high'; every metrics value is a number"):
+        run_record.read_metrics(path)
+    path.write_text(json.dumps({"step": 1, "loss": float("nan"), "grad_norm": float("inf")}) + "\n")
+    assert len(run_record.read_metrics(path)) == 1  # a diverged run's NaN and inf are numbers
+
+
+def test_the_data_table_escapes_what_data_report_json_holds(runs, tmp_path) -> None:
+    folder = shutil.copytree(runs["low_beta"], tmp_path / "run")
+    script = "<script>alert(1)</script>"
+    hostile = {"train": {"rows_read": script, "kept": script, "truncated": script, "dropped": {script: 1}}}
+    (folder / "data_report.json").write_text(json.dumps(hostile))
+    page = report.write_run_report([folder], tmp_path / "page.html").read_text()
+    assert "<script" not in page and page.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 4
+
+
 def _without_matplotlib(monkeypatch) -> None:
     # None in sys.modules makes an import fail as if the package were not installed; matplotlib.figure is
     # already imported in this process, so it is hidden too.

@@ -116,6 +116,9 @@ def _check_train(t: TrainConfig, world_size: int, training: bool) -> None:
 def _check_optim(o: OptimConfig) -> None:
     check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     check(o.max_norm >= 0, "optim.max_norm", f"must be >= 0, got {o.max_norm}")
+    check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    # Adam divides by sqrt(v) + eps: eps <= 0 can divide by zero (or by a negative) on a parameter without gradient.
+    check(o.adam_eps > 0, "optim.adam_eps", f"must be > 0, got {o.adam_eps}")
     check(len(o.adam_betas) == 2 and all(0 <= b < 1 for b in o.adam_betas), "optim.adam_betas",
           f"must be two numbers in [0, 1), got {o.adam_betas}")  # fmt: skip
     check(0 <= o.warmup_ratio < 1, "optim.warmup_ratio", f"must be in [0, 1), got {o.warmup_ratio}")

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..config import Config, ConfigError
 from .distributed import DDPStrategy
 from .mixing import mix_, paired_parameters
+from .state import load_scheduler, save_scheduler
 
 CHECKPOINT_TAG = "deepspeed"
 
@@ -176,8 +177,8 @@ class DeepSpeedStrategy(DDPStrategy):
     ) -> None:
         engine: Any = module
         engine.save_checkpoint(str(folder), tag=CHECKPOINT_TAG, client_state=dict(client_state))
-        if self.is_main() and scheduler is not None:
-            torch.save(scheduler.state_dict(), folder / "scheduler.pt")
+        if self.is_main():
+            save_scheduler(folder, scheduler)
 
     def load_state(
         self, folder: Path, module: nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any
@@ -191,8 +192,7 @@ class DeepSpeedStrategy(DDPStrategy):
             load_optimizer_states=optimizer is not None,
             load_lr_scheduler_states=False,
         )
-        if scheduler is not None and (folder / "scheduler.pt").is_file():
-            scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+        load_scheduler(folder, scheduler)
 
     def mix_weights(self, target: nn.Module, source: nn.Module, alpha: float) -> None:
         """Under ZeRO-3 partition by partition: both engines split each parameter alike (its flattened elements

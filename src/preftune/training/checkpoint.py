@@ -1,9 +1,13 @@
 """Atomic, rotated, resumable checkpoints and the Hugging Face export.
 
-Layout: ``<output_dir>/checkpoints/step-00000012/`` holding the strategy's model/optimizer/scheduler files,
-``rng-rank<r>.pt`` and ``trainer_state.json``. A checkpoint is written under a ``.tmp-`` name and renamed
-only when complete, and removed by renaming it to ``.trash-`` before deleting, so a folder named ``step-*`` is
-always whole; older ones are removed only after the new one is in place.
+Layout: ``<output_dir>/checkpoints/step-00000012/`` holding the strategy's model/optimizer files and
+``scheduler.json``, ``rng-rank<r>.json`` and ``trainer_state.json``. A checkpoint is written under a ``.tmp-``
+name and renamed only when complete, and removed by renaming it to ``.trash-`` before deleting, so a folder named
+``step-*`` is always whole; older ones are removed only after the new one is in place.
+
+Nothing of ours in a checkpoint is a pickle: a checkpoint folder may come from someone else, and unpickling runs
+whatever code the file names. The RNG, scheduler and trainer states are JSON; the weights and optimizer state are
+the strategy's (safetensors-backed DCP, or DeepSpeed's own files, which DeepSpeed loads and which are trusted).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -22,6 +26,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..model.lora import is_peft_model, save_peft
 from ..strategy import Strategy
+from ..strategy.state import checked, read_state_file, refuse_pickles
 
 STATE_FILE = "trainer_state.json"
 
@@ -51,18 +56,28 @@ def saved_reference_state(folder: Path | None) -> dict[str, str]:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every generator's state as JSON numbers (torch's and CUDA's bytes, Python's and numpy's words)."""
+    version, words, gauss = random.getstate()
+    numpy_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+    kind, keys, pos, has_gauss, cached = numpy_state
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state().tolist(),
+        "python": [version, list(words), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    version, words, gauss = state["python"]
+    random.setstate((version, tuple(words), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
 def fsync_tree(folder: Path) -> None:
@@ -95,7 +110,7 @@ def save_checkpoint(
     """Write checkpoint ``step`` atomically, then drop all but the newest ``keep``.
 
     ``export`` (optional) is called with a folder to also write a Hugging Face copy inside the checkpoint;
-    ``extra`` holds tensors-bearing trainer state (e.g. a loss's running statistics), saved with torch.save;
+    ``extra`` holds more trainer state as JSON values (e.g. a loss's running statistics), kept in the state file;
     ``reference`` (optional) is called on every process with the folder to save a reference that has moved.
     """
     final = _step_dir(root, step)
@@ -130,13 +145,12 @@ def save_checkpoint(
 
 
 def _write(tmp: Path, strategy: Strategy, state: dict[str, Any], extra: dict[str, Any] | None) -> None:
-    """Each process's RNG state, then (main process) the trainer's extra state and its state file, which goes
+    """Each process's RNG state, then (main process) the trainer's state file with its extra state, which goes
     last: its presence marks the folder complete even before the rename."""
-    torch.save(_rng_state(), tmp / f"rng-rank{strategy.rank}.pt")
+    (tmp / f"rng-rank{strategy.rank}.json").write_text(json.dumps(_rng_state()))
     strategy.barrier()
     if strategy.is_main():
-        torch.save(extra or {}, tmp / "trainer_extra.pt")
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "extra": extra or {}}, indent=2))
         fsync_tree(tmp)
 
 
@@ -156,17 +170,18 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     scheduler: Any,
 ) -> dict[str, Any]:
-    """Restore a checkpoint written by :func:`save_checkpoint`; returns its trainer state."""
+    """Restore a checkpoint written by :func:`save_checkpoint`; returns its trainer state. A file that is not
+    what it should be is a :class:`CheckpointError` naming it; no file is unpickled."""
     state_file = folder / STATE_FILE
     if not state_file.is_file():
         raise FileNotFoundError(f"{folder} is not a complete preftune checkpoint (no {STATE_FILE})")
+    refuse_pickles(folder)
+    state = read_state_file(state_file, dict)
     strategy.load_state(folder, module, optimizer, scheduler)
-    rng_file = folder / f"rng-rank{strategy.rank}.pt"
+    rng_file = folder / f"rng-rank{strategy.rank}.json"
     if rng_file.is_file():
-        _set_rng_state(torch.load(rng_file, weights_only=False))
-    state = json.loads(state_file.read_text())
-    extra_file = folder / "trainer_extra.pt"
-    state["extra"] = torch.load(extra_file, weights_only=False) if extra_file.is_file() else {}
+        checked(rng_file, _set_rng_state, read_state_file(rng_file, dict))
+    state.setdefault("extra", {})
     return state
 
 

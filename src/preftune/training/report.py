@@ -198,9 +198,11 @@ def data_table(runs: Sequence[RunRecord]) -> str:
             rows.append([html.escape(run.label), MISSING, "no data_report.json", "", "", ""])
         for split, report in run.data.items():
             dropped = ", ".join(f"{reason}: {n}" for reason, n in report.get("dropped", {}).items()) or "none"
-            rows.append([html.escape(run.label), html.escape(split), str(report.get("rows_read", MISSING)),
-                         str(report.get("kept", MISSING)), str(report.get("truncated", MISSING)),
-                         html.escape(dropped)])  # fmt: skip
+            # Every cell escaped: data_report.json is a file like any other, and may not be ours.
+            counts = [
+                html.escape(str(report.get(key, MISSING))) for key in ("rows_read", "kept", "truncated")
+            ]
+            rows.append([html.escape(run.label), html.escape(split), *counts, html.escape(dropped)])
     return html_table(["run", "split", "rows read", "kept", "truncated", "dropped (reason: rows)"], rows)
 
 

@@ -41,10 +41,18 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             raise DataError(f"{path}:{number}: not a JSON line") from None
         if not isinstance(row, dict) or "step" not in row:
             raise DataError(f"{path}:{number}: a metrics row is a JSON object with a step")
+        odd = next((key for key, value in row.items() if not _is_number(value)), None)
+        if odd is not None:
+            raise DataError(f"{path}:{number}: {odd} is {row[odd]!r}; every metrics value is a number")
         rows.append(row)
     if not rows:
         raise DataError(f"{path} has no logged steps yet")
     return rows
+
+
+def _is_number(value: Any) -> bool:
+    """JSON numbers (NaN and infinities included: a run logs them when a loss diverges), not booleans."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def read_run(folder: Path, label: str) -> RunRecord:
